@@ -1,0 +1,216 @@
+//! The stable ABI: every type that crosses the boundary between the `portico` host and a plugin.
+//!
+//! This module is the **API boundary** of Portico. It is append-only: a field is never removed,
+//! reordered or retyped without bumping this crate's `0.x` minor version (which makes the host
+//! refuse older plugins at load time with a layout error). New capabilities are added as suffix
+//! fields of [`PluginMod`] after its last prefix field; a plugin built before them reads as
+//! "absent" in a newer host (abi_stable's prefix types). New environ keys go in
+//! [`Environ::extra`], which needs no layout change at all.
+//!
+//! Every type here is `#[repr(C)]` and derives [`StableAbi`], so the host checks the layout of
+//! each one (recursively, through [`PluginMod::application`]'s signature) before any plugin
+//! code runs.
+//!
+//! Ownership, in one place:
+//! - [`Environ`] and everything it points at is **borrowed from the host** for the duration of
+//!   one `application` call. A plugin must not keep any of it after returning.
+//! - [`Body`] is **owned by the plugin's allocator** and freed through its own vtable
+//!   (`RVec`, `RBox`), whichever side drops it.
+//! - Trait objects ([`StartResponse_TO`], [`Input_TO`], [`ErrorStream_TO`]) are implemented
+//!   by the host; [`BodyStream_TO`] is implemented by the plugin (the SDK wraps it in a panic
+//!   fence).
+
+use abi_stable::{
+    StableAbi, declare_root_module_statics,
+    library::RootModule,
+    package_version_strings, sabi_trait,
+    sabi_types::VersionStrings,
+    sabi_types::RMut,
+    std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec},
+};
+
+/// One field line of a request or response header section (RFC 9110 §5).
+///
+/// `name` is a token (RFC 9110 §5.1), so it is always ASCII. `value` is the field value as
+/// bytes, without leading or trailing whitespace (RFC 9112 §5): it may contain obs-text
+/// (bytes 0x80–0xFF), which is why it is not a string. PEP 3333 reads such bytes as ISO-8859-1;
+/// [`crate::Environ::header`] gives them as `&str` when they are UTF-8.
+#[repr(C)]
+#[derive(StableAbi, Copy, Clone, Debug)]
+pub struct Field<'a> {
+    /// Field name as received (case preserved; compare case-insensitively).
+    pub name: RStr<'a>,
+    /// Field value bytes, trimmed of SP/HTAB at both ends.
+    pub value: RSlice<'a, u8>,
+}
+
+impl<'a> Field<'a> {
+    /// A field from a name and a UTF-8 value.
+    pub fn new(name: &'a str, value: &'a str) -> Self {
+        Field { name: RStr::from_str(name), value: RSlice::from_slice(value.as_bytes()) }
+    }
+}
+
+/// The request as the host parsed it: PEP 3333's `environ` dictionary as a struct.
+///
+/// All views borrow the host's buffers and are valid only during the `application` call
+/// (PEP 3333 §"environ Variables"). The CGI names are given on each field.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct Environ<'a> {
+    /// `REQUEST_METHOD`: the method token, case preserved (RFC 9110 §9.1).
+    pub request_method: RStr<'a>,
+    /// `SCRIPT_NAME`: the part of the path that selected this application, e.g. `/ctime.py`.
+    /// Never ends in `/` unless it is empty.
+    pub script_name: RStr<'a>,
+    /// `PATH_INFO`: the rest of the path after `SCRIPT_NAME`, **percent-decoded** bytes
+    /// (`%2F` becomes `/`), empty or starting with `/`.
+    pub path_info: RSlice<'a, u8>,
+    /// `QUERY_STRING`: the raw bytes after the first `?` of the request target, not decoded,
+    /// without a fragment. Empty when there is none.
+    pub query_string: RSlice<'a, u8>,
+    /// The request target exactly as received (RFC 9112 §3.2), like uWSGI's `REQUEST_URI`.
+    pub request_target: RSlice<'a, u8>,
+    /// `SERVER_PROTOCOL`: `"HTTP/1.1"` or `"HTTP/1.0"`.
+    pub server_protocol: RStr<'a>,
+    /// `SERVER_NAME`: the host from the `Host` field (or the absolute-form target),
+    /// without a port; the listening address when the request has none.
+    pub server_name: RStr<'a>,
+    /// `SERVER_PORT`: the port of the listening socket.
+    pub server_port: u16,
+    /// `REMOTE_ADDR`: the peer's IP address in text form (`127.0.0.1`, `::1`).
+    pub remote_addr: RStr<'a>,
+    /// `REMOTE_PORT`: the peer's TCP port.
+    pub remote_port: u16,
+    /// `wsgi.url_scheme`: `"http"` (or `"https"` behind a TLS terminator, later).
+    pub url_scheme: RStr<'a>,
+    /// `CONTENT_TYPE`: the `Content-Type` field value, empty if absent.
+    pub content_type: RSlice<'a, u8>,
+    /// `CONTENT_LENGTH`: the declared body length in bytes; `None` for a chunked body or
+    /// no body. The input stream is the authority on the body's end.
+    pub content_length: ROption<u64>,
+    /// The request header fields in the order received, repeats kept as separate entries
+    /// (the `HTTP_*` variables of PEP 3333, without CGI's renaming). Trailer fields of a
+    /// chunked body are not included.
+    pub headers: RSlice<'a, Field<'a>>,
+    /// Further environ keys, `name = value`, added by newer hosts without a layout change.
+    pub extra: RSlice<'a, Field<'a>>,
+    /// `wsgi.input`: the request body, de-chunked. See [`Input`].
+    pub input: Input_TO<'a, RMut<'a, ()>>,
+    /// `wsgi.errors`: a stream into the host's log, tagged with the plugin's name.
+    pub errors: ErrorStream_TO<'a, RMut<'a, ()>>,
+}
+
+/// `wsgi.input`: the request body stream (PEP 3333 §"Input and Error Streams").
+#[sabi_trait]
+pub trait Input {
+    /// Reads up to `buf.len()` bytes of the (de-chunked) body into `buf`.
+    ///
+    /// Returns `Ok(0)` at the end of the body, and on every read after it. May block until
+    /// the client sends more; the first read of a request that carried
+    /// `Expect: 100-continue` makes the host send `100 Continue` (RFC 9110 §10.1.1).
+    ///
+    /// # Errors
+    /// The client stopped sending (timeout), disconnected, or sent a malformed chunked body.
+    /// The message is for logs; the host closes the connection after the response.
+    fn read(&mut self, buf: RSliceMut<'_, u8>) -> RResult<usize, RString>;
+}
+
+/// `wsgi.errors`: a line-oriented stream into the host's log.
+#[sabi_trait]
+pub trait ErrorStream {
+    /// Writes one message to the host's error log, tagged with the plugin's name.
+    fn write(&mut self, msg: RStr<'_>);
+}
+
+/// PEP 3333's `start_response` callable, implemented by the host (or, later, by middleware).
+#[sabi_trait]
+pub trait StartResponse {
+    /// Sets the response status and header fields.
+    ///
+    /// `status` is a status line without the version: three digits, a space and a reason
+    /// phrase, e.g. `"200 OK"` (PEP 3333; RFC 9112 §4). Field names must be tokens and
+    /// values must not contain CR, LF or NUL. A second call is allowed only with `exc_info`
+    /// set, before the first body byte is sent, and replaces the first (PEP 3333
+    /// §"The start_response() Callable"). Hop-by-hop fields (`Connection`, `Keep-Alive`,
+    /// `Transfer-Encoding`, ...) belong to the host and are refused.
+    ///
+    /// # Errors
+    /// The status or a field is invalid, or this is a second call without `exc_info`. The
+    /// host then answers `500 Internal Server Error` whatever the application returns.
+    fn start_response(
+        &mut self,
+        status: RStr<'_>,
+        headers: RSlice<'_, Field<'_>>,
+        exc_info: ROption<RStr<'_>>,
+    ) -> RResult<(), RString>;
+}
+
+/// A response body produced in chunks (PEP 3333's iterable), pulled by the host.
+///
+/// The host calls [`BodyStream::next_chunk`] from a worker thread, never concurrently, until it
+/// returns `ROk(RNone)`. Dropping the stream is PEP 3333's `close()`: the host drops it when
+/// the response ends, also when the client disconnected first.
+#[sabi_trait]
+pub trait BodyStream: Send {
+    /// The next chunk of body bytes, or `RNone` at the end. Empty chunks are skipped.
+    ///
+    /// # Errors
+    /// The application failed mid-body. The host has already sent the head, so it closes the
+    /// connection (the client sees a truncated body) and logs the message.
+    fn next_chunk(&mut self) -> RResult<ROption<RVec<u8>>, RString>;
+}
+
+/// What an application returns: the response body (PEP 3333's return value).
+///
+/// This enum is exhaustive: adding a variant is an ABI break.
+#[repr(C, u8)]
+#[derive(StableAbi)]
+pub enum Body {
+    /// No body.
+    Empty,
+    /// A complete body in one buffer, allocated by the plugin.
+    Bytes(RVec<u8>),
+    /// A complete body in the plugin's static data (plugins are never unloaded).
+    Static(RSlice<'static, u8>),
+    /// A body produced chunk by chunk; see [`BodyStream`].
+    Stream(BodyStream_TO<'static, RBox<()>>),
+}
+
+/// The signature of a plugin's `application` entry point.
+///
+/// The host calls it on a worker thread, possibly on many threads at once, so plugin state
+/// must be `Sync`. It must call `start_response` exactly once (or again with `exc_info`)
+/// before returning.
+pub type ApplicationFn = extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body;
+
+/// The root module every plugin exports (one per `.so`), checked by the host at load time.
+///
+/// Fields up to [`PluginMod::application`] are the prefix every plugin has; later fields are
+/// optional suffix fields (absent in plugins built against an older `portico-api`).
+/// Reserved for suffix fields: per-plugin configuration handed over at load, and middleware
+/// (an application handed the next application, as in PEP 3333 §"Middleware").
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginMod_Ref)))]
+#[sabi(missing_field(option))]
+pub struct PluginMod {
+    /// The plugin's own name (for logs; routing uses the file name).
+    pub name: RStr<'static>,
+    /// The plugin's own version, free-form (usually its crate version).
+    pub version: RStr<'static>,
+    /// `cfg!(panic = "unwind")` in the plugin. The host refuses `false`: a plugin built with
+    /// `panic = "abort"` would take the whole server down on its first panic.
+    pub panic_unwind: bool,
+    /// PEP 3333's application callable. Written out rather than as [`ApplicationFn`] because
+    /// the `StableAbi` derive does not accept type aliases of fn pointers.
+    #[sabi(last_prefix_field)]
+    pub application: extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body,
+}
+
+impl RootModule for PluginMod_Ref {
+    declare_root_module_statics! {PluginMod_Ref}
+    const BASE_NAME: &'static str = "portico_plugin";
+    const NAME: &'static str = "portico plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}

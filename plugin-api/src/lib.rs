@@ -1,0 +1,127 @@
+//! # portico-api: Portico's gateway interface
+//!
+//! Portico does for compiled Rust applications what WSGI ([PEP 3333]) does for Python: one
+//! small, stable interface between the server (the `portico` host) and the application (a
+//! plugin: a `cdylib` dropped into `plugins/`), so either side can change without the other.
+//! This crate is both halves of that contract:
+//!
+//! - [`abi`]: the `#[repr(C)]` types that cross the boundary, checked at load time by
+//!   [abi_stable]. The host refuses a plugin built against an incompatible `portico-api`.
+//! - The SDK (this module's items): [`export_app!`], [`Environ`] accessors, [`StartResponse`],
+//!   [`Body`] constructors, [`Response`] and [`status`] helpers, and the panic fence that keeps a
+//!   plugin's panic from crossing the boundary.
+//!
+//! ## PEP 3333, section by section
+//!
+//! | PEP 3333 | Portico |
+//! |---|---|
+//! | "The Application/Framework Side": a callable taking `environ, start_response` | a function `fn(&mut Environ, &mut StartResponse) -> Body` (or any [`Application`]) exported with [`export_app!`] |
+//! | "The Server/Gateway Side" | the `portico` host: it builds the environ, calls the application on a worker thread, sends the response |
+//! | "Middleware: Components that Play Both Sides" | reserved: a suffix field of [`abi::PluginMod`] will hand a plugin the next application (an app calling an app with its own `start_response`) |
+//! | "environ Variables" | [`Environ`]: `REQUEST_METHOD`, `SCRIPT_NAME`, `PATH_INFO` (percent-decoded), `QUERY_STRING` (raw), `CONTENT_TYPE`, `CONTENT_LENGTH`, `SERVER_NAME`, `SERVER_PORT`, `SERVER_PROTOCOL`, `REMOTE_ADDR`, `REMOTE_PORT`, `wsgi.url_scheme`; the `HTTP_*` variables are [`Environ::headers`] in order, repeats kept |
+//! | "Input and Error Streams" | `wsgi.input` is [`Environ::read`] (de-chunked; `Ok(0)` at the end); `wsgi.errors` is [`Environ::log`], which goes to the host's log |
+//! | "The start_response() Callable" | [`StartResponse::start`]: status `"200 OK"`, fields as `(name, value)` pairs; a second call only with `exc_info` ([`StartResponse::start_with_exc_info`]) before the first body byte |
+//! | "Buffering and Streaming" | [`Body::Bytes`]/[`Body::Static`] for a complete body (the host sends `Content-Length`), [`Body::Stream`] for chunks (chunked on HTTP/1.1, close-delimited on HTTP/1.0, unless the application set `Content-Length`) |
+//! | the iterable's `close()` | dropping the [`BodyStream`](abi::BodyStream): the host drops it when the response ends, also when the client disconnected |
+//! | "Error Handling" | a panic in the application is caught inside the plugin: the response becomes `500 Internal Server Error` (through `exc_info`) and the panic message goes to the host's log |
+//! | "Thread Support" | applications run on a pool of worker threads, concurrently: state must be `Sync` |
+//! | hop-by-hop headers are the server's | the host refuses `Connection`, `Keep-Alive`, `Transfer-Encoding`, `TE`, `Trailer`, `Upgrade`, `Proxy-*` from an application |
+//!
+//! ## Writing a plugin
+//!
+//! ```no_run
+//! use portico_api::{Body, Environ, StartResponse, export_app, status};
+//!
+//! fn hello(environ: &mut Environ<'_>, start_response: &mut StartResponse<'_, '_>) -> Body {
+//!     let who = environ.path_info().trim_start_matches('/').to_owned();
+//!     start_response.start(status::OK, &[("Content-Type", "text/plain; charset=utf-8")]);
+//!     Body::from(format!("Hello, {}!\n", if who.is_empty() { "world" } else { &who }))
+//! }
+//!
+//! export_app!(name: "hello", version: env!("CARGO_PKG_VERSION"), app: hello);
+//! ```
+//!
+//! The crate must be a `cdylib`, must list `abi_stable = "0.11"` among its own dependencies
+//! (the export macro expands to `::abi_stable` paths), and must be built with
+//! `panic = "unwind"` (the default); the host refuses `panic = "abort"` plugins. Install the
+//! built `.so` into `plugins/` with a temporary name and `rename` (never `cp` over a file the
+//! server may be loading), then `kill -HUP` the server.
+//!
+//! ## Compatibility rule
+//!
+//! Plugins and host must agree on `portico-api`'s version by semver: any 0.1.y plugin loads
+//! into any 0.1.x host, layout permitting. Layout changes bump the 0.x minor; new
+//! capabilities arrive as suffix fields of [`abi::PluginMod`], which older plugins lack.
+//!
+//! ## What the fence does not cover
+//!
+//! A plugin runs in the server's process: memory-unsafe code in a plugin (a segfault, a
+//! double free, an `abort`) takes the whole server down. Panics are contained; UB is not.
+//!
+//! [PEP 3333]: https://peps.python.org/pep-3333/
+//! [abi_stable]: https://docs.rs/abi_stable
+#![allow(non_camel_case_types)]
+#![warn(missing_docs)]
+
+pub mod abi;
+mod sdk;
+
+pub use abi::{Body, Environ, Field};
+pub use sdk::{
+    Application, BodyError, Response, StartResponse, StartResponseError, guard, status,
+};
+
+/// Re-exports the export macro needs; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use abi_stable;
+}
+
+/// Exports an application as this plugin's root module.
+///
+/// `name` and `version` are `&'static str`s the host prints at load time; `app` is an
+/// expression giving any [`Application`]: a `fn(&mut Environ, &mut StartResponse) -> Body`,
+/// a closure, or a value of your own type. It is evaluated once, on the first request, so it
+/// may build state (a parsed template, a connection pool).
+///
+/// The generated `extern "C"` entry point runs the application inside the SDK's panic fence
+/// ([`guard::run`]).
+///
+/// ```no_run
+/// # use portico_api::{Body, Environ, StartResponse, export_app, status};
+/// export_app!(name: "ping", version: "1.0.0", app: |_: &mut Environ<'_>, sr: &mut StartResponse<'_, '_>| {
+///     sr.start(status::OK, &[("Content-Type", "text/plain")]);
+///     Body::from("pong\n")
+/// });
+/// ```
+#[macro_export]
+macro_rules! export_app {
+    (name: $name:expr, version: $version:expr, app: $app:expr $(,)?) => {
+        /// The plugin's root module, checked and loaded by the portico host.
+        #[::abi_stable::export_root_module]
+        pub fn portico_root_module() -> $crate::abi::PluginMod_Ref {
+            use $crate::__private::abi_stable::prefix_type::PrefixTypeTrait;
+            $crate::abi::PluginMod {
+                name: $crate::__private::abi_stable::std_types::RStr::from_str($name),
+                version: $crate::__private::abi_stable::std_types::RStr::from_str($version),
+                panic_unwind: cfg!(panic = "unwind"),
+                application: portico_application,
+            }
+            .leak_into_prefix()
+        }
+
+        extern "C" fn portico_application(
+            environ: &mut $crate::abi::Environ<'_>,
+            start_response: $crate::abi::StartResponse_TO<
+                '_,
+                $crate::__private::abi_stable::sabi_types::RMut<'_, ()>,
+            >,
+        ) -> $crate::abi::Body {
+            static APP: ::std::sync::OnceLock<::std::boxed::Box<dyn $crate::Application>> =
+                ::std::sync::OnceLock::new();
+            $crate::guard::run(environ, start_response, || {
+                &**APP.get_or_init(|| ::std::boxed::Box::new($app))
+            })
+        }
+    };
+}
