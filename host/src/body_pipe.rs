@@ -1,0 +1,155 @@
+//! The request body on its way from the I/O thread to an application (`wsgi.input`).
+//!
+//! The I/O thread decodes body bytes (de-chunked) and pushes them in; the application's
+//! worker reads them out, blocking until more arrive, for at most the body timeout between
+//! arrivals. The pipe holds at most [`PIPE_CAPACITY`] bytes: past that the I/O thread stops
+//! reading the socket (TCP backpressure on the client) until the application reads.
+//!
+//! `Expect: 100-continue` (RFC 9110 §10.1.1): the interim `100 Continue` is asked for on the
+//! application's first read, not before it runs (PEP 3333 allows this; Gunicorn sends it
+//! up front, which defeats the point of the expectation).
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::reactor::{Completion, ConnId, Notifier};
+
+/// Bytes buffered in a pipe above which the I/O thread stops reading the body: 256 KiB.
+pub const PIPE_CAPACITY: usize = 256 * 1024;
+
+#[derive(Default)]
+struct State {
+    chunks: VecDeque<Vec<u8>>,
+    front: usize,
+    buffered: usize,
+    done: bool,
+    error: Option<String>,
+    paused: bool,
+    continue_pending: bool,
+}
+
+/// One request body in flight between the I/O thread and a worker.
+pub struct BodyPipe {
+    state: Mutex<State>,
+    ready: Condvar,
+    timeout: Duration,
+    conn: ConnId,
+    notifier: Notifier,
+}
+
+impl BodyPipe {
+    /// An open pipe for connection `conn`. `expect_continue`: ask for `100 Continue` on the
+    /// first read.
+    pub fn new(conn: ConnId, notifier: Notifier, timeout: Duration, expect_continue: bool) -> Self {
+        BodyPipe {
+            state: Mutex::new(State { continue_pending: expect_continue, ..State::default() }),
+            ready: Condvar::new(),
+            timeout,
+            conn,
+            notifier,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// I/O side: appends decoded body bytes.
+    pub fn push(&self, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
+        let mut s = self.lock();
+        s.buffered += data.len();
+        s.chunks.push_back(data);
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    /// I/O side: the body is complete.
+    pub fn finish(&self) {
+        self.lock().done = true;
+        self.ready.notify_one();
+    }
+
+    /// I/O side: the body failed (client gone, timeout, bad chunked framing).
+    pub fn fail(&self, msg: &str) {
+        let mut s = self.lock();
+        if !s.done {
+            s.error = Some(msg.to_owned());
+        }
+        drop(s);
+        self.ready.notify_one();
+    }
+
+    /// I/O side: whether the buffer is full; if so, marks the pipe paused so the reader asks
+    /// the I/O thread to resume once it has drained half of it.
+    pub fn full_then_pause(&self) -> bool {
+        let mut s = self.lock();
+        if s.buffered >= PIPE_CAPACITY {
+            s.paused = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the I/O thread has read the whole body off the socket.
+    pub fn is_complete(&self) -> bool {
+        self.lock().done
+    }
+
+    /// Bytes buffered and not yet read by the application.
+    pub fn buffered(&self) -> usize {
+        self.lock().buffered
+    }
+
+    /// Worker side: `wsgi.input.read`. Returns `Ok(0)` at the end of the body.
+    ///
+    /// # Errors
+    /// The body failed, or nothing arrived for the body timeout.
+    pub fn read(&self, buf: &mut [u8]) -> Result<usize, String> {
+        let mut s = self.lock();
+        if s.continue_pending {
+            s.continue_pending = false;
+            self.notifier.notify(Completion::Continue(self.conn));
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if s.buffered > 0 {
+                let mut n = 0;
+                while n < buf.len() {
+                    let front = s.front;
+                    let Some(chunk) = s.chunks.front() else { break };
+                    let take = (chunk.len() - front).min(buf.len() - n);
+                    buf[n..n + take].copy_from_slice(&chunk[front..front + take]);
+                    n += take;
+                    if front + take == chunk.len() {
+                        s.chunks.pop_front();
+                        s.front = 0;
+                    } else {
+                        s.front = front + take;
+                    }
+                }
+                s.buffered -= n;
+                if s.paused && s.buffered <= PIPE_CAPACITY / 2 {
+                    s.paused = false;
+                    self.notifier.notify(Completion::ResumeRead(self.conn));
+                }
+                return Ok(n);
+            }
+            if let Some(e) = &s.error {
+                return Err(e.clone());
+            }
+            if s.done || buf.is_empty() {
+                return Ok(0);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(format!("no request body bytes for {} s", self.timeout.as_secs()));
+            }
+            s = self.ready.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}

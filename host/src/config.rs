@@ -1,0 +1,116 @@
+//! Command-line options (clap) and the settings the server runs with.
+//!
+//! Every option has a default, so `portico` with no arguments serves `html/` and `plugins/`
+//! on 127.0.0.1:8000. Each can also be set through a `PORTICO_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::http::limits;
+
+/// Portico: static files and hot-reloadable compiled plugins over HTTP/1.1.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "portico", version, about, long_about = None)]
+pub struct Args {
+    /// Address to listen on; repeat for several. Port 0 picks a free port.
+    #[arg(long = "bind", env = "PORTICO_BIND", value_delimiter = ',', default_value = "127.0.0.1:8000")]
+    pub bind: Vec<SocketAddr>,
+    /// Directory of static files (the docroot).
+    #[arg(long, env = "PORTICO_DOCROOT", default_value = "html")]
+    pub docroot: PathBuf,
+    /// Directory of plugins (`NAME.so` or `libNAME.so` serve `/NAME.py`).
+    #[arg(long, env = "PORTICO_PLUGINS", default_value = "plugins")]
+    pub plugins: PathBuf,
+    /// Where private copies of plugin libraries are made before loading
+    /// [default: PLUGINS/.cache].
+    #[arg(long, env = "PORTICO_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Worker threads that run applications [default: 2 × cores, at least 4].
+    #[arg(long, env = "PORTICO_THREADS")]
+    pub threads: Option<usize>,
+    /// Log level for the error log on stderr: error, warn, info, debug, trace (or a
+    /// tracing filter such as `portico=debug`).
+    #[arg(long, env = "PORTICO_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Access log destination: a file path, `-` for stdout, or `off`.
+    #[arg(long, env = "PORTICO_ACCESS_LOG", default_value = "-")]
+    pub access_log: String,
+    /// Seconds a keep-alive connection may stay idle between requests; then it is closed.
+    #[arg(long, env = "PORTICO_KEEP_ALIVE_TIMEOUT", default_value_t = limits::KEEP_ALIVE_TIMEOUT.as_secs())]
+    pub keep_alive_timeout: u64,
+    /// Seconds to receive a whole request head from its first byte; then 408 and close.
+    #[arg(long, env = "PORTICO_HEADER_TIMEOUT", default_value_t = limits::HEAD_TIMEOUT.as_secs())]
+    pub header_timeout: u64,
+    /// Seconds allowed between reads of a request body; then 408 and close.
+    #[arg(long, env = "PORTICO_BODY_TIMEOUT", default_value_t = limits::BODY_TIMEOUT.as_secs())]
+    pub body_timeout: u64,
+    /// Seconds allowed between writes that make progress; then the connection is closed.
+    #[arg(long, env = "PORTICO_SEND_TIMEOUT", default_value_t = limits::SEND_TIMEOUT.as_secs())]
+    pub send_timeout: u64,
+    /// Seconds SIGTERM waits for requests in flight before exiting.
+    #[arg(long, env = "PORTICO_GRACEFUL_TIMEOUT", default_value_t = 30)]
+    pub graceful_timeout: u64,
+    /// Largest request body in bytes; over it 413 and close.
+    #[arg(long, env = "PORTICO_MAX_BODY", default_value_t = limits::MAX_BODY)]
+    pub max_body: u64,
+    /// Most open connections; past it new ones wait in the listen backlog.
+    #[arg(long, env = "PORTICO_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+}
+
+/// The settings the running server uses, derived from [`Args`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Longest request line, bytes.
+    pub max_request_line: usize,
+    /// Largest header section, bytes.
+    pub max_head_bytes: usize,
+    /// Most fields.
+    pub max_fields: usize,
+    /// Largest body, bytes.
+    pub max_body: u64,
+    /// Head timeout.
+    pub head_timeout: Duration,
+    /// Keep-alive idle timeout.
+    pub keep_alive_timeout: Duration,
+    /// Body inactivity timeout.
+    pub body_timeout: Duration,
+    /// Send inactivity timeout.
+    pub send_timeout: Duration,
+    /// Drain time on SIGTERM.
+    pub graceful_timeout: Duration,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Whether access lines are produced at all.
+    pub access_log: bool,
+}
+
+impl Args {
+    /// Worker threads: the flag, or 2 × cores with a minimum of 4 (Waitress uses 4).
+    pub fn worker_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (2 * cores).max(4)
+        })
+    }
+
+    /// The settings for the server.
+    pub fn config(&self) -> Config {
+        Config {
+            max_request_line: limits::MAX_REQUEST_LINE,
+            max_head_bytes: limits::MAX_HEAD_BYTES,
+            max_fields: limits::MAX_FIELDS,
+            max_body: self.max_body,
+            head_timeout: Duration::from_secs(self.header_timeout),
+            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
+            body_timeout: Duration::from_secs(self.body_timeout),
+            send_timeout: Duration::from_secs(self.send_timeout),
+            graceful_timeout: Duration::from_secs(self.graceful_timeout),
+            max_connections: self.max_connections.max(1),
+            access_log: self.access_log != "off",
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The `portico` binary: parses the command line, sets up logging, runs the server.
+
+use std::fs::OpenOptions;
+
+use anyhow::Context;
+use clap::Parser;
+use portico::access_log;
+use portico::config::Args;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::prelude::*;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+
+    let error_log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(EnvFilter::try_new(&args.log_level).context("invalid --log-level")?)
+        .with_filter(filter_fn(|m| m.target() != access_log::TARGET));
+    let (access_writer, _guard) = match args.access_log.as_str() {
+        "off" => (None, None),
+        "-" => {
+            let (w, g) = tracing_appender::non_blocking(std::io::stdout());
+            (Some(w), Some(g))
+        }
+        path => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening access log {path}"))?;
+            let (w, g) = tracing_appender::non_blocking(file);
+            (Some(w), Some(g))
+        }
+    };
+    let access_layer = access_writer.map(|w| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(w)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false)
+            .with_filter(filter_fn(|m| m.target() == access_log::TARGET))
+    });
+    tracing_subscriber::registry().with(error_log).with(access_layer).init();
+
+    portico::server::run(args)
+}

@@ -1,0 +1,207 @@
+//! Calling a plugin's application: building the [`Environ`] from a parsed request (borrowed
+//! views, no per-field copies), the host's `start_response`, `wsgi.input` and `wsgi.errors`,
+//! and checking what the application handed back.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::sabi_types::RMut;
+use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
+use portico_api::abi::{
+    Body, Environ, ErrorStream, ErrorStream_TO, Field, Input, Input_TO, StartResponse, StartResponse_TO,
+};
+
+use super::loader::Plugin;
+use crate::body_pipe::BodyPipe;
+use crate::http::request::RequestHead;
+use crate::http::response::{validate_field, validate_status};
+use crate::http::target;
+
+/// The host's `start_response`: validates and encodes the status and fields as they come.
+#[derive(Default)]
+pub struct HostStartResponse {
+    /// Status code, once called.
+    pub status: Option<u16>,
+    /// Status line text after the code (`"200 OK"` whole).
+    pub status_line: String,
+    /// Encoded field lines, `Name: value\r\n` each.
+    pub fields: Vec<u8>,
+    /// `Content-Length` the application declared, if any.
+    pub content_length: Option<u64>,
+    /// Why the response is invalid (then the host answers 500).
+    pub error: Option<String>,
+}
+
+impl HostStartResponse {
+    fn set(&mut self, status: &str, headers: &[Field<'_>]) -> Result<(), String> {
+        let code = validate_status(status).map_err(|e| format!("invalid status {status:?}: {e}"))?;
+        for f in headers {
+            let name = f.name.as_str();
+            let value = f.value.as_slice();
+            validate_field(name, value).map_err(|e| format!("invalid field {name:?}: {e}"))?;
+            if name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+                let len = v.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| "invalid Content-Length".to_owned())?;
+                if self.content_length.is_some_and(|l| l != len) {
+                    return Err("conflicting Content-Length fields".to_owned());
+                }
+                self.content_length = Some(len);
+            }
+            self.fields.extend_from_slice(name.as_bytes());
+            self.fields.extend_from_slice(b": ");
+            self.fields.extend_from_slice(value);
+            self.fields.extend_from_slice(b"\r\n");
+        }
+        self.status = Some(code);
+        self.status_line = status.to_owned();
+        Ok(())
+    }
+}
+
+impl StartResponse for HostStartResponse {
+    fn start_response(
+        &mut self,
+        status: RStr<'_>,
+        headers: RSlice<'_, Field<'_>>,
+        exc_info: ROption<RStr<'_>>,
+    ) -> RResult<(), RString> {
+        if self.status.is_some() && exc_info.is_none() {
+            let msg = "start_response called a second time without exc_info".to_owned();
+            self.error = Some(msg.clone());
+            return RResult::RErr(msg.into());
+        }
+        // A call with exc_info replaces everything set before (PEP 3333).
+        *self = HostStartResponse::default();
+        match self.set(status.as_str(), headers.as_slice()) {
+            Ok(()) => RResult::ROk(()),
+            Err(msg) => {
+                self.status = None;
+                self.error = Some(msg.clone());
+                RResult::RErr(msg.into())
+            }
+        }
+    }
+}
+
+/// `wsgi.input` backed by the request's [`BodyPipe`] (or nothing, for a request without body).
+struct HostInput<'a> {
+    pipe: Option<&'a BodyPipe>,
+    failed: bool,
+}
+
+impl Input for HostInput<'_> {
+    fn read(&mut self, mut buf: RSliceMut<'_, u8>) -> RResult<usize, RString> {
+        let Some(pipe) = self.pipe else { return RResult::ROk(0) };
+        match pipe.read(buf.as_mut_slice()) {
+            Ok(n) => RResult::ROk(n),
+            Err(e) => {
+                self.failed = true;
+                RResult::RErr(e.into())
+            }
+        }
+    }
+}
+
+/// `wsgi.errors`: each write becomes one log line tagged with the plugin's name.
+struct HostErrors<'a> {
+    plugin: &'a str,
+}
+
+impl ErrorStream for HostErrors<'_> {
+    fn write(&mut self, msg: RStr<'_>) {
+        let msg = msg.as_str().trim_end();
+        if !msg.is_empty() {
+            tracing::warn!(plugin = %self.plugin, "{msg}");
+        }
+    }
+}
+
+/// The request facts the environ needs besides the head.
+pub struct CallInfo<'a> {
+    /// `SCRIPT_NAME`.
+    pub script_name: &'a str,
+    /// `PATH_INFO`, decoded.
+    pub path_info: &'a [u8],
+    /// The peer.
+    pub peer: SocketAddr,
+    /// The local (listening) address.
+    pub local: SocketAddr,
+}
+
+/// What the application answered.
+pub struct AppOutcome {
+    /// The start_response state.
+    pub start: HostStartResponse,
+    /// The body it returned.
+    pub body: Body,
+    /// Whether reading the body failed (client gone or timed out).
+    pub input_failed: bool,
+}
+
+/// `SERVER_NAME`: the Host (or absolute-form authority) without its port, else the local IP.
+fn server_name<'h>(head: &'h RequestHead, authority: Option<&'h [u8]>, local: &'h str) -> &'h str {
+    let host = authority.or_else(|| head.host.as_ref().map(|r| head.slice(r))).unwrap_or(b"");
+    let host = if host.starts_with(b"[") {
+        // IPv6 literal: keep the brackets, drop the port.
+        host.iter().position(|&b| b == b']').map_or(host, |i| &host[..=i])
+    } else {
+        host.iter().position(|&b| b == b':').map_or(host, |i| &host[..i])
+    };
+    match std::str::from_utf8(host) {
+        Ok(h) if !h.is_empty() => h,
+        _ => local,
+    }
+}
+
+/// Runs `plugin`'s application on one request.
+pub fn call(plugin: &Plugin, head: &RequestHead, info: &CallInfo<'_>, pipe: Option<&BodyPipe>) -> AppOutcome {
+    let parts = target::split(head.target(), head.form);
+    let mut addr_buf = [0u8; 64];
+    let remote_addr = {
+        let mut w = &mut addr_buf[..];
+        let _ = write!(w, "{}", info.peer.ip());
+        let left = w.len();
+        std::str::from_utf8(&addr_buf[..64 - left]).unwrap_or("")
+    };
+    let local_ip = info.local.ip().to_string();
+    let fields: Vec<Field<'_>> = head
+        .fields
+        .iter()
+        .map(|(n, v)| Field {
+            name: RStr::from_str(std::str::from_utf8(head.slice(n)).unwrap_or("")),
+            value: RSlice::from_slice(head.slice(v)),
+        })
+        .collect();
+    let mut input = HostInput { pipe, failed: false };
+    let mut errors = HostErrors { plugin: &plugin.name };
+    let mut start = HostStartResponse::default();
+    let content_length = match head.framing {
+        crate::http::request::Framing::Length(n) => ROption::RSome(n),
+        _ => ROption::RNone,
+    };
+    let body = {
+        let mut environ = Environ {
+            request_method: RStr::from_str(head.method()),
+            script_name: RStr::from_str(info.script_name),
+            path_info: RSlice::from_slice(info.path_info),
+            query_string: RSlice::from_slice(parts.query),
+            request_target: RSlice::from_slice(head.target()),
+            server_protocol: RStr::from_str(head.version.as_str()),
+            server_name: RStr::from_str(server_name(head, parts.authority, &local_ip)),
+            server_port: info.local.port(),
+            remote_addr: RStr::from_str(remote_addr),
+            remote_port: info.peer.port(),
+            url_scheme: RStr::from_str("http"),
+            content_type: RSlice::from_slice(head.content_type.as_ref().map_or(&b""[..], |r| head.slice(r))),
+            content_length,
+            headers: RSlice::from_slice(&fields),
+            extra: RSlice::from_slice(&[]),
+            input: Input_TO::from_ptr(RMut::new(&mut input), TD_Opaque),
+            errors: ErrorStream_TO::from_ptr(RMut::new(&mut errors), TD_Opaque),
+        };
+        let sr = StartResponse_TO::from_ptr(RMut::new(&mut start), TD_Opaque);
+        (plugin.module.application())(&mut environ, sr)
+    };
+    AppOutcome { start, body, input_failed: input.failed }
+}

@@ -1,0 +1,292 @@
+//! Loading one plugin file: the only module that opens shared libraries.
+//!
+//! Steps, each one refusing the file with a [`LoadError`] (and never the whole server):
+//! 1. Read the file whole, and stat it before and after: a file still being written is
+//!    refused ([`LoadError::Unstable`]); install plugins with a temporary name and `rename`.
+//! 2. Check the ELF program headers against the file length ([`check_elf`]): `dlopen` of a
+//!    truncated library kills the process with SIGBUS inside glibc.
+//! 3. Write the checked bytes to a private copy at a unique path in the cache directory.
+//!    glibc returns the already-loaded library for a path (or inode) it has seen, so reloading
+//!    "the same file" needs a new path; and the server never maps a file someone may
+//!    overwrite in place (that crashed the host in the research prototype).
+//! 4. `dlopen` the copy and check its root module with abi_stable
+//!    (`lib_header_from_path` + `init_root_module`: `RootModule::load_from_file` caches one
+//!    module per type for the whole process and would return the first plugin for every file).
+//!    abi_stable checks the `portico-api` version (semver) and every type layout reachable
+//!    from the root module.
+//! 5. Refuse plugins built with `panic = "abort"`.
+//! 6. Unlink the copy (its mapping stays valid).
+//!
+//! The library is never unloaded: see [`super`].
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use abi_stable::library::{LibraryError, lib_header_from_path};
+use portico_api::abi::PluginMod_Ref;
+use thiserror::Error;
+
+/// What identifies a version of a plugin file on disk: if any of these change, SIGHUP
+/// reloads it. Nanosecond mtime plus size plus inode catches a rebuild within the same second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Device of the file.
+    pub dev: u64,
+    /// Inode of the file (a `rename`d install has a new one).
+    pub ino: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+}
+
+impl Fingerprint {
+    /// The fingerprint of a file's metadata.
+    pub fn of(meta: &fs::Metadata) -> Self {
+        Fingerprint {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+}
+
+/// One loaded version of a plugin.
+pub struct Plugin {
+    /// The route name: `NAME` from `NAME.so` or `libNAME.so`; `/NAME.py` runs it.
+    pub name: String,
+    /// The name the plugin gives itself in its root module.
+    pub module_name: String,
+    /// The version the plugin gives itself.
+    pub version: String,
+    /// The checked root module.
+    pub module: PluginMod_Ref,
+    /// The file it was loaded from.
+    pub source: PathBuf,
+    /// The source file's fingerprint when loaded.
+    pub fingerprint: Fingerprint,
+    /// Load generation, unique in this process (the first load is 1).
+    pub generation: u64,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a plugin file was refused. The previous version, if any, keeps serving.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// Reading the file or writing the private copy failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file changed while it was read: still being written (install with `rename`).
+    #[error("file changed while being read (still being written? install with a temporary name and rename)")]
+    Unstable,
+    /// Not a loadable ELF shared library for this machine, or truncated.
+    #[error("not a loadable shared library: {0}")]
+    NotElf(String),
+    /// `dlopen` refused the file (missing dependency or symbol, wrong architecture).
+    #[error("dlopen failed: {0}")]
+    Open(String),
+    /// The file is a shared library but not a Portico plugin (no root module symbol).
+    #[error("not a portico plugin (no root module): {0}")]
+    NotAPlugin(String),
+    /// Built against an incompatible `portico-api` (version or type layout). The summary is
+    /// one line; the full abi_stable report is logged at debug level.
+    #[error("built against an incompatible portico-api: {summary}")]
+    Incompatible {
+        /// The final error lines of abi_stable's report, joined.
+        summary: String,
+        /// abi_stable's full report.
+        full: String,
+    },
+    /// Built with `panic = "abort"`: its first panic would abort the server.
+    #[error("built with panic = \"abort\"; portico plugins must unwind so the SDK can turn a panic into a 500")]
+    PanicAbort,
+}
+
+/// Checks that `data` is an ELF shared object whose loadable segments lie inside the file.
+///
+/// # Errors
+/// [`LoadError::NotElf`] naming the first problem found.
+pub fn check_elf(data: &[u8]) -> Result<(), LoadError> {
+    use object::elf::{ET_DYN, PT_DYNAMIC, PT_LOAD, PT_TLS};
+    use object::read::elf::{FileHeader, ProgramHeader};
+    let bad = |m: &str| LoadError::NotElf(m.to_owned());
+    if data.len() < 64 || &data[..4] != b"\x7fELF" {
+        return Err(bad("no ELF header"));
+    }
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(data).map_err(|e| bad(&e.to_string()))?;
+    let endian = header.endian().map_err(|e| bad(&e.to_string()))?;
+    if header.e_type(endian) != ET_DYN {
+        return Err(bad("not a shared object (ET_DYN)"));
+    }
+    let native = if cfg!(target_arch = "x86_64") {
+        object::elf::EM_X86_64
+    } else if cfg!(target_arch = "aarch64") {
+        object::elf::EM_AARCH64
+    } else {
+        header.e_machine(endian)
+    };
+    if header.e_machine(endian) != native {
+        return Err(bad("built for another architecture"));
+    }
+    let phdrs = header.program_headers(endian, data).map_err(|e| bad(&format!("program headers: {e}")))?;
+    let mut has_dynamic = false;
+    for ph in phdrs {
+        let kind = ph.p_type(endian);
+        if matches!(kind, PT_LOAD | PT_DYNAMIC | PT_TLS) {
+            let end = ph.p_offset(endian).checked_add(ph.p_filesz(endian));
+            if end.is_none_or(|end| end > data.len() as u64) {
+                return Err(bad("truncated: a loadable segment ends past the end of the file"));
+            }
+        }
+        has_dynamic |= kind == PT_DYNAMIC;
+    }
+    if !has_dynamic {
+        return Err(bad("no dynamic section (a static executable?)"));
+    }
+    Ok(())
+}
+
+/// One line from abi_stable's report: its distinct `Error:` lines (they name the expected and
+/// found versions or layouts), or its first line.
+fn summarize(report: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    for line in report.lines().map(str::trim).filter(|l| l.starts_with("Error:")) {
+        if !lines.contains(&line) {
+            lines.push(line);
+        }
+    }
+    let summary = if lines.is_empty() { report.lines().next().unwrap_or("").to_owned() } else { lines.join("; ") };
+    let summary = summary.replace("Error:", "").replace('\n', " ");
+    if summary.len() > 400 { format!("{}…", &summary[..summary.floor_char_boundary(400)]) } else { summary }
+}
+
+fn classify(err: LibraryError) -> LoadError {
+    use std::error::Error as _;
+    match err {
+        LibraryError::OpenError { err, .. } => {
+            let detail = err.source().map(ToString::to_string).unwrap_or_else(|| err.to_string());
+            LoadError::Open(detail)
+        }
+        LibraryError::GetSymbolError { err, .. } => {
+            let detail = err.source().map(ToString::to_string).unwrap_or_else(|| err.to_string());
+            LoadError::NotAPlugin(detail)
+        }
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+            let full = format!("expected portico-api {expected_version}, found {actual_version}");
+            LoadError::Incompatible { summary: full.clone(), full }
+        }
+        other => {
+            let full = other.to_string();
+            LoadError::Incompatible { summary: summarize(&full), full }
+        }
+    }
+}
+
+/// Loads the plugin at `source` under the route name `name`, through a private copy in
+/// `cache_dir` named after `generation`.
+///
+/// # Errors
+/// A [`LoadError`]; nothing of the file is used then.
+pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64) -> Result<Plugin, LoadError> {
+    let io = |what| move |source| LoadError::Io { what, source };
+    let before = fs::metadata(source).map_err(io("stat plugin file"))?;
+    let data = fs::read(source).map_err(io("read plugin file"))?;
+    let after = fs::metadata(source).map_err(io("stat plugin file"))?;
+    let fingerprint = Fingerprint::of(&before);
+    if fingerprint != Fingerprint::of(&after) || data.len() as u64 != before.len() {
+        return Err(LoadError::Unstable);
+    }
+    check_elf(&data)?;
+
+    fs::create_dir_all(cache_dir).map_err(io("create plugin cache directory"))?;
+    let copy = cache_dir.join(format!("{name}-{}-{generation}.so", std::process::id()));
+    fs::write(&copy, &data).map_err(io("write private copy"))?;
+    let loaded = lib_header_from_path(&copy).and_then(|header| header.init_root_module::<PluginMod_Ref>());
+    // The mapping outlives the path; the copy's disk space is held until exit.
+    let _ = fs::remove_file(&copy);
+    let module = loaded.map_err(classify)?;
+    if !module.panic_unwind() {
+        return Err(LoadError::PanicAbort);
+    }
+    Ok(Plugin {
+        name: name.to_owned(),
+        module_name: module.name().as_str().to_owned(),
+        version: module.version().as_str().to_owned(),
+        module,
+        source: source.to_owned(),
+        fingerprint,
+        generation,
+        loaded_at: SystemTime::now(),
+    })
+}
+
+/// Removes private copies left behind by earlier processes (a crash between copy and unlink).
+pub fn clean_cache(cache_dir: &Path) {
+    let Ok(entries) = fs::read_dir(cache_dir) else { return };
+    for entry in entries.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "so") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The PEP 3333 name a file gives: `NAME` for `NAME.so` or `libNAME.so` (`.dylib`, `.dll` on
+/// other systems). `None` for other files and for hidden ones (`.NAME.so.tmp` installs).
+pub fn route_name(file_name: &str) -> Option<&str> {
+    if file_name.starts_with('.') {
+        return None;
+    }
+    let stem = [".so", ".dylib", ".dll"].iter().find_map(|ext| file_name.strip_suffix(ext))?;
+    let stem = stem.strip_prefix("lib").filter(|s| !s.is_empty()).unwrap_or(stem);
+    let valid = !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    valid.then_some(stem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_names() {
+        assert_eq!(route_name("ctime.so"), Some("ctime"));
+        assert_eq!(route_name("libctime.so"), Some("ctime"));
+        assert_eq!(route_name(".ctime.so.tmp"), None);
+        assert_eq!(route_name("ctime.txt"), None);
+        assert_eq!(route_name("a b.so"), None);
+    }
+
+    #[test]
+    fn elf_check_refuses_junk_and_truncation() {
+        assert!(check_elf(b"hello").is_err());
+        let me = fs::read("/proc/self/exe").unwrap();
+        // A truncated copy of a real ELF file must be refused before dlopen.
+        assert!(check_elf(&me[..me.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn summary_is_one_line() {
+        let report = "a\nb\n  Error:incompatible type size Expected: 1 Found: 2\nc\nError:incompatible type size Expected: 1 Found: 2\n";
+        assert_eq!(summarize(report), "incompatible type size Expected: 1 Found: 2");
+    }
+}

@@ -1,0 +1,184 @@
+//! The set of plugins serving now, and its hot reload on SIGHUP.
+//!
+//! The set is an immutable map behind an [`ArcSwap`]: a request takes an `Arc` of the plugin
+//! it needs with one atomic load (no lock on the request path), a reload builds a new map and
+//! swaps it in atomically. Requests in flight keep the version they started on; new requests
+//! get the new one; no request waits for a reload.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::loader::{self, Fingerprint, LoadError, Plugin};
+
+/// An immutable snapshot: route name → loaded plugin.
+pub type PluginSet = HashMap<String, Arc<Plugin>>;
+
+/// What one scan did, for logs and tests.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// Newly loaded (name, version).
+    pub added: Vec<(String, String)>,
+    /// Reloaded because the file changed (name, version).
+    pub reloaded: Vec<(String, String)>,
+    /// Dropped because the file disappeared.
+    pub removed: Vec<String>,
+    /// Files refused, with why; a previous version of the same name keeps serving.
+    pub failed: Vec<(PathBuf, LoadError)>,
+}
+
+/// The plugins directory and the set loaded from it.
+pub struct Registry {
+    dir: PathBuf,
+    cache_dir: PathBuf,
+    current: ArcSwap<PluginSet>,
+    generation: AtomicU64,
+    /// Files that failed to load, by fingerprint, so an unchanged bad file is not retried
+    /// (and re-logged) on every SIGHUP.
+    failed: Mutex<HashMap<PathBuf, Fingerprint>>,
+    /// Serialises scans (SIGHUP during a scan waits for it).
+    scanning: Mutex<()>,
+}
+
+impl Registry {
+    /// An empty registry over `dir`, copying libraries into `cache_dir` to load them.
+    pub fn new(dir: PathBuf, cache_dir: PathBuf) -> Self {
+        loader::clean_cache(&cache_dir);
+        Registry {
+            dir,
+            cache_dir,
+            current: ArcSwap::from_pointee(HashMap::new()),
+            generation: AtomicU64::new(0),
+            failed: Mutex::new(HashMap::new()),
+            scanning: Mutex::new(()),
+        }
+    }
+
+    /// The plugin serving `name` now.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.current.load().get(name).cloned()
+    }
+
+    /// A snapshot of the whole set.
+    pub fn snapshot(&self) -> Arc<PluginSet> {
+        self.current.load_full()
+    }
+
+    /// Rescans the directory: loads new files, reloads changed ones, drops removed ones, and
+    /// swaps the result in. A file that fails to load keeps its previous version, if any.
+    pub fn scan(&self) -> ReloadReport {
+        let _guard = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let mut next: PluginSet = HashMap::new();
+        let mut report = ReloadReport::default();
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+
+        for (name, path) in self.candidates() {
+            let Ok(meta) = fs::metadata(&path) else { continue };
+            let fp = Fingerprint::of(&meta);
+            let previous = old.get(&name);
+            if let Some(p) = previous.filter(|p| p.fingerprint == fp && p.source == path) {
+                next.insert(name, Arc::clone(p));
+                continue;
+            }
+            if failed.get(&path) == Some(&fp) {
+                // Unchanged since it last failed: keep what serves, without a new log line.
+                if let Some(p) = previous {
+                    next.insert(name, Arc::clone(p));
+                }
+                continue;
+            }
+            let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            match loader::load(&name, &path, &self.cache_dir, generation) {
+                Ok(plugin) => {
+                    failed.remove(&path);
+                    let entry = (name.clone(), plugin.version.clone());
+                    if previous.is_some() { report.reloaded.push(entry) } else { report.added.push(entry) }
+                    next.insert(name, Arc::new(plugin));
+                }
+                Err(e) => {
+                    failed.insert(path.clone(), fp);
+                    if let Some(p) = previous {
+                        next.insert(name, Arc::clone(p));
+                    }
+                    report.failed.push((path, e));
+                }
+            }
+        }
+        for name in old.keys() {
+            if !next.contains_key(name) {
+                report.removed.push(name.clone());
+            }
+        }
+        self.current.store(Arc::new(next));
+        report
+    }
+
+    /// Plugin files in the directory by route name. `NAME.so` wins over `libNAME.so`.
+    fn candidates(&self) -> Vec<(String, PathBuf)> {
+        let mut found: HashMap<String, PathBuf> = HashMap::new();
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            tracing::warn!(dir = %self.dir.display(), "plugins directory cannot be read");
+            return Vec::new();
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else { continue };
+            let Some(name) = loader::route_name(file_name) else { continue };
+            if !entry.path().is_file() {
+                continue;
+            }
+            let plain = !file_name.starts_with("lib");
+            match found.get(name) {
+                Some(existing) if !plain || is_plain(existing) => {
+                    tracing::warn!(plugin = name, ignored = %entry.path().display(), kept = %existing.display(), "two files give the same plugin name");
+                }
+                _ => {
+                    found.insert(name.to_owned(), entry.path());
+                }
+            }
+        }
+        let mut v: Vec<_> = found.into_iter().collect();
+        v.sort();
+        v
+    }
+
+    /// The plugins directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn is_plain(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with("lib"))
+}
+
+/// Logs a scan's outcome: one line per plugin loaded, reloaded, removed or refused.
+pub fn log_report(report: &ReloadReport, startup: bool) {
+    for (name, version) in &report.added {
+        tracing::info!(plugin = %name, version = %version, "loaded plugin {name} {version}");
+    }
+    for (name, version) in &report.reloaded {
+        tracing::info!(plugin = %name, version = %version, "reloaded plugin {name} {version}");
+    }
+    for name in &report.removed {
+        tracing::info!(plugin = %name, "removed plugin {name}");
+    }
+    for (path, err) in &report.failed {
+        let name = path.file_name().and_then(|n| n.to_str()).and_then(loader::route_name).unwrap_or("?");
+        match err {
+            LoadError::Incompatible { full, .. } => {
+                tracing::error!(plugin = %name, file = %path.display(), "plugin {name} refused: {err}");
+                tracing::debug!(plugin = %name, "abi_stable report for {name}:\n{full}");
+            }
+            _ => tracing::error!(plugin = %name, file = %path.display(), "failed to load plugin {name}: {err}"),
+        }
+    }
+    if !startup && report.added.is_empty() && report.reloaded.is_empty() && report.removed.is_empty() && report.failed.is_empty() {
+        tracing::info!("reload: no plugin changed");
+    }
+}

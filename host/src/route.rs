@@ -1,0 +1,89 @@
+//! Routing: which application answers a request target.
+//!
+//! `/NAME.py` and `/NAME.py/rest` go to plugin NAME with `SCRIPT_NAME = /NAME.py` and
+//! `PATH_INFO = /rest` (percent-decoded), as a WSGI tutorial's `__import__` of a module per
+//! path does; everything else is a static file under the docroot.
+
+use crate::http::error::RequestError;
+use crate::http::request::RequestHead;
+use crate::http::target::{self, TargetForm};
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A plugin application.
+    Plugin {
+        /// Route name (`NAME` of `/NAME.py`).
+        name: String,
+        /// `SCRIPT_NAME`.
+        script_name: String,
+        /// `PATH_INFO`, decoded.
+        path_info: Vec<u8>,
+    },
+    /// A file under the docroot; the path is decoded and still to be checked.
+    Static {
+        /// The decoded path.
+        path: Vec<u8>,
+    },
+    /// `OPTIONS *` (RFC 9110 §9.3.7): about the server as a whole.
+    ServerOptions,
+    /// Authority-form (CONNECT): Portico is not a proxy.
+    NotAllowed,
+}
+
+/// Routes a parsed request.
+///
+/// # Errors
+/// [`RequestError::BadRequest`] for a malformed percent-encoding.
+pub fn route(head: &RequestHead) -> Result<Route, RequestError> {
+    match head.form {
+        TargetForm::Asterisk => return Ok(Route::ServerOptions),
+        TargetForm::Authority => return Ok(Route::NotAllowed),
+        TargetForm::Origin | TargetForm::Absolute => {}
+    }
+    let parts = target::split(head.target(), head.form);
+    Ok(split_path(parts.path)?)
+}
+
+/// The request target's path, still percent-encoded (for a redirect's `Location`).
+pub fn raw_path(head: &RequestHead) -> Vec<u8> {
+    target::split(head.target(), head.form).path.to_vec()
+}
+
+/// Splits a raw (encoded) path into a plugin route or a static path.
+///
+/// # Errors
+/// [`RequestError::BadRequest`] for a malformed percent-encoding.
+pub fn split_path(raw: &[u8]) -> Result<Route, RequestError> {
+    let rest = raw.strip_prefix(b"/").unwrap_or(raw);
+    let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+    let first = &rest[..end];
+    if let Some(stem) = first.strip_suffix(b".py") {
+        let valid = !stem.is_empty() && stem.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if valid {
+            let name = String::from_utf8_lossy(stem).into_owned();
+            let path_info = target::decode_path(&rest[end..])?.into_owned();
+            return Ok(Route::Plugin { script_name: format!("/{name}.py"), name, path_info });
+        }
+    }
+    Ok(Route::Static { path: target::decode_path(raw)?.into_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(name: &str, path_info: &[u8]) -> Route {
+        Route::Plugin { name: name.into(), script_name: format!("/{name}.py"), path_info: path_info.to_vec() }
+    }
+
+    #[test]
+    fn script_name_and_path_info() {
+        assert_eq!(split_path(b"/ctime.py").unwrap(), plugin("ctime", b""));
+        assert_eq!(split_path(b"/echo.py/a%20b/c%2Fd").unwrap(), plugin("echo", b"/a b/c/d"));
+        assert_eq!(split_path(b"/echo.py/").unwrap(), plugin("echo", b"/"));
+        assert_eq!(split_path(b"/x/echo.py").unwrap(), Route::Static { path: b"/x/echo.py".to_vec() });
+        assert_eq!(split_path(b"/.py").unwrap(), Route::Static { path: b"/.py".to_vec() });
+        assert_eq!(split_path(b"/%2e%2e/x").unwrap(), Route::Static { path: b"/../x".to_vec() });
+    }
+}

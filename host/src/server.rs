@@ -1,0 +1,96 @@
+//! Wiring: binds the listeners, loads the plugins, starts the worker pool, the I/O thread and
+//! the signal thread, and waits for shutdown.
+//!
+//! Signals (signal-hook): SIGHUP rescans `plugins/` on the signal thread (requests never wait
+//! for it); SIGTERM and SIGINT stop accepting and drain requests in flight for up to the
+//! graceful timeout, then the process exits 0. A second SIGTERM/SIGINT exits at once (1).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use mio::{Poll, Token, Waker};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::config::Args;
+use crate::plugin::registry::{self, Registry};
+use crate::reactor::{Reactor, Shared};
+use crate::worker::{Pool, PoolStats};
+
+/// Runs the server until SIGTERM/SIGINT has drained it.
+///
+/// # Errors
+/// The docroot does not exist, a listener cannot be bound, or a thread cannot start.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let docroot = std::fs::canonicalize(&args.docroot)
+        .with_context(|| format!("docroot {} does not exist", args.docroot.display()))?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
+    let registry = Arc::new(Registry::new(args.plugins.clone(), cache_dir));
+    let report = registry.scan();
+    registry::log_report(&report, true);
+
+    let listeners = args
+        .bind
+        .iter()
+        .map(|addr| TcpListener::bind(addr).with_context(|| format!("binding {addr}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    let threads = args.worker_threads();
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        config: args.config(),
+        docroot: docroot.clone(),
+        registry: Arc::clone(&registry),
+        shutting_down: Arc::clone(&shutting_down),
+    });
+    let poll = Poll::new().context("creating the poller")?;
+    let waker = Arc::new(Waker::new(poll.registry(), Token(usize::MAX)).context("creating the waker")?);
+    let (job_tx, job_rx) = crossbeam_channel::unbounded();
+    let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let (reactor, notifier) = Reactor::new(poll, Arc::clone(&waker), listeners, job_tx, shared).context("starting the I/O loop")?;
+    let pool = Pool::start(threads, job_rx, notifier, Arc::clone(&shutting_down), Arc::new(PoolStats::default()));
+
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("installing signal handlers")?;
+    {
+        let registry = Arc::clone(&registry);
+        let shutting_down = Arc::clone(&shutting_down);
+        let waker = Arc::clone(&waker);
+        std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
+            for sig in signals.forever() {
+                match sig {
+                    SIGHUP => {
+                        tracing::info!("SIGHUP: rescanning {}", registry.dir().display());
+                        let report = registry.scan();
+                        registry::log_report(&report, false);
+                    }
+                    _ => {
+                        if shutting_down.swap(true, Ordering::SeqCst) {
+                            tracing::warn!("second shutdown signal: exiting now");
+                            std::process::exit(1);
+                        }
+                        let _ = waker.wake();
+                    }
+                }
+            }
+        })?;
+    }
+
+    let snapshot = registry.snapshot();
+    let mut names: Vec<_> = snapshot.values().map(|p| format!("{} {}", p.name, p.version)).collect();
+    names.sort();
+    tracing::info!("docroot {}; plugins from {}: {}", docroot.display(), args.plugins.display(), if names.is_empty() { "none".to_owned() } else { names.join(", ") });
+    tracing::info!("{threads} worker threads");
+    for addr in &addrs {
+        tracing::info!("listening on http://{addr}");
+    }
+
+    let io = std::thread::Builder::new().name("portico-io".into()).spawn(move || reactor.run())?;
+    let drained = io.join().map_err(|_| anyhow::anyhow!("the I/O thread panicked"))?;
+    drained.context("I/O loop failed")?;
+    // Workers finish their queue; the job sender is gone, so they exit.
+    pool.join();
+    tracing::info!("stopped");
+    Ok(())
+}
