@@ -139,6 +139,7 @@ struct Conn {
     sock: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    ips: Arc<(String, String)>,
     rbuf: Vec<u8>,
     phase: Phase,
     body: Option<BodyIn>,
@@ -216,7 +217,12 @@ impl Reactor {
             ls.push((l, addr));
         }
         let c = &shared.config;
-        let limits = HeadLimits { request_line: c.max_request_line, head_bytes: c.max_head_bytes, fields: c.max_fields, body: c.max_body };
+        let limits = HeadLimits {
+            request_line: c.max_request_line,
+            head_bytes: c.max_head_bytes,
+            fields: c.max_fields,
+            body: c.max_body,
+        };
         let reactor = Reactor {
             poll,
             listeners: ls,
@@ -242,11 +248,15 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.ready.is_empty() { next_tick.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
+            let timeout = if self.ready.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e);
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -280,7 +290,10 @@ impl Reactor {
                     break;
                 }
                 if now >= deadline {
-                    tracing::warn!(open = self.conns.len(), "graceful timeout passed; closing the remaining connections");
+                    tracing::warn!(
+                        open = self.conns.len(),
+                        "graceful timeout passed; closing the remaining connections"
+                    );
                     break;
                 }
             }
@@ -292,7 +305,11 @@ impl Reactor {
 
     fn start_drain(&mut self) {
         let grace = self.shared.config.graceful_timeout;
-        tracing::info!(in_flight = self.conns.len(), "shutting down: no longer accepting; draining for up to {} s", grace.as_secs());
+        tracing::info!(
+            in_flight = self.conns.len(),
+            "shutting down: no longer accepting; draining for up to {} s",
+            grace.as_secs()
+        );
         self.draining = Some(Instant::now() + grace);
         for (mut l, _) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
@@ -323,7 +340,12 @@ impl Reactor {
                     let local = sock.local_addr().unwrap_or(self.listeners[i].1);
                     let entry = self.conns.vacant_entry();
                     let token = entry.key();
-                    if self.poll.registry().register(&mut sock, Token(token), Interest::READABLE | Interest::WRITABLE).is_err() {
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut sock, Token(token), Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
                         continue;
                     }
                     self.next_gen += 1;
@@ -333,6 +355,7 @@ impl Reactor {
                         sock,
                         peer,
                         local,
+                        ips: Arc::new((peer.ip().to_string(), local.ip().to_string())),
                         rbuf: Vec::new(),
                         phase: Phase::Head,
                         body: None,
@@ -556,13 +579,19 @@ impl Reactor {
             }
             Route::NotAllowed => {
                 let body = response::error_body(405);
-                let bytes = response::simple(head.version.as_str(), 405, "text/plain; charset=utf-8", &body, true, false);
+                let bytes =
+                    response::simple(head.version.as_str(), 405, "text/plain; charset=utf-8", &body, true, false);
                 return self.respond_local(t, 405, bytes, None, body.len() as u64, true);
             }
         };
         let Some(plugin) = shared.registry.get(&name) else {
             let conn = &self.conns[t];
-            let r = static_files::not_found(&shared.docroot, head.version.as_str(), head.is_head(), conn.close_after || head.framing != Framing::None);
+            let r = static_files::not_found(
+                &shared.docroot,
+                head.version.as_str(),
+                head.is_head(),
+                conn.close_after || head.framing != Framing::None,
+            );
             let close = head.framing != Framing::None;
             return self.respond_local(t, r.status, r.bytes, None, r.body_len, close);
         };
@@ -570,7 +599,12 @@ impl Reactor {
         let pipe = match head.framing {
             Framing::None => None,
             framing => {
-                let pipe = Arc::new(BodyPipe::new(conn.id, self.notifier.clone(), shared.config.body_timeout, head.expect_continue));
+                let pipe = Arc::new(BodyPipe::new(
+                    conn.id,
+                    self.notifier.clone(),
+                    shared.config.body_timeout,
+                    head.expect_continue,
+                ));
                 let decoder = match framing {
                     Framing::Length(n) => BodyDecoder::Length(n),
                     _ => BodyDecoder::Chunked(ChunkedDecoder::new(shared.config.max_head_bytes)),
@@ -589,6 +623,7 @@ impl Reactor {
             path_info,
             peer: conn.peer,
             local: conn.local,
+            ips: Arc::clone(&conn.ips),
             pipe,
         }));
         if !has_body || conn.expect_continue {
@@ -613,17 +648,33 @@ impl Reactor {
         let raw_path = route::raw_path(head);
         if method != "GET" && method != "HEAD" {
             let body = response::error_body(405);
-            let mut bytes = response::simple(head.version.as_str(), 405, "text/plain; charset=utf-8", &body, true, false);
+            let mut bytes =
+                response::simple(head.version.as_str(), 405, "text/plain; charset=utf-8", &body, true, false);
             let pos = bytes.len() - 2 - body.len();
             bytes.splice(pos..pos, b"Allow: GET, HEAD\r\n".iter().copied());
             return self.respond_local(t, 405, bytes, None, body.len() as u64, true);
         }
-        let r = static_files::serve(&self.shared.docroot, path, &raw_path, head.version.as_str(), head.is_head(), close_after || has_body);
+        let r = static_files::serve(
+            &self.shared.docroot,
+            path,
+            &raw_path,
+            head.version.as_str(),
+            head.is_head(),
+            close_after || has_body,
+        );
         self.respond_local(t, r.status, r.bytes, r.file, r.body_len, has_body);
     }
 
     /// Queues a response produced on this thread.
-    fn respond_local(&mut self, t: usize, status: u16, bytes: Vec<u8>, file: Option<(File, u64)>, body_len: u64, close: bool) {
+    fn respond_local(
+        &mut self,
+        t: usize,
+        status: u16,
+        bytes: Vec<u8>,
+        file: Option<(File, u64)>,
+        body_len: u64,
+        close: bool,
+    ) {
         let conn = &mut self.conns[t];
         conn.phase = Phase::Writing;
         conn.status = status;
@@ -659,8 +710,11 @@ impl Reactor {
                 Completion::Response(out) => self.on_response(*out),
                 Completion::Chunk(out) => self.on_chunk(*out),
                 Completion::Continue(id) => {
-                    if let Some(conn) = self.live(id) {
-                        if conn.phase == Phase::Request && conn.wq.is_empty() {
+                    if let Some(conn) = self.live(id)
+                        && conn.phase == Phase::Request
+                        && conn.wq.is_empty()
+                    {
+                        {
                             let msg = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
                             conn.wq_bytes += msg.len();
                             conn.wq.push_back(Out::Owned(msg, 0));
@@ -788,14 +842,12 @@ impl Reactor {
                 }
             }
         }
-        if conn.wq_bytes < WRITE_HIGH_WATER {
-            if let StreamSlot::Parked(_) = conn.stream {
-                if let StreamSlot::Parked(s) = std::mem::replace(&mut conn.stream, StreamSlot::Pulling) {
-                    if let Some(jobs) = &self.jobs {
-                        let _ = jobs.send(Job::Pull(conn.id, s));
-                    }
-                }
-            }
+        if conn.wq_bytes < WRITE_HIGH_WATER
+            && matches!(conn.stream, StreamSlot::Parked(_))
+            && let StreamSlot::Parked(s) = std::mem::replace(&mut conn.stream, StreamSlot::Pulling)
+            && let Some(jobs) = &self.jobs
+        {
+            let _ = jobs.send(Job::Pull(conn.id, s));
         }
         self.maybe_finish(t);
     }

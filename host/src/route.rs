@@ -42,7 +42,7 @@ pub fn route(head: &RequestHead) -> Result<Route, RequestError> {
         TargetForm::Origin | TargetForm::Absolute => {}
     }
     let parts = target::split(head.target(), head.form);
-    Ok(split_path(parts.path)?)
+    split_path(parts.path)
 }
 
 /// The request target's path, still percent-encoded (for a redirect's `Location`).

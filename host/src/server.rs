@@ -49,7 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let waker = Arc::new(Waker::new(poll.registry(), Token(usize::MAX)).context("creating the waker")?);
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-    let (reactor, notifier) = Reactor::new(poll, Arc::clone(&waker), listeners, job_tx, shared).context("starting the I/O loop")?;
+    let (reactor, notifier) =
+        Reactor::new(poll, Arc::clone(&waker), listeners, job_tx, shared).context("starting the I/O loop")?;
     let pool = Pool::start(threads, job_rx, notifier, Arc::clone(&shutting_down), Arc::new(PoolStats::default()));
 
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("installing signal handlers")?;
@@ -80,7 +81,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let snapshot = registry.snapshot();
     let mut names: Vec<_> = snapshot.values().map(|p| format!("{} {}", p.name, p.version)).collect();
     names.sort();
-    tracing::info!("docroot {}; plugins from {}: {}", docroot.display(), args.plugins.display(), if names.is_empty() { "none".to_owned() } else { names.join(", ") });
+    tracing::info!(
+        "docroot {}; plugins from {}: {}",
+        docroot.display(),
+        args.plugins.display(),
+        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+    );
     tracing::info!("{threads} worker threads");
     for addr in &addrs {
         tracing::info!("listening on http://{addr}");

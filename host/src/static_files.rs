@@ -52,7 +52,14 @@ fn resolve(root: &Path, decoded: &[u8]) -> Option<PathBuf> {
 }
 
 /// Serves `decoded` (a decoded request path) from `root` (canonical docroot).
-pub fn serve(root: &Path, decoded: &[u8], raw_path: &[u8], version: &str, head_only: bool, close: bool) -> StaticResponse {
+pub fn serve(
+    root: &Path,
+    decoded: &[u8],
+    raw_path: &[u8],
+    version: &str,
+    head_only: bool,
+    close: bool,
+) -> StaticResponse {
     let Some(mut path) = resolve(root, decoded) else { return not_found(root, version, head_only, close) };
     let Ok(mut meta) = fs::metadata(&path) else { return not_found(root, version, head_only, close) };
     if meta.is_dir() {
@@ -93,12 +100,14 @@ pub fn serve(root: &Path, decoded: &[u8], raw_path: &[u8], version: &str, head_o
         return StaticResponse { status: 200, bytes: head, file: None, body_len: 0 };
     }
     if len <= INLINE_MAX {
+        // Exactly `len` bytes, in one read for a small file (read_to_end would stat and seek).
         let mut file = file;
         let start = head.len();
-        if std::io::Read::read_to_end(&mut file, &mut head).is_ok() && (head.len() - start) as u64 == len {
+        head.resize(start + len as usize, 0);
+        if std::io::Read::read_exact(&mut file, &mut head[start..]).is_ok() {
             return StaticResponse { status: 200, bytes: head, file: None, body_len: len };
         }
-        // The file changed under us: fall back to a 404 rather than send a wrong length.
+        // The file shrank under us: a 404 rather than a wrong length.
         return not_found(root, version, head_only, close);
     }
     StaticResponse { status: 200, bytes: head, file: Some((file, len)), body_len: len }

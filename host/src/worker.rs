@@ -44,6 +44,8 @@ pub struct CallJob {
     pub peer: SocketAddr,
     /// Local address.
     pub local: SocketAddr,
+    /// The peer's and the local IP as text, formatted once per connection.
+    pub ips: Arc<(String, String)>,
     /// The body, if the request has one.
     pub pipe: Option<Arc<BodyPipe>>,
 }
@@ -155,7 +157,13 @@ pub struct Pool {
 
 impl Pool {
     /// Starts `n` workers taking jobs from `jobs`.
-    pub fn start(n: usize, jobs: Receiver<Job>, notifier: Notifier, shutting_down: Arc<AtomicBool>, stats: Arc<PoolStats>) -> Self {
+    pub fn start(
+        n: usize,
+        jobs: Receiver<Job>,
+        notifier: Notifier,
+        shutting_down: Arc<AtomicBool>,
+        stats: Arc<PoolStats>,
+    ) -> Self {
         let threads = (0..n)
             .map(|i| {
                 let jobs = jobs.clone();
@@ -205,7 +213,14 @@ fn internal_error(job: &CallJob, close: bool, why: &str) -> ResponseOut {
     let body = response::error_body(500);
     ResponseOut {
         conn: job.conn,
-        bytes: response::simple(job.head.version.as_str(), 500, "text/plain; charset=utf-8", &body, close, job.head.is_head()),
+        bytes: response::simple(
+            job.head.version.as_str(),
+            500,
+            "text/plain; charset=utf-8",
+            &body,
+            close,
+            job.head.is_head(),
+        ),
         body: OutBody::None,
         close,
         status: 500,
@@ -214,12 +229,20 @@ fn internal_error(job: &CallJob, close: bool, why: &str) -> ResponseOut {
 }
 
 fn run_call(job: CallJob, shutting_down: &AtomicBool) -> ResponseOut {
-    let info = CallInfo { script_name: &job.script_name, path_info: &job.path_info, peer: job.peer, local: job.local };
+    let info = CallInfo {
+        script_name: &job.script_name,
+        path_info: &job.path_info,
+        peer: job.peer,
+        local: job.local,
+        peer_ip: &job.ips.0,
+        local_ip: &job.ips.1,
+    };
     let outcome = call::call(&job.plugin, &job.head, &info, job.pipe.as_deref());
     // Keep-alive only if the whole request body has been read off the socket: otherwise the
     // next request's start is unknown (RFC 9112 §9.6 lets us close instead of draining).
     let body_complete = job.pipe.as_ref().is_none_or(|p| p.is_complete());
-    let mut close = !job.head.keep_alive || shutting_down.load(Ordering::Relaxed) || !body_complete || outcome.input_failed;
+    let mut close =
+        !job.head.keep_alive || shutting_down.load(Ordering::Relaxed) || !body_complete || outcome.input_failed;
 
     let start = outcome.start;
     let code = match (start.status, &start.error) {
@@ -262,7 +285,12 @@ fn run_call(job: CallJob, shutting_down: &AtomicBool) -> ResponseOut {
             if framing == OutFraming::Length(0) {
                 drop(stream);
             } else {
-                body_out = OutBody::Stream(Box::new(StreamState { stream, plugin: Arc::clone(&job.plugin), framing, sent: 0 }));
+                body_out = OutBody::Stream(Box::new(StreamState {
+                    stream,
+                    plugin: Arc::clone(&job.plugin),
+                    framing,
+                    sent: 0,
+                }));
             }
         }
         Body::Stream(stream) => drop(stream),

@@ -24,30 +24,41 @@ use abi_stable::{
     StableAbi, declare_root_module_statics,
     library::RootModule,
     package_version_strings, sabi_trait,
-    sabi_types::VersionStrings,
     sabi_types::RMut,
+    sabi_types::VersionStrings,
     std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec},
 };
 
 /// One field line of a request or response header section (RFC 9110 §5).
 ///
-/// `name` is a token (RFC 9110 §5.1), so it is always ASCII. `value` is the field value as
-/// bytes, without leading or trailing whitespace (RFC 9112 §5): it may contain obs-text
-/// (bytes 0x80–0xFF), which is why it is not a string. PEP 3333 reads such bytes as ISO-8859-1;
-/// [`crate::Environ::header`] gives them as `&str` when they are UTF-8.
+/// Both parts are bytes, as on the wire: the host lends them without copying or validating
+/// them again. In a request, `name` is a token (RFC 9110 §5.1, so ASCII) and `value` has no
+/// leading or trailing whitespace (RFC 9112 §5) but may contain obs-text (bytes 0x80–0xFF),
+/// which PEP 3333 reads as ISO-8859-1. [`Field::name_str`] and
+/// [`crate::Environ::header`] give text views.
 #[repr(C)]
 #[derive(StableAbi, Copy, Clone, Debug)]
 pub struct Field<'a> {
     /// Field name as received (case preserved; compare case-insensitively).
-    pub name: RStr<'a>,
+    pub name: RSlice<'a, u8>,
     /// Field value bytes, trimmed of SP/HTAB at both ends.
     pub value: RSlice<'a, u8>,
 }
 
 impl<'a> Field<'a> {
-    /// A field from a name and a UTF-8 value.
-    pub fn new(name: &'a str, value: &'a str) -> Self {
-        Field { name: RStr::from_str(name), value: RSlice::from_slice(value.as_bytes()) }
+    /// A field from a name and a value.
+    pub const fn new(name: &'a str, value: &'a str) -> Self {
+        Field { name: RSlice::from_slice(name.as_bytes()), value: RSlice::from_slice(value.as_bytes()) }
+    }
+
+    /// The name as text (`""` if it is not UTF-8, which a valid token always is).
+    pub fn name_str(&self) -> &'a str {
+        std::str::from_utf8(self.name.as_slice()).unwrap_or("")
+    }
+
+    /// Whether the name is `name`, ASCII case-insensitively.
+    pub fn is(&self, name: &str) -> bool {
+        self.name.as_slice().eq_ignore_ascii_case(name.as_bytes())
     }
 }
 

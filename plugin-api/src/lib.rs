@@ -67,9 +67,7 @@ pub mod abi;
 mod sdk;
 
 pub use abi::{Body, Environ, Field};
-pub use sdk::{
-    Application, BodyError, Response, StartResponse, StartResponseError, guard, status,
-};
+pub use sdk::{Application, BodyError, Response, StartResponse, StartResponseError, guard, status};
 
 /// Re-exports the export macro needs; not part of the public API.
 #[doc(hidden)]
@@ -112,16 +110,11 @@ macro_rules! export_app {
 
         extern "C" fn portico_application(
             environ: &mut $crate::abi::Environ<'_>,
-            start_response: $crate::abi::StartResponse_TO<
-                '_,
-                $crate::__private::abi_stable::sabi_types::RMut<'_, ()>,
-            >,
+            start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
         ) -> $crate::abi::Body {
             static APP: ::std::sync::OnceLock<::std::boxed::Box<dyn $crate::Application>> =
                 ::std::sync::OnceLock::new();
-            $crate::guard::run(environ, start_response, || {
-                &**APP.get_or_init(|| ::std::boxed::Box::new($app))
-            })
+            $crate::guard::run(environ, start_response, || &**APP.get_or_init(|| ::std::boxed::Box::new($app)))
         }
     };
 }

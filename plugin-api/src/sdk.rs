@@ -100,7 +100,12 @@ impl<'a, 'b> StartResponse<'a, 'b> {
         self.call(status, headers, Some(exc_info))
     }
 
-    fn call(&mut self, status: &str, headers: &[(&str, &str)], exc_info: Option<&str>) -> Result<(), StartResponseError> {
+    fn call(
+        &mut self,
+        status: &str,
+        headers: &[(&str, &str)],
+        exc_info: Option<&str>,
+    ) -> Result<(), StartResponseError> {
         // A small stack buffer covers typical responses without allocating.
         let mut small: [Field<'_>; 8] = [Field::new("", ""); 8];
         let owned: Vec<Field<'_>>;
@@ -187,15 +192,12 @@ impl<'a> Environ<'a> {
 
     /// The raw value of the first header field named `name` (ASCII case-insensitive).
     pub fn header_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|f| f.name.as_str().eq_ignore_ascii_case(name))
-            .map(|f| f.value.as_slice())
+        self.headers.iter().find(|f| f.is(name)).map(|f| f.value.as_slice())
     }
 
     /// A further environ key from [`Environ::extra`](crate::abi::Environ::extra).
     pub fn extra(&self, key: &str) -> Option<&[u8]> {
-        self.extra.iter().find(|f| f.name.as_str() == key).map(|f| f.value.as_slice())
+        self.extra.iter().find(|f| f.name.as_slice() == key.as_bytes()).map(|f| f.value.as_slice())
     }
 
     /// `wsgi.input.read`: reads body bytes into `buf`; `Ok(0)` at the end.
@@ -472,9 +474,7 @@ pub mod guard {
         let outer = IN_FENCE.with(|c| c.replace(true));
         let result = panic::catch_unwind(AssertUnwindSafe(f));
         IN_FENCE.with(|c| c.set(outer));
-        result.map_err(|payload| {
-            LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| payload_text(&*payload))
-        })
+        result.map_err(|payload| LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| payload_text(&*payload)))
     }
 
     /// Runs an application inside the fence. [`crate::export_app!`] calls this; a plugin

@@ -128,7 +128,9 @@ fn is_token_list_member(value: &[u8], token: &str) -> bool {
 fn check_line_endings(head: &[u8]) -> Result<(), RequestError> {
     for (i, &b) in head.iter().enumerate() {
         match b {
-            b'\n' if i == 0 || head[i - 1] != b'\r' => return Err(RequestError::BadRequest("bare LF in header section")),
+            b'\n' if i == 0 || head[i - 1] != b'\r' => {
+                return Err(RequestError::BadRequest("bare LF in header section"));
+            }
             b'\r' if i + 1 < head.len() && head[i + 1] != b'\n' => {
                 return Err(RequestError::BadRequest("bare CR in header section"));
             }
@@ -149,9 +151,7 @@ fn is_other_http_version(line: &[u8]) -> bool {
 /// Host = uri-host [ ":" port ] (RFC 9110 §7.2, RFC 3986 §3.2.2): a lenient character check
 /// that still refuses whitespace, `/`, `@`-less userinfo tricks and control bytes.
 fn valid_host(value: &[u8]) -> bool {
-    value.iter().all(|&b| {
-        b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b)
-    })
+    value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
 /// Parses a request head from the start of `buf`.
@@ -248,9 +248,10 @@ pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, RequestError> {
                 if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
                     return Err(RequestError::BadRequest("invalid Content-Length"));
                 }
-                let len: u64 = std::str::from_utf8(part).ok().and_then(|s| s.parse().ok()).ok_or(
-                    RequestError::BadRequest("invalid Content-Length"),
-                )?;
+                let len: u64 = std::str::from_utf8(part)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(RequestError::BadRequest("invalid Content-Length"))?;
                 if content_length.is_some_and(|prev| prev != len) {
                     return Err(RequestError::BadRequest("conflicting Content-Length values"));
                 }
@@ -400,7 +401,10 @@ mod tests {
 
     #[test]
     fn framing_rules_of_rfc9112_6_3() {
-        assert_eq!(parse_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"), 400);
+        assert_eq!(
+            parse_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
         assert_eq!(parse_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n"), 400);
         assert_eq!(parse_err("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n"), 400);
         assert_eq!(parse_err("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"), 400);

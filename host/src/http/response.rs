@@ -7,8 +7,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Fields an application may not set: hop-by-hop fields belong to the connection, and so to
 /// the server (PEP 3333 §"Other HTTP Features"; RFC 9110 §7.6.1). `Content-Length` is allowed.
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Whether `name` is a hop-by-hop field.
 pub fn is_hop_by_hop(name: &str) -> bool {

@@ -2,7 +2,6 @@
 //! views, no per-field copies), the host's `start_response`, `wsgi.input` and `wsgi.errors`,
 //! and checking what the application handed back.
 
-use std::io::Write;
 use std::net::SocketAddr;
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -37,11 +36,14 @@ impl HostStartResponse {
     fn set(&mut self, status: &str, headers: &[Field<'_>]) -> Result<(), String> {
         let code = validate_status(status).map_err(|e| format!("invalid status {status:?}: {e}"))?;
         for f in headers {
-            let name = f.name.as_str();
+            let Ok(name) = std::str::from_utf8(f.name.as_slice()) else {
+                return Err("field name is not a token".to_owned());
+            };
             let value = f.value.as_slice();
             validate_field(name, value).map_err(|e| format!("invalid field {name:?}: {e}"))?;
             if name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+                let v =
+                    std::str::from_utf8(value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
                 let len = v.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| "invalid Content-Length".to_owned())?;
                 if self.content_length.is_some_and(|l| l != len) {
                     return Err("conflicting Content-Length fields".to_owned());
@@ -127,6 +129,10 @@ pub struct CallInfo<'a> {
     pub peer: SocketAddr,
     /// The local (listening) address.
     pub local: SocketAddr,
+    /// The peer's IP as text (`REMOTE_ADDR`), formatted once per connection.
+    pub peer_ip: &'a str,
+    /// The local IP as text, the `SERVER_NAME` fallback, formatted once per connection.
+    pub local_ip: &'a str,
 }
 
 /// What the application answered.
@@ -154,25 +160,29 @@ fn server_name<'h>(head: &'h RequestHead, authority: Option<&'h [u8]>, local: &'
     }
 }
 
+/// Request fields are lent to the plugin from a stack array when there are at most this many.
+const STACK_FIELDS: usize = 32;
+
 /// Runs `plugin`'s application on one request.
 pub fn call(plugin: &Plugin, head: &RequestHead, info: &CallInfo<'_>, pipe: Option<&BodyPipe>) -> AppOutcome {
     let parts = target::split(head.target(), head.form);
-    let mut addr_buf = [0u8; 64];
-    let remote_addr = {
-        let mut w = &mut addr_buf[..];
-        let _ = write!(w, "{}", info.peer.ip());
-        let left = w.len();
-        std::str::from_utf8(&addr_buf[..64 - left]).unwrap_or("")
+    let remote_addr = info.peer_ip;
+    let local_ip = info.local_ip;
+    let to_field = |(n, v): &(std::ops::Range<usize>, std::ops::Range<usize>)| Field {
+        name: RSlice::from_slice(head.slice(n)),
+        value: RSlice::from_slice(head.slice(v)),
     };
-    let local_ip = info.local.ip().to_string();
-    let fields: Vec<Field<'_>> = head
-        .fields
-        .iter()
-        .map(|(n, v)| Field {
-            name: RStr::from_str(std::str::from_utf8(head.slice(n)).unwrap_or("")),
-            value: RSlice::from_slice(head.slice(v)),
-        })
-        .collect();
+    let mut stack = [Field::new("", ""); STACK_FIELDS];
+    let heap: Vec<Field<'_>>;
+    let fields: &[Field<'_>] = if head.fields.len() <= STACK_FIELDS {
+        for (slot, f) in stack.iter_mut().zip(&head.fields) {
+            *slot = to_field(f);
+        }
+        &stack[..head.fields.len()]
+    } else {
+        heap = head.fields.iter().map(to_field).collect();
+        &heap
+    };
     let mut input = HostInput { pipe, failed: false };
     let mut errors = HostErrors { plugin: &plugin.name };
     let mut start = HostStartResponse::default();
@@ -188,14 +198,14 @@ pub fn call(plugin: &Plugin, head: &RequestHead, info: &CallInfo<'_>, pipe: Opti
             query_string: RSlice::from_slice(parts.query),
             request_target: RSlice::from_slice(head.target()),
             server_protocol: RStr::from_str(head.version.as_str()),
-            server_name: RStr::from_str(server_name(head, parts.authority, &local_ip)),
+            server_name: RStr::from_str(server_name(head, parts.authority, local_ip)),
             server_port: info.local.port(),
             remote_addr: RStr::from_str(remote_addr),
             remote_port: info.peer.port(),
             url_scheme: RStr::from_str("http"),
             content_type: RSlice::from_slice(head.content_type.as_ref().map_or(&b""[..], |r| head.slice(r))),
             content_length,
-            headers: RSlice::from_slice(&fields),
+            headers: RSlice::from_slice(fields),
             extra: RSlice::from_slice(&[]),
             input: Input_TO::from_ptr(RMut::new(&mut input), TD_Opaque),
             errors: ErrorStream_TO::from_ptr(RMut::new(&mut errors), TD_Opaque),

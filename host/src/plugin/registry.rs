@@ -97,7 +97,11 @@ impl Registry {
                 Ok(plugin) => {
                     failed.remove(&path);
                     let entry = (name.clone(), plugin.version.clone());
-                    if previous.is_some() { report.reloaded.push(entry) } else { report.added.push(entry) }
+                    if previous.is_some() {
+                        report.reloaded.push(entry)
+                    } else {
+                        report.added.push(entry)
+                    }
                     next.insert(name, Arc::new(plugin));
                 }
                 Err(e) => {
@@ -178,7 +182,12 @@ pub fn log_report(report: &ReloadReport, startup: bool) {
             _ => tracing::error!(plugin = %name, file = %path.display(), "failed to load plugin {name}: {err}"),
         }
     }
-    if !startup && report.added.is_empty() && report.reloaded.is_empty() && report.removed.is_empty() && report.failed.is_empty() {
+    if !startup
+        && report.added.is_empty()
+        && report.reloaded.is_empty()
+        && report.removed.is_empty()
+        && report.failed.is_empty()
+    {
         tracing::info!("reload: no plugin changed");
     }
 }

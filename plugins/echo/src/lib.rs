@@ -28,7 +28,7 @@ fn echo(environ: &mut Environ<'_>, start_response: &mut StartResponse<'_, '_>) -
     let headers: Vec<Value> = environ
         .headers
         .iter()
-        .map(|f| json!([f.name.as_str().to_ascii_lowercase(), latin1(f.value.as_slice())]))
+        .map(|f| json!([latin1(f.name.as_slice()).to_ascii_lowercase(), latin1(f.value.as_slice())]))
         .collect();
     let doc = json!({
         "method": environ.method(),
