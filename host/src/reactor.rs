@@ -240,11 +240,13 @@ impl Reactor {
         Ok((reactor, notifier))
     }
 
-    /// Runs until shutdown has drained every connection (or the graceful timeout passed).
+    /// Runs until shutdown has drained every connection (returns `true`) or the graceful
+    /// timeout passed (returns `false`: requests are still running on workers).
     ///
     /// # Errors
     /// `poll` itself failed.
-    pub fn run(mut self) -> io::Result<()> {
+    pub fn run(mut self) -> io::Result<bool> {
+        let mut drained = true;
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
@@ -294,13 +296,14 @@ impl Reactor {
                         open = self.conns.len(),
                         "graceful timeout passed; closing the remaining connections"
                     );
+                    drained = false;
                     break;
                 }
             }
         }
         // Dropping the job sender lets the workers finish their queue and exit.
         self.jobs = None;
-        Ok(())
+        Ok(drained)
     }
 
     fn start_drain(&mut self) {

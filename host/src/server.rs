@@ -93,10 +93,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let io = std::thread::Builder::new().name("portico-io".into()).spawn(move || reactor.run())?;
-    let drained = io.join().map_err(|_| anyhow::anyhow!("the I/O thread panicked"))?;
-    drained.context("I/O loop failed")?;
-    // Workers finish their queue; the job sender is gone, so they exit.
-    pool.join();
+    let drained = io.join().map_err(|_| anyhow::anyhow!("the I/O thread panicked"))?.context("I/O loop failed")?;
+    if drained {
+        // Every connection is done, so the workers are idle; the job sender is gone, so
+        // they exit.
+        pool.join();
+    } else {
+        // Past the graceful timeout an application may still be running: do not wait for
+        // it. Returning from main ends the process and its worker threads.
+        tracing::warn!("exiting with applications still running on workers");
+    }
     tracing::info!("stopped");
     Ok(())
 }
