@@ -21,6 +21,8 @@
 //! The library target exists for the binary, the tests and the fuzz targets; it is not a
 //! stable API.
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod body_pipe;
 pub mod config;

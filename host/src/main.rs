@@ -1,5 +1,7 @@
 //! The `portico` binary: parses the command line, sets up logging, runs the server.
 
+#![forbid(unsafe_code)]
+
 use std::fs::OpenOptions;
 
 use anyhow::Context;

@@ -180,3 +180,24 @@ fn many_panics_in_a_row_leave_the_server_serving() {
     assert_still_serving(&server);
     server.assert_alive();
 }
+
+/// PEP 3333: the iterable's `close()` runs when the response ends, also when the client went
+/// away mid-body. Dropping the stream is Portico's `close()`.
+#[test]
+fn stream_close_hook_runs_when_the_client_disconnects() {
+    use std::io::{Read, Write};
+    let server = Server::builder().plugins(&["fixture"]).start();
+    let mut sock = std::net::TcpStream::connect(server.addr()).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    sock.write_all(b"GET /fixture.py/close-probe?n=100000&ms=5 HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut buf = [0u8; 512];
+    let n = sock.read(&mut buf).expect("the head and first chunks");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK\r\n"), "got {:?}", String::from_utf8_lossy(&buf[..n]));
+    drop(sock);
+    let line = server.wait_for_log("fixture: stream closed after", Duration::from_secs(10));
+    assert!(!line.contains("after 100000 chunks"), "the stream ran to its end instead of being closed: {line}");
+    // And a stream that ends normally is closed too.
+    let r = server.get("/fixture.py/close-probe?n=3");
+    assert_eq!(r.status, 200);
+    server.wait_for_log("fixture: stream closed after 3 chunks", Duration::from_secs(5));
+}

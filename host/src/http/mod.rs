@@ -7,7 +7,7 @@
 //! - [`error`]: every parse failure and the status it answers with, in one place.
 //! - [`limits`]: the size and time limits, with their defaults and units.
 //!
-//! Nothing here does I/O: the connection state machine in [`crate::conn`] feeds bytes in.
+//! Nothing here does I/O: the connection state machine in [`crate::reactor`] feeds bytes in.
 
 pub mod chunked;
 pub mod error;

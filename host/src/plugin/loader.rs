@@ -18,6 +18,11 @@
 //! 6. Unlink the copy (its mapping stays valid).
 //!
 //! The library is never unloaded: see [`super`].
+//!
+//! The host crate is `#![forbid(unsafe_code)]`: the unsafety of `dlopen` (running the
+//! library's initializers, trusting its symbols) is inside abi_stable's
+//! `lib_header_from_path`, which checks the root module's layout before handing it out.
+//! What no check can catch is a plugin's own memory-unsafe code.
 
 use std::fs;
 use std::io;
