@@ -96,7 +96,17 @@ enum Phase {
     Head,
     Request,
     Writing,
+    /// The response is out and the connection is closing: our side is shut down for
+    /// writing and input is read and discarded until the client closes, so unread input
+    /// does not turn our close into a reset that destroys the response in flight
+    /// (nginx's lingering close).
+    Lingering,
 }
+
+/// Longest pause in the client's input while lingering before we close anyway.
+const LINGER_IDLE: Duration = Duration::from_secs(2);
+/// Longest lingering close in all.
+const LINGER_MAX: Duration = Duration::from_secs(5);
 
 enum BodyDecoder {
     Length(u64),
@@ -157,6 +167,9 @@ struct Conn {
     last_read: Instant,
     last_write: Instant,
     requests: u64,
+    /// Set when the server refused a request: input may be unread, so close by lingering.
+    rejected: bool,
+    linger_since: Option<Instant>,
     access: Option<Access>,
     status: u16,
     body_bytes: u64,
@@ -376,6 +389,8 @@ impl Reactor {
                         last_read: now,
                         last_write: now,
                         requests: 0,
+                        rejected: false,
+                        linger_since: None,
                         access: None,
                         status: 0,
                         body_bytes: 0,
@@ -426,6 +441,7 @@ impl Reactor {
         for _ in 0..64 {
             let Some(conn) = self.conns.get_mut(t) else { return };
             match conn.phase {
+                Phase::Lingering => return self.discard_input(t),
                 Phase::Head => {
                     if !conn.rbuf.is_empty() {
                         if conn.head_first_byte.is_none() {
@@ -701,6 +717,7 @@ impl Reactor {
         conn.body = None;
         conn.pending = None;
         conn.close_after = true;
+        conn.rejected = true;
         let body = response::error_body(status);
         let version = if conn.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
         let bytes = response::simple(version, status, "text/plain; charset=utf-8", &body, true, false);
@@ -871,13 +888,51 @@ impl Reactor {
         conn.requests += 1;
         // A body still arriving means we do not know where the next request starts.
         if conn.close_after || conn.body.is_some() {
-            self.close(t);
+            let unread = conn.body.is_some() || !conn.rbuf.is_empty() || conn.rejected;
+            if unread && !conn.eof {
+                self.linger(t);
+            } else {
+                self.close(t);
+            }
             return;
         }
         conn.phase = Phase::Head;
         conn.idle_since = Instant::now();
         conn.expect_continue = false;
         self.ready.push(t);
+    }
+
+    /// Starts a lingering close: shut down our side, then discard input until EOF.
+    fn linger(&mut self, t: usize) {
+        let conn = &mut self.conns[t];
+        if let Some(body) = conn.body.take() {
+            body.pipe.fail("connection closing");
+        }
+        conn.rbuf = Vec::new();
+        conn.phase = Phase::Lingering;
+        conn.linger_since = Some(Instant::now());
+        conn.last_read = Instant::now();
+        if conn.sock.shutdown(std::net::Shutdown::Write).is_err() {
+            self.close(t);
+            return;
+        }
+        self.discard_input(t);
+    }
+
+    /// Reads and drops whatever the client still sends; closes at EOF.
+    fn discard_input(&mut self, t: usize) {
+        let Some(conn) = self.conns.get_mut(t) else { return };
+        let mut buf = [0u8; READ_CHUNK];
+        loop {
+            match conn.sock.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => conn.last_read = Instant::now(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.close(t);
     }
 
     fn close(&mut self, t: usize) {
@@ -920,6 +975,12 @@ impl Reactor {
                             expired.push((t, None));
                         }
                     } else if now.duration_since(c.idle_since) > cfg.keep_alive_timeout {
+                        expired.push((t, None));
+                    }
+                }
+                Phase::Lingering => {
+                    let since = c.linger_since.unwrap_or(c.last_read);
+                    if now.duration_since(c.last_read) > LINGER_IDLE || now.duration_since(since) > LINGER_MAX {
                         expired.push((t, None));
                     }
                 }

@@ -1,0 +1,201 @@
+//! The size and time limits of `host/src/http/limits.rs`, each over a real socket: the
+//! oversize or slow input is sent, and the status and the close are asserted (RFC 9110 §15
+//! for the statuses; RFC 9112 §9.6 for closing after them).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{Peer, Server, raw_until_close, show};
+
+fn hello_server(args: &[&str]) -> Server {
+    Server::builder().plugins(&["hello", "echo", "fixture"]).args(args.iter().copied()).start()
+}
+
+/// Sends `request`, expects `status_line` as the answer and the connection closed after it.
+fn assert_refused_and_closed(server: &Server, request: &[u8], status_line: &str) {
+    let reply = raw_until_close(server.addr(), request, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&reply.bytes);
+    assert!(
+        text.starts_with(&format!("{status_line}\r\n")),
+        "expected {status_line:?} for {} bytes of request, got {}{}",
+        request.len(),
+        show(&reply.bytes),
+        server.context()
+    );
+    assert!(text.contains("\r\nConnection: close\r\n"), "no `Connection: close` on {status_line}: {}", show(&reply.bytes));
+    assert!(reply.closed, "the connection stayed open after {status_line}{}", server.context());
+    // The server is fine afterwards.
+    assert_eq!(server.get("/hello.py").status, 200);
+}
+
+#[test]
+fn request_line_over_8_kib_is_414() {
+    let server = hello_server(&[]);
+    let target = format!("/hello.py?{}", "q".repeat(9 * 1024));
+    let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_refused_and_closed(&server, req.as_bytes(), "HTTP/1.1 414 URI Too Long");
+    // Just under the limit is served.
+    let target = format!("/hello.py?{}", "q".repeat(8 * 1024 - 40));
+    let reply = raw_until_close(
+        server.addr(),
+        format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(10),
+    );
+    assert!(reply.bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "got {}", show(&reply.bytes));
+}
+
+#[test]
+fn header_section_over_64_kib_is_431() {
+    let server = hello_server(&[]);
+    let big: String = (0..70).map(|i| format!("X-Filler-{i}: {}\r\n", "v".repeat(1000))).collect();
+    let req = format!("GET /hello.py HTTP/1.1\r\nHost: x\r\n{big}\r\n");
+    assert_refused_and_closed(&server, req.as_bytes(), "HTTP/1.1 431 Request Header Fields Too Large");
+}
+
+#[test]
+fn more_than_100_fields_is_431() {
+    let server = hello_server(&[]);
+    let many: String = (0..101).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let req = format!("GET /hello.py HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    assert_refused_and_closed(&server, req.as_bytes(), "HTTP/1.1 431 Request Header Fields Too Large");
+    // Exactly 100 (98 + Host + Connection) is fine.
+    let ok: String = (0..98).map(|i| format!("X-F{i}: v\r\n")).collect();
+    let reply = raw_until_close(
+        server.addr(),
+        format!("GET /hello.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{ok}\r\n").as_bytes(),
+        Duration::from_secs(10),
+    );
+    assert!(reply.bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "got {}", show(&reply.bytes));
+}
+
+#[test]
+fn declared_body_over_the_limit_is_413_before_reading_it() {
+    let server = hello_server(&["--max-body", "100000"]);
+    // Only the head is sent: the 413 must come without the body.
+    let req = b"POST /echo.py HTTP/1.1\r\nHost: x\r\nContent-Length: 100001\r\n\r\n";
+    assert_refused_and_closed(&server, req, "HTTP/1.1 413 Content Too Large");
+}
+
+#[test]
+fn chunked_body_crossing_the_limit_is_413_and_the_client_sees_it() {
+    let server = hello_server(&["--max-body", "100000"]);
+    let mut sock = TcpStream::connect(server.addr()).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    sock.write_all(b"POST /fixture.py/body-len HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").expect("head");
+    // 200 KB in 10 KB chunks: the limit is crossed on the way. The client keeps sending
+    // after the server has answered: the lingering close must keep the 413 from being
+    // destroyed by a reset.
+    let chunk = format!("2710\r\n{}\r\n", "z".repeat(10_000));
+    for _ in 0..20 {
+        if sock.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let _ = sock.write_all(b"0\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    // The body goes to the fixture in pieces (it is larger than the 64 KiB buffer), so the
+    // application may have started: then its read fails and it answers 400; before that the
+    // server answers 413 itself. Either way nothing is accepted and the connection closes.
+    assert!(
+        text.starts_with("HTTP/1.1 413 Content Too Large\r\n") || text.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "got {}{}",
+        show(&got),
+        server.context()
+    );
+    assert!(!text.contains("200000"), "the over-limit body was accepted whole: {}", show(&got));
+}
+
+#[test]
+fn small_chunked_body_over_the_limit_is_413_from_the_server() {
+    let server = hello_server(&["--max-body", "1000"]);
+    let body = format!("7D0\r\n{}\r\n0\r\n\r\n", "y".repeat(2000));
+    let req = format!("POST /echo.py HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+    assert_refused_and_closed(&server, req.as_bytes(), "HTTP/1.1 413 Content Too Large");
+}
+
+#[test]
+fn stalled_request_head_is_408_then_closed() {
+    let server = hello_server(&["--header-timeout", "1"]);
+    let mut conn = server.connect();
+    conn.send(b"GET /hello.py HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    let started = Instant::now();
+    match conn.wait_closed(Duration::from_secs(6)) {
+        Peer::Data(bytes) => {
+            assert!(bytes.starts_with(b"HTTP/1.1 408 Request Timeout\r\n"), "got {}", show(&bytes));
+            assert_eq!(conn.wait_closed(Duration::from_secs(5)), Peer::Closed, "408 but still open");
+        }
+        other => panic!("expected a 408 for a stalled head, got {other:?}{}", server.context()),
+    }
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "408 after only {waited:?} with --header-timeout 1");
+}
+
+#[test]
+fn idle_connection_without_any_request_is_closed_silently_after_the_header_timeout() {
+    let server = hello_server(&["--header-timeout", "1"]);
+    let mut conn = server.connect();
+    assert_eq!(conn.wait_closed(Duration::from_secs(6)), Peer::Closed, "nothing sent, so nothing to answer");
+}
+
+#[test]
+fn stalled_request_body_is_408_then_closed() {
+    let server = hello_server(&["--body-timeout", "1"]);
+    let mut conn = server.connect();
+    // 10 of 100 declared bytes, then silence: the body is small, so the server is still
+    // reading it and answers 408 itself.
+    conn.send(b"POST /echo.py HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789");
+    match conn.wait_closed(Duration::from_secs(6)) {
+        Peer::Data(bytes) => {
+            assert!(bytes.starts_with(b"HTTP/1.1 408 Request Timeout\r\n"), "got {}", show(&bytes));
+            assert_eq!(conn.wait_closed(Duration::from_secs(5)), Peer::Closed, "408 but still open");
+        }
+        other => panic!("expected a 408 for a stalled body, got {other:?}{}", server.context()),
+    }
+}
+
+#[test]
+fn client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let server = hello_server(&["--send-timeout", "1"]);
+    let mut sock = TcpStream::connect(server.addr()).expect("connect");
+    // 64 MiB: far more than the socket buffers hold, so the server's writes stall.
+    sock.write_all(b"GET /fixture.py/big?bytes=67108864 HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    server.wait_for_log("stopped reading", Duration::from_secs(15));
+    // Now read: the stream ends (closed) well before 64 MiB.
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    assert!(total < 64 << 20, "the whole 64 MiB arrived: the connection was not closed");
+    assert_eq!(server.get("/hello.py").status, 200);
+}
+
+#[test]
+fn connection_cap_holds_new_clients_in_the_backlog_until_one_closes() {
+    let server = hello_server(&["--max-connections", "4"]);
+    let held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(server.addr()).expect("connect")).collect();
+    // A fifth connection is accepted by the kernel (backlog) but not served while 4 are open.
+    let mut fifth = TcpStream::connect(server.addr()).expect("the kernel's backlog takes it");
+    fifth.set_read_timeout(Some(Duration::from_millis(700))).expect("timeout");
+    fifth.write_all(b"GET /hello.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut buf = [0u8; 256];
+    match fifth.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => panic!("the fifth connection was served past --max-connections 4: {other:?}"),
+    }
+    drop(held);
+    fifth.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut got = Vec::new();
+    let _ = fifth.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "once a slot freed, expected 200, got {}", show(&got));
+    server.assert_alive();
+}
