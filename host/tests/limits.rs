@@ -25,7 +25,11 @@ fn assert_refused_and_closed(server: &Server, request: &[u8], status_line: &str)
         show(&reply.bytes),
         server.context()
     );
-    assert!(text.contains("\r\nConnection: close\r\n"), "no `Connection: close` on {status_line}: {}", show(&reply.bytes));
+    assert!(
+        text.contains("\r\nConnection: close\r\n"),
+        "no `Connection: close` on {status_line}: {}",
+        show(&reply.bytes)
+    );
     assert!(reply.closed, "the connection stayed open after {status_line}{}", server.context());
     // The server is fine afterwards.
     assert_eq!(server.get("/hello.py").status, 200);
@@ -84,7 +88,8 @@ fn chunked_body_crossing_the_limit_is_413_and_the_client_sees_it() {
     let server = hello_server(&["--max-body", "100000"]);
     let mut sock = TcpStream::connect(server.addr()).expect("connect");
     sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    sock.write_all(b"POST /fixture.py/body-len HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").expect("head");
+    sock.write_all(b"POST /fixture.py/body-len HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .expect("head");
     // 200 KB in 10 KB chunks: the limit is crossed on the way. The client keeps sending
     // after the server has answered: the lingering close must keep the 413 from being
     // destroyed by a reset.
