@@ -138,6 +138,16 @@ impl Out {
     }
 }
 
+/// What one [`Reactor::read_socket`] call achieved.
+enum ReadOutcome {
+    /// New bytes, or EOF (`Conn::eof` set).
+    Progress,
+    /// Nothing to read now; readiness will tell us.
+    WouldBlock,
+    /// The connection failed (reset): close it.
+    Failed,
+}
+
 enum StreamSlot {
     None,
     Parked(Box<StreamState>),
@@ -410,27 +420,30 @@ impl Reactor {
         }
     }
 
-    /// Reads into the connection's buffer until the socket would block. Returns false if the
-    /// connection is gone.
-    fn read_socket(conn: &mut Conn) -> bool {
+    /// Reads into the connection's buffer until the socket would block (or a fair share has
+    /// been read: the rest waits in the kernel, and the caller comes back).
+    fn read_socket(conn: &mut Conn) -> ReadOutcome {
         let mut buf = [0u8; READ_CHUNK];
+        let mut progress = false;
         loop {
             match conn.sock.read(&mut buf) {
                 Ok(0) => {
                     conn.eof = true;
-                    return true;
+                    return ReadOutcome::Progress;
                 }
                 Ok(n) => {
                     conn.rbuf.extend_from_slice(&buf[..n]);
                     conn.last_read = Instant::now();
+                    progress = true;
                     if conn.rbuf.len() > READ_CHUNK * 8 {
-                        // Enough to work on; the rest waits in the kernel (we come back).
-                        return true;
+                        return ReadOutcome::Progress;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return if progress { ReadOutcome::Progress } else { ReadOutcome::WouldBlock };
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return false,
+                Err(_) => return ReadOutcome::Failed,
             }
         }
     }
@@ -466,14 +479,10 @@ impl Reactor {
                         self.close(t);
                         return;
                     }
-                    let before = conn.rbuf.len();
-                    if !Self::read_socket(conn) {
-                        self.close(t);
-                        return;
-                    }
-                    let conn = &self.conns[t];
-                    if conn.rbuf.len() == before && !conn.eof {
-                        return; // would block
+                    match Self::read_socket(conn) {
+                        ReadOutcome::Progress => {}
+                        ReadOutcome::WouldBlock => return,
+                        ReadOutcome::Failed => return self.close(t),
                     }
                 }
                 Phase::Request | Phase::Writing => {
@@ -498,14 +507,10 @@ impl Reactor {
                         self.body_failed(t, e);
                         return;
                     }
-                    let before = conn.rbuf.len();
-                    if !Self::read_socket(conn) {
-                        self.close(t);
-                        return;
-                    }
-                    let conn = &self.conns[t];
-                    if conn.rbuf.len() == before && !conn.eof {
-                        return;
+                    match Self::read_socket(conn) {
+                        ReadOutcome::Progress => {}
+                        ReadOutcome::WouldBlock => return,
+                        ReadOutcome::Failed => return self.close(t),
                     }
                 }
             }
