@@ -441,6 +441,61 @@ mod tests {
         assert_eq!(parse_err("GET / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n"), 417);
     }
 
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn token() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}"
+        }
+
+        proptest! {
+            /// A well-formed head parses back to what was written, and every proper prefix of
+            /// it is `Partial` (parsing does not depend on how the bytes arrive).
+            #[test]
+            fn serialized_head_round_trips(
+                method in "[A-Z]{1,10}",
+                path in "(/[a-z0-9._~%-]{0,8}){1,4}",
+                query in proptest::option::of("[a-z0-9=&]{0,16}"),
+                fields in proptest::collection::vec((token(), "[ -~]{0,20}"), 0..12),
+                len in proptest::option::of(0u64..100_000),
+            ) {
+                let fields: Vec<(String, String)> = fields
+                    .into_iter()
+                    .filter(|(n, _)| !["host", "content-length", "transfer-encoding", "expect", "connection"]
+                        .contains(&n.to_ascii_lowercase().as_str()))
+                    .map(|(n, v)| (n, v.trim_matches(|c| c == ' ').to_owned()))
+                    .collect();
+                let target = match &query { Some(q) => format!("{path}?{q}"), None => path.clone() };
+                let mut head = format!("{method} {target} HTTP/1.1\r\nHost: example\r\n");
+                for (n, v) in &fields {
+                    head.push_str(&format!("{n}: {v}\r\n"));
+                }
+                if let Some(len) = len {
+                    head.push_str(&format!("Content-Length: {len}\r\n"));
+                }
+                head.push_str("\r\n");
+                let bytes = head.as_bytes();
+                for cut in [1, bytes.len() / 2, bytes.len() - 1] {
+                    prop_assert!(matches!(parse(&bytes[..cut], &HeadLimits::default()), Ok(Parsed::Partial)));
+                }
+                let Ok(Parsed::Complete(h, used)) = parse(bytes, &HeadLimits::default()) else {
+                    return Err(TestCaseError::fail(format!("not parsed: {head:?}")));
+                };
+                prop_assert_eq!(used, bytes.len());
+                prop_assert_eq!(h.method(), method.as_str());
+                prop_assert_eq!(h.target(), target.as_bytes());
+                prop_assert_eq!(h.fields.len(), fields.len() + 1 + usize::from(len.is_some()));
+                for ((n, v), (rn, rv)) in fields.iter().zip(h.fields.iter().skip(1)) {
+                    prop_assert_eq!(h.slice(rn), n.as_bytes());
+                    prop_assert_eq!(h.slice(rv), v.as_bytes());
+                }
+                let expected = match len { Some(0) | None => Framing::None, Some(n) => Framing::Length(n) };
+                prop_assert_eq!(h.framing, expected);
+            }
+        }
+    }
+
     #[test]
     fn connection_semantics() {
         assert!(!parse_ok("GET / HTTP/1.0\r\n\r\n").keep_alive);
