@@ -95,6 +95,18 @@ impl BodyPipe {
         }
     }
 
+    /// Whether the I/O thread stopped reading because the buffer is full (then the body
+    /// timeout does not run: the wait is ours, not the client's).
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Whether `100 Continue` is still owed: the client waits for it before sending the
+    /// body, so the body timeout does not run yet.
+    pub fn awaiting_continue(&self) -> bool {
+        self.lock().continue_pending
+    }
+
     /// Whether the I/O thread has read the whole body off the socket.
     pub fn is_complete(&self) -> bool {
         self.lock().done

@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::http::chunked::{ChunkedDecoder, ChunkedError};
 use crate::http::error::RequestError;
 use crate::http::limits::{BODY_BUFFER, WRITE_HIGH_WATER};
-use crate::http::request::{self, Framing, HeadLimits, Parsed, RequestHead};
+use crate::http::request::{self, Framing, HeadLimits, HeadScan, Parsed, RequestHead};
 use crate::http::response;
 use crate::plugin::registry::Registry;
 use crate::route::{self, Route};
@@ -161,6 +161,8 @@ struct Conn {
     local: SocketAddr,
     ips: Arc<(String, String)>,
     rbuf: Vec<u8>,
+    /// How much of a partial head in `rbuf` has been scanned.
+    scan: HeadScan,
     phase: Phase,
     body: Option<BodyIn>,
     pending: Option<Box<CallJob>>,
@@ -177,8 +179,6 @@ struct Conn {
     last_read: Instant,
     last_write: Instant,
     requests: u64,
-    /// Set when the server refused a request: input may be unread, so close by lingering.
-    rejected: bool,
     linger_since: Option<Instant>,
     access: Option<Access>,
     status: u16,
@@ -383,6 +383,7 @@ impl Reactor {
                         local,
                         ips: Arc::new((peer.ip().to_string(), local.ip().to_string())),
                         rbuf: Vec::new(),
+                        scan: HeadScan::default(),
                         phase: Phase::Head,
                         body: None,
                         pending: None,
@@ -399,7 +400,6 @@ impl Reactor {
                         last_read: now,
                         last_write: now,
                         requests: 0,
-                        rejected: false,
                         linger_since: None,
                         access: None,
                         status: 0,
@@ -460,9 +460,10 @@ impl Reactor {
                         if conn.head_first_byte.is_none() {
                             conn.head_first_byte = Some(Instant::now());
                         }
-                        match request::parse(&conn.rbuf, &self.limits) {
+                        match request::parse_resume(&conn.rbuf, &mut conn.scan, &self.limits) {
                             Ok(Parsed::Complete(head, used)) => {
                                 conn.rbuf.drain(..used);
+                                conn.scan = HeadScan::default();
                                 self.start_request(t, head);
                                 continue;
                             }
@@ -596,7 +597,8 @@ impl Reactor {
             Route::Static { path } => return self.serve_static(t, &head, &path),
             Route::ServerOptions => {
                 let conn = &mut self.conns[t];
-                let mut bytes = response::simple(head.version.as_str(), 200, "", b"", conn.close_after, false);
+                let close = conn.close_after || head.framing != Framing::None;
+                let mut bytes = response::simple(head.version.as_str(), 200, "", b"", close, false);
                 let pos = bytes.len() - 2;
                 bytes.splice(pos..pos, b"Allow: GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE\r\n".iter().copied());
                 return self.respond_local(t, 200, bytes, None, 0, head.framing != Framing::None);
@@ -722,7 +724,6 @@ impl Reactor {
         conn.body = None;
         conn.pending = None;
         conn.close_after = true;
-        conn.rejected = true;
         let body = response::error_body(status);
         let version = if conn.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
         let bytes = response::simple(version, status, "text/plain; charset=utf-8", &body, true, false);
@@ -738,7 +739,10 @@ impl Reactor {
                     if let Some(conn) = self.live(id)
                         && conn.phase == Phase::Request
                         && conn.wq.is_empty()
+                        && conn.body.is_some()
                     {
+                        // The client starts sending now: the body timeout counts from here.
+                        conn.last_read = Instant::now();
                         {
                             let msg = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
                             conn.wq_bytes += msg.len();
@@ -748,7 +752,8 @@ impl Reactor {
                     }
                 }
                 Completion::ResumeRead(id) => {
-                    if self.live(id).is_some() {
+                    if let Some(conn) = self.live(id) {
+                        conn.last_read = Instant::now();
                         self.pump(id.token);
                     }
                 }
@@ -893,11 +898,12 @@ impl Reactor {
         conn.requests += 1;
         // A body still arriving means we do not know where the next request starts.
         if conn.close_after || conn.body.is_some() {
-            let unread = conn.body.is_some() || !conn.rbuf.is_empty() || conn.rejected;
-            if unread && !conn.eof {
-                self.linger(t);
-            } else {
+            // Input we never read may still be on its way (a body we refused, a pipelined
+            // request): close by lingering unless the client has already sent EOF.
+            if conn.eof {
                 self.close(t);
+            } else {
+                self.linger(t);
             }
             return;
         }
@@ -990,8 +996,11 @@ impl Reactor {
                     }
                 }
                 Phase::Request | Phase::Writing => {
-                    let body_stalled = c.body.as_ref().is_some_and(|b| !b.pipe.full_then_pause())
-                        && now.duration_since(c.last_read) > cfg.body_timeout;
+                    // The body timeout runs only while the client is the one we wait for: not
+                    // while we hold back reading (pipe full) nor before a 100 it waits for.
+                    let body_stalled =
+                        c.body.as_ref().is_some_and(|b| !b.pipe.is_paused() && !b.pipe.awaiting_continue())
+                            && now.duration_since(c.last_read) > cfg.body_timeout;
                     if body_stalled {
                         expired.push((t, Some(RequestError::BodyTimeout)));
                     } else if !c.wq.is_empty() && now.duration_since(c.last_write) > cfg.send_timeout {

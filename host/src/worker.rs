@@ -294,11 +294,12 @@ fn run_call(job: CallJob, shutting_down: &AtomicBool) -> ResponseOut {
             }
         }
         Body::Stream(stream) => drop(stream),
+        Body::Empty if no_body => {}
         Body::Empty => {
-            if start.content_length.is_some_and(|l| l > 0) && !no_body {
+            if start.content_length.is_some_and(|l| l > 0) {
                 tracing::warn!(plugin = %job.plugin.name, "plugin {}: body shorter than its Content-Length; closing the connection", job.plugin.name);
                 close = true;
-            } else if start.content_length.is_none() && !no_body {
+            } else if start.content_length.is_none() {
                 head.extend_from_slice(b"Content-Length: 0\r\n");
             }
         }
@@ -309,7 +310,15 @@ fn run_call(job: CallJob, shutting_down: &AtomicBool) -> ResponseOut {
                 _ => unreachable!("matched above"),
             };
             let len = bytes.as_slice().len() as u64;
+            // 204 and 304 never carry Content-Length from us (RFC 9110 §8.6); HEAD gets the
+            // length GET would have (§9.3.2), but only if the application did not set one.
             let send = match start.content_length {
+                _ if no_body => {
+                    if start.content_length.is_none() && head_request && code != 204 && code != 304 {
+                        let _ = write!(head, "Content-Length: {len}\r\n");
+                    }
+                    0
+                }
                 Some(cl) if cl < len => {
                     tracing::warn!(plugin = %job.plugin.name, "plugin {}: body of {len} bytes longer than its Content-Length {cl}; cut and closing", job.plugin.name);
                     close = true;
@@ -322,9 +331,7 @@ fn run_call(job: CallJob, shutting_down: &AtomicBool) -> ResponseOut {
                 }
                 Some(_) => len,
                 None => {
-                    if !no_body || head_request {
-                        let _ = write!(head, "Content-Length: {len}\r\n");
-                    }
+                    let _ = write!(head, "Content-Length: {len}\r\n");
                     len
                 }
             };

@@ -204,3 +204,104 @@ fn connection_cap_holds_new_clients_in_the_backlog_until_one_closes() {
     assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "once a slot freed, expected 200, got {}", show(&got));
     server.assert_alive();
 }
+
+#[test]
+fn a_flood_of_empty_lines_is_refused() {
+    let server = hello_server(&[]);
+    assert_refused_and_closed(&server, "\r\n".repeat(5000).as_bytes(), "HTTP/1.1 400 Bad Request");
+}
+
+#[test]
+fn a_head_sent_one_byte_at_a_time_is_served() {
+    let server = hello_server(&[]);
+    let mut sock = TcpStream::connect(server.addr()).expect("connect");
+    sock.set_nodelay(true).expect("nodelay");
+    for b in b"GET /hello.py HTTP/1.1\r\nHost: x\r\nX-Pad: 0123456789\r\nConnection: close\r\n\r\n" {
+        sock.write_all(&[*b]).expect("send a byte");
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "got {}", show(&got));
+}
+
+/// The body timeout is about the client: while the server holds back reading (the
+/// application reads slowly and the buffer is full) it must not fire.
+#[test]
+fn a_slow_reading_application_does_not_trip_the_body_timeout() {
+    let server = hello_server(&["--body-timeout", "1"]);
+    let body = vec![b'b'; 2 << 20];
+    let mut sock = TcpStream::connect(server.addr()).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    // 2 MiB read 16 KiB every 25 ms: about 3 s, so the pipe stays full for longer than the
+    // 1 s body timeout.
+    let head = format!(
+        "POST /fixture.py/slow-read?ms=25 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).expect("head");
+    sock.write_all(&body).expect("body");
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "got {}{}", show(&got), server.context());
+    assert!(text.ends_with(&format!("\r\n\r\n{}\n", body.len())), "got {}", show(&got));
+}
+
+/// A client that sent `Expect: 100-continue` waits for the 100: the body timeout must not
+/// run before the application asks for the body.
+#[test]
+fn the_body_timeout_waits_for_the_100_continue() {
+    let server = hello_server(&["--body-timeout", "1"]);
+    let mut sock = TcpStream::connect(server.addr()).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    sock.write_all(
+        b"POST /fixture.py/slow-read?wait_ms=2000 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .expect("head");
+    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = vec![0u8; interim.len()];
+    sock.read_exact(&mut got).expect("the 100 once the application reads");
+    assert_eq!(&got, interim);
+    sock.write_all(b"hello").expect("body");
+    let mut rest = Vec::new();
+    let _ = sock.read_to_end(&mut rest);
+    assert!(rest.starts_with(b"HTTP/1.1 200 OK\r\n"), "got {}{}", show(&rest), server.context());
+    assert!(rest.ends_with(b"\r\n\r\n5\n"), "got {}", show(&rest));
+}
+
+/// A refusal sent while the client is still uploading must reach it (lingering close, not a
+/// reset that destroys the response).
+#[test]
+fn a_refusal_reaches_a_client_still_uploading() {
+    let server = Server::builder().plugins(&["hello"]).docroot_file("index.html", "<html></html>\n").start();
+    let mut sock = TcpStream::connect(server.addr()).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    sock.write_all(b"POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n").expect("head");
+    // The 405 is on its way; keep uploading as a client that did not look would.
+    let chunk = vec![b'u'; 64 * 1024];
+    for _ in 0..16 {
+        if sock.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 405 Method Not Allowed\r\n"), "got {}", show(&got));
+}
+
+/// HEAD (RFC 9110 §9.3.2) may carry the Content-Length GET would have with no body: no
+/// mismatch, and the connection stays usable.
+#[test]
+fn head_with_a_declared_length_and_no_body_keeps_the_connection() {
+    let server = hello_server(&[]);
+    let mut conn = server.connect();
+    conn.send(b"HEAD /fixture.py/declared?len=1000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = conn.try_read_response(true).expect("HEAD response");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    assert_eq!(r.header("Content-Length"), Some("1000"));
+    assert!(!r.has_token("Connection", "close"), "HEAD with a declared length closed: {}", r.summary());
+    conn.send(b"GET /hello.py HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(conn.read_response().status, 200);
+    assert!(!server.stderr_text().contains("shorter than its Content-Length"), "{}", server.context());
+}

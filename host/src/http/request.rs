@@ -122,11 +122,12 @@ fn is_token_list_member(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Checks that every LF is preceded by CR and every CR is followed by LF (RFC 9112 §2.2:
-/// a bare CR must be rejected or replaced; a bare LF inside a CRLF head is the smuggling
-/// shape llhttp and Gunicorn reject, so Portico rejects it too).
-fn check_line_endings(head: &[u8]) -> Result<(), RequestError> {
-    for (i, &b) in head.iter().enumerate() {
+/// Checks, from byte `from` on, that every LF is preceded by CR and every CR is followed by
+/// LF (RFC 9112 §2.2: a bare CR must be rejected or replaced; a bare LF inside a CRLF head is
+/// the smuggling shape llhttp and Gunicorn reject, so Portico rejects it too). A CR as the
+/// last byte is left for the next call.
+fn check_line_endings(head: &[u8], from: usize) -> Result<(), RequestError> {
+    for (i, &b) in head.iter().enumerate().skip(from) {
         match b {
             b'\n' if i == 0 || head[i - 1] != b'\r' => {
                 return Err(RequestError::BadRequest("bare LF in header section"));
@@ -154,6 +155,25 @@ fn valid_host(value: &[u8]) -> bool {
     value.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&b))
 }
 
+/// Most empty lines (CRLF) skipped before a request line (RFC 9112 §2.2 asks for at least
+/// one); more is a 400.
+const MAX_LEADING_EMPTY_LINES: usize = 16;
+
+/// How far a partial head has been scanned, kept across reads so that each byte is examined
+/// once however the head is split into packets (a slow client sending one byte at a time
+/// must not make the I/O thread rescan its whole buffer per byte).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HeadScan {
+    /// Bytes (after leading empty lines) already checked.
+    checked: usize,
+    /// End of the request line, once seen.
+    line_end: Option<usize>,
+}
+
+fn find(hay: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    hay.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|p| p + from)
+}
+
 /// Parses a request head from the start of `buf`.
 ///
 /// Leading empty lines (CRLF) before the request line are skipped (RFC 9112 §2.2).
@@ -161,31 +181,50 @@ fn valid_host(value: &[u8]) -> bool {
 /// # Errors
 /// A [`RequestError`] for the status to answer; the connection must then be closed.
 pub fn parse(buf: &[u8], limits: &HeadLimits) -> Result<Parsed, RequestError> {
+    parse_resume(buf, &mut HeadScan::default(), limits)
+}
+
+/// [`parse`] for a buffer that grows between calls: `scan` remembers what earlier calls on
+/// the same buffer checked. Reset it (to its default) once a head has been taken out.
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_resume(buf: &[u8], scan: &mut HeadScan, limits: &HeadLimits) -> Result<Parsed, RequestError> {
     let mut skip = 0;
     while buf[skip..].starts_with(b"\r\n") {
         skip += 2;
+        if skip > 2 * MAX_LEADING_EMPTY_LINES {
+            return Err(RequestError::BadRequest("too many empty lines before the request line"));
+        }
     }
     let data = &buf[skip..];
+    let from = scan.checked.min(data.len());
+    // Only the head is examined: bytes after its end belong to the body or the next request.
+    let head_end = find(data, from.saturating_sub(3), b"\r\n\r\n").map(|p| p + 4);
+    let region = &data[..head_end.unwrap_or(data.len())];
+    check_line_endings(region, from.saturating_sub(1))?;
     // The request line limit applies before the head is complete (RFC 9112 §3: 414).
-    match data.windows(2).position(|w| w == b"\r\n") {
+    if scan.line_end.is_none() {
+        scan.line_end = find(region, from.saturating_sub(1), b"\r\n");
+    }
+    match scan.line_end {
         Some(end) if end > limits.request_line => return Err(RequestError::UriTooLong { limit: limits.request_line }),
-        None if data.len() > limits.request_line => {
+        None if region.len() > limits.request_line => {
             return Err(RequestError::UriTooLong { limit: limits.request_line });
         }
         _ => {}
     }
-    let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) else {
+    let Some(end) = head_end else {
         if data.len() > limits.head_bytes {
             return Err(RequestError::HeaderTooLarge { limit_bytes: limits.head_bytes, limit_fields: limits.fields });
         }
-        check_line_endings(data)?;
+        scan.checked = data.len();
         return Ok(Parsed::Partial);
     };
     if end > limits.head_bytes {
         return Err(RequestError::HeaderTooLarge { limit_bytes: limits.head_bytes, limit_fields: limits.fields });
     }
     let head = &data[..end];
-    check_line_endings(head)?;
 
     let mut headers = vec![httparse::EMPTY_HEADER; limits.fields];
     let mut req = httparse::Request::new(&mut headers);
@@ -430,6 +469,38 @@ mod tests {
         assert_eq!(parse_err("GET / HTTP/1.1\r\nHost: x\rY: z\r\n\r\n"), 400);
         assert_eq!(parse_err("GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n"), 400);
         assert_eq!(parse_err("GET / HTTP/1.1\r\nHost : x\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn resumed_parsing_equals_whole_parsing() {
+        let req = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Long: abcdefghij\r\n\r\n";
+        let mut scan = HeadScan::default();
+        for n in 1..req.len() {
+            assert!(matches!(parse_resume(&req[..n], &mut scan, &HeadLimits::default()), Ok(Parsed::Partial)));
+        }
+        let Ok(Parsed::Complete(h, used)) = parse_resume(req, &mut scan, &HeadLimits::default()) else {
+            panic!("not complete")
+        };
+        assert_eq!((used, h.fields.len()), (req.len(), 2));
+        // A bare LF arriving byte by byte is still caught.
+        let bad = b"GET / HTTP/1.1\r\nHost: x\nY: z\r\n\r\n";
+        let mut scan = HeadScan::default();
+        let first_err = (1..=bad.len()).find_map(|n| parse_resume(&bad[..n], &mut scan, &HeadLimits::default()).err());
+        assert_eq!(first_err.map(|e| e.status()), Some(400));
+    }
+
+    #[test]
+    fn body_bytes_after_the_head_are_not_examined() {
+        let mut req = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n".to_vec();
+        req.extend_from_slice(b"\n\r\0\n");
+        let Ok(Parsed::Complete(h, used)) = parse(&req, &HeadLimits::default()) else { panic!("refused") };
+        assert_eq!((used, h.framing), (req.len() - 4, Framing::Length(4)));
+    }
+
+    #[test]
+    fn leading_empty_lines_are_bounded() {
+        parse_ok("\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(parse_err(&"\r\n".repeat(1000)), 400);
     }
 
     #[test]
