@@ -117,3 +117,30 @@ fn idle_and_slow_clients_do_not_starve_the_workers() {
     let r = server.get("/hello.py");
     assert_eq!(r.status_line, "HTTP/1.1 200 OK");
 }
+
+/// A client that stops reading a large response holds no worker: the streamed body is pulled
+/// only while the connection's queue is below the high-water mark, and a large buffered body
+/// is handed to the I/O thread. With a single worker, a second client is still served.
+#[test]
+fn a_client_that_stops_reading_holds_no_worker() {
+    let server = Server::builder().plugins(&["hello", "stream", "fixture"]).args(["--threads", "1"]).start();
+    let mut stalled = Vec::new();
+    for path in ["/stream.py?n=100000&size=65536", "/fixture.py/big?bytes=268435456"] {
+        let mut conn = server.connect();
+        conn.send(&request_bytes("GET", path, false));
+        stalled.push(conn); // never read
+    }
+    for attempt in 0..5 {
+        let started = Instant::now();
+        let r = server.get("/hello.py");
+        let took = started.elapsed();
+        assert_eq!(r.status, 200, "attempt {attempt}: {}", r.summary());
+        assert!(
+            took < Duration::from_secs(2),
+            "with one worker, /hello.py waited {took:?} behind clients that stopped reading{}",
+            server.context()
+        );
+    }
+    drop(stalled);
+    server.assert_alive();
+}
