@@ -125,7 +125,7 @@ fn idle_and_slow_clients_do_not_starve_the_workers() {
 fn a_client_that_stops_reading_holds_no_worker() {
     let server = Server::builder().plugins(&["hello", "stream", "fixture"]).args(["--threads", "1"]).start();
     let mut stalled = Vec::new();
-    for path in ["/stream.py?n=100000&size=65536", "/fixture.py/big?bytes=268435456"] {
+    for path in ["/stream.py?n=100000&size=65536", "/fixture.py/big?bytes=67108864"] {
         let mut conn = server.connect();
         conn.send(&request_bytes("GET", path, false));
         stalled.push(conn); // never read
