@@ -377,3 +377,17 @@ fn reload_memory_cost_is_measured_and_bounded() {
     assert!(per_anon < 1024, "each reload keeps {per_anon} KiB of anonymous memory (expected well under 1 MiB)");
     assert!(per_rss < 8 * 1024, "each reload keeps {per_rss} KiB of RSS (expected a few MiB at most)");
 }
+
+/// A plugin's `init` runs once at load (configuration comes later: an empty table for now);
+/// an `init` that fails keeps that plugin out and the server up.
+#[test]
+fn plugin_init_runs_at_load_and_a_failing_init_refuses_the_plugin() {
+    let server = Server::builder().plugins(&["fixture", "hello"]).start();
+    server.wait_for_log("fixture: init with 0 bytes of configuration", Duration::from_secs(5));
+    assert_eq!(server.get("/fixture.py/version").status, 200);
+
+    let server = Server::builder().plugins(&["fixture", "hello"]).env("FIXTURE_INIT_FAIL", "1").start();
+    server.wait_for_log("init failed: FIXTURE_INIT_FAIL is set", Duration::from_secs(5));
+    assert_eq!(server.get("/fixture.py/version").status, 404);
+    assert_eq!(server.get("/hello.py").status, 200);
+}

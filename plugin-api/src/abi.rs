@@ -24,8 +24,8 @@ use abi_stable::{
     StableAbi, declare_root_module_statics,
     library::RootModule,
     package_version_strings, sabi_trait,
-    sabi_types::RMut,
     sabi_types::VersionStrings,
+    sabi_types::{RMut, RRef},
     std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec},
 };
 
@@ -188,6 +188,16 @@ pub enum Body {
     Stream(BodyStream_TO<'static, RBox<()>>),
 }
 
+/// The next application in a pipeline, as a middleware plugin sees it (PEP 3333
+/// §"Middleware: Components that Play Both Sides"): the middleware calls it with an environ
+/// (possibly modified) and a `start_response` of its own (possibly wrapping the one it was
+/// given), and may wrap the body it returns. Implemented by the host.
+#[sabi_trait]
+pub trait NextApplication {
+    /// Calls the next application.
+    fn call(&self, environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> Body;
+}
+
 /// The signature of a plugin's `application` entry point.
 ///
 /// The host calls it on a worker thread, possibly on many threads at once, so plugin state
@@ -197,10 +207,13 @@ pub type ApplicationFn = extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RM
 
 /// The root module every plugin exports (one per `.so`), checked by the host at load time.
 ///
-/// Fields up to [`PluginMod::application`] are the prefix every plugin has; later fields are
-/// optional suffix fields (absent in plugins built against an older `portico-api`).
-/// Reserved for suffix fields: per-plugin configuration handed over at load, and middleware
-/// (an application handed the next application, as in PEP 3333 §"Middleware").
+/// **Compatibility, measured:** abi_stable accepts a plugin whose root module has *at least*
+/// the host's fields, never fewer: a host that grows this struct refuses every plugin built
+/// before (`too many fields`). So every capability on the roadmap is a field now, whose value
+/// a plugin may leave `RNone`: [`PluginMod::init`] (configuration at load) and
+/// [`PluginMod::middleware`]. A later field would be a breaking change (a `0.x` minor bump
+/// and a rebuild of every plugin). Version-only bumps (0.1.0 → 0.1.1, same layout) load.
+/// New request facts go in [`Environ::extra`], which needs no layout change.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginMod_Ref)))]
@@ -215,8 +228,23 @@ pub struct PluginMod {
     pub panic_unwind: bool,
     /// PEP 3333's application callable. Written out rather than as [`ApplicationFn`] because
     /// the `StableAbi` derive does not accept type aliases of fn pointers.
-    #[sabi(last_prefix_field)]
     pub application: extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body,
+    /// Called once after the plugin is loaded and before its first request, with the
+    /// plugin's configuration as TOML text (the `[plugin.NAME]` table; empty when there is
+    /// none). An `RErr` refuses this version of the plugin (the previous one keeps serving).
+    /// `RNone`: nothing to set up.
+    pub init: ROption<extern "C" fn(RStr<'_>) -> RResult<(), RString>>,
+    /// Middleware entry point: like `application`, and handed the next application of the
+    /// pipeline. `RNone` for a plain application. Not called by this host yet: pipelines come
+    /// with the configuration of mounts.
+    #[sabi(last_prefix_field)]
+    pub middleware: ROption<
+        extern "C" fn(
+            &mut Environ<'_>,
+            StartResponse_TO<'_, RMut<'_, ()>>,
+            NextApplication_TO<'_, RRef<'_, ()>>,
+        ) -> Body,
+    >,
 }
 
 impl RootModule for PluginMod_Ref {

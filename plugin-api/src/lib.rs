@@ -47,11 +47,20 @@
 //! built `.so` into `plugins/` with a temporary name and `rename` (never `cp` over a file the
 //! server may be loading), then `kill -HUP` the server.
 //!
-//! ## Compatibility rule
+//! ## Compatibility rule (measured)
 //!
-//! Plugins and host must agree on `portico-api`'s version by semver: any 0.1.y plugin loads
-//! into any 0.1.x host, layout permitting. Layout changes bump the 0.x minor; new
-//! capabilities arrive as suffix fields of [`abi::PluginMod`], which older plugins lack.
+//! The host checks, before running any plugin code, the plugin's `portico-api` version and
+//! the layout of every type reachable from its root module:
+//! - Same layout, any 0.1.y plugin in any 0.1.x host: loads (a 0.1.0 plugin ran in a 0.1.1
+//!   host).
+//! - A layout change anywhere: refused, with one log line naming the plugin and the
+//!   mismatch (`mismatched type Expected: … Found: …`).
+//! - abi_stable accepts a root module with *more* fields than the host knows, never fewer:
+//!   a host whose [`abi::PluginMod`] grew a field refused a plugin built before it
+//!   (`too many fields Expected: 5 Found: 4`). So the roadmap's capabilities
+//!   ([`abi::PluginMod::init`], [`abi::PluginMod::middleware`]) are fields already, and the
+//!   0.1 layout is frozen: growing it is a 0.2 and a rebuild of every plugin. New request
+//!   facts go in [`abi::Environ::extra`], which needs no layout change.
 //!
 //! ## What the fence does not cover
 //!
@@ -85,6 +94,10 @@ pub mod __private {
 /// The generated `extern "C"` entry point runs the application inside the SDK's panic fence
 /// ([`guard::run`]).
 ///
+/// An optional `init: f` takes a `fn(&str) -> Result<(), String>` that the host calls once
+/// at load with the plugin's configuration as TOML text (empty when there is none); an `Err`
+/// (or a panic) refuses the plugin, and the previous version keeps serving.
+///
 /// ```no_run
 /// # use portico_api::{Body, Environ, StartResponse, export_app, status};
 /// export_app!(name: "ping", version: "1.0.0", app: |_: &mut Environ<'_>, sr: &mut StartResponse<'_, '_>| {
@@ -95,6 +108,17 @@ pub mod __private {
 #[macro_export]
 macro_rules! export_app {
     (name: $name:expr, version: $version:expr, app: $app:expr $(,)?) => {
+        $crate::export_app!(@root $name, $version, $app, $crate::__private::abi_stable::std_types::RNone);
+    };
+    (name: $name:expr, version: $version:expr, app: $app:expr, init: $init:expr $(,)?) => {
+        extern "C" fn portico_init(
+            config: $crate::__private::abi_stable::std_types::RStr<'_>,
+        ) -> $crate::__private::abi_stable::std_types::RResult<(), $crate::__private::abi_stable::std_types::RString> {
+            $crate::guard::run_init(config.as_str(), $init)
+        }
+        $crate::export_app!(@root $name, $version, $app, $crate::__private::abi_stable::std_types::RSome(portico_init));
+    };
+    (@root $name:expr, $version:expr, $app:expr, $init:expr) => {
         /// The plugin's root module, checked and loaded by the portico host.
         #[::abi_stable::export_root_module]
         pub fn portico_root_module() -> $crate::abi::PluginMod_Ref {
@@ -104,6 +128,8 @@ macro_rules! export_app {
                 version: $crate::__private::abi_stable::std_types::RStr::from_str($version),
                 panic_unwind: cfg!(panic = "unwind"),
                 application: portico_application,
+                init: $init,
+                middleware: $crate::__private::abi_stable::std_types::RNone,
             }
             .leak_into_prefix()
         }

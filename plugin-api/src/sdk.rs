@@ -504,6 +504,18 @@ pub mod guard {
         }
     }
 
+    /// Runs a plugin's `init` inside the fence. [`crate::export_app!`] calls this.
+    ///
+    /// # Errors
+    /// The function's own error, or the panic message if it panicked.
+    pub fn run_init(config: &str, f: fn(&str) -> Result<(), String>) -> RResult<(), RString> {
+        match fenced(|| f(config)) {
+            Ok(Ok(())) => RResult::ROk(()),
+            Ok(Err(e)) => RResult::RErr(RString::from(e)),
+            Err(panic) => RResult::RErr(RString::from(format!("init panicked: {panic}"))),
+        }
+    }
+
     /// The SDK's [`BodyStream`] implementation: an iterator behind the fence.
     pub(crate) struct GuardedStream<I> {
         pub(crate) inner: Option<I>,

@@ -123,6 +123,9 @@ pub enum LoadError {
         /// abi_stable's full report (hundreds of lines; its `Debug` shows only the length).
         full: Report,
     },
+    /// The plugin's `init` refused to start (its configuration, a resource it needs).
+    #[error("init failed: {0}")]
+    Init(String),
     /// Built with `panic = "abort"`: its first panic would abort the server.
     #[error("built with panic = \"abort\"; portico plugins must unwind so the SDK can turn a panic into a 500")]
     PanicAbort,
@@ -256,6 +259,12 @@ pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64) -> Res
     let module = loaded.map_err(classify)?;
     if !module.panic_unwind() {
         return Err(LoadError::PanicAbort);
+    }
+    // Configuration files come later: every plugin gets an empty table for now.
+    if let abi_stable::std_types::RSome(init) = module.init()
+        && let abi_stable::std_types::RErr(e) = init(abi_stable::std_types::RStr::from_str(""))
+    {
+        return Err(LoadError::Init(e.into_string()));
     }
     Ok(Plugin {
         name: name.to_owned(),

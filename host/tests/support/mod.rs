@@ -441,6 +441,7 @@ pub struct ServerBuilder {
     plugins: Vec<(String, PathBuf)>,
     args: Vec<OsString>,
     binds: usize,
+    envs: Vec<(String, String)>,
 }
 
 impl Default for ServerBuilder {
@@ -457,6 +458,7 @@ impl ServerBuilder {
             plugins: STANDARD_PLUGINS.iter().map(|n| (format!("{n}.so"), PathBuf::new())).collect(),
             args: Vec::new(),
             binds: 1,
+            envs: Vec::new(),
         }
     }
 
@@ -498,6 +500,12 @@ impl ServerBuilder {
     }
 
     /// Listens on `n` ports (`--bind 127.0.0.1:0` n times).
+    /// Sets an environment variable for the server process (plugins read it too).
+    pub fn env(mut self, key: &str, value: &str) -> ServerBuilder {
+        self.envs.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     pub fn binds(mut self, n: usize) -> ServerBuilder {
         assert!(n >= 1);
         self.binds = n;
@@ -543,6 +551,9 @@ impl ServerBuilder {
         }
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
         for _ in 0..self.binds {
             cmd.args(["--bind", "127.0.0.1:0"]);
         }
