@@ -127,7 +127,9 @@ impl BodyPipe {
             s.continue_pending = false;
             self.notifier.notify(Completion::Continue(self.conn));
         }
-        let deadline = Instant::now() + self.timeout;
+        // A huge --body-timeout means "no deadline", not an overflow panic (which would
+        // cross into the plugin that called us).
+        let deadline = Instant::now().checked_add(self.timeout);
         loop {
             if s.buffered > 0 {
                 let mut n = 0;
@@ -158,10 +160,12 @@ impl BodyPipe {
                 return Ok(0);
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Err(format!("no request body bytes for {} s", self.timeout.as_secs()));
-            }
-            s = self.ready.wait_timeout(s, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            let wait = match deadline {
+                Some(d) if now >= d => return Err(format!("no request body bytes for {} s", self.timeout.as_secs())),
+                Some(d) => d - now,
+                None => Duration::from_secs(3600),
+            };
+            s = self.ready.wait_timeout(s, wait).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 }

@@ -263,8 +263,12 @@ fn run_call(job: CallJob, shutting_down: &AtomicBool) -> ResponseOut {
     head.extend_from_slice(start.status_line.as_bytes());
     head.extend_from_slice(b"\r\n");
     head.extend_from_slice(&start.fields);
-    write_date(&mut head);
-    head.extend_from_slice(b"Server: portico\r\n");
+    if !start.has_date {
+        write_date(&mut head);
+    }
+    if !start.has_server {
+        head.extend_from_slice(b"Server: portico\r\n");
+    }
 
     let mut body_out = OutBody::None;
     let mut small: Option<PluginBytes> = None;

@@ -138,9 +138,10 @@ macro_rules! export_app {
             environ: &mut $crate::abi::Environ<'_>,
             start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
         ) -> $crate::abi::Body {
-            static APP: ::std::sync::OnceLock<::std::boxed::Box<dyn $crate::Application>> =
-                ::std::sync::OnceLock::new();
-            $crate::guard::run(environ, start_response, || &**APP.get_or_init(|| ::std::boxed::Box::new($app)))
+            static APP: ::std::sync::OnceLock<
+                ::std::result::Result<::std::boxed::Box<dyn $crate::Application>, ::std::string::String>,
+            > = ::std::sync::OnceLock::new();
+            $crate::guard::run(environ, start_response, APP.get_or_init(|| $crate::guard::build(|| $app)))
         }
     };
 }

@@ -471,10 +471,24 @@ pub mod guard {
     /// Runs `f` with panics caught; on a panic returns the message (with its location).
     pub(crate) fn fenced<T>(f: impl FnOnce() -> T) -> Result<T, String> {
         install_hook();
+        LAST_PANIC.with(|p| p.borrow_mut().take());
         let outer = IN_FENCE.with(|c| c.replace(true));
         let result = panic::catch_unwind(AssertUnwindSafe(f));
         IN_FENCE.with(|c| c.set(outer));
-        result.map_err(|payload| LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| payload_text(&*payload)))
+        result.map_err(|payload| {
+            let text = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| payload_text(&*payload));
+            // A payload whose Drop panics must not unwind out of here either.
+            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            text
+        })
+    }
+
+    /// Builds an application once, inside the fence. [`crate::export_app!`] keeps the
+    /// result: a constructor that panics is not retried on every request (each request then
+    /// gets a 500 and the log says why). Heavy setup belongs in the plugin's `init`.
+    pub fn build<A: Application>(f: impl FnOnce() -> A) -> Result<Box<dyn Application>, String> {
+        fenced(|| Box::new(f()) as Box<dyn Application>)
+            .map_err(|panic| format!("building the application panicked: {panic}"))
     }
 
     /// Runs an application inside the fence. [`crate::export_app!`] calls this; a plugin
@@ -483,13 +497,17 @@ pub mod guard {
     /// On a panic, in the application or in building it, the message goes to the host's log
     /// through `wsgi.errors`, `start_response` is called again with `exc_info` and status
     /// `500 Internal Server Error`, and a short body is returned.
-    pub fn run<'x, A: Application + ?Sized>(
+    pub fn run(
         environ: &mut Environ<'_>,
         start_response: StartResponse_TO<'_, RMut<'_, ()>>,
-        app: impl FnOnce() -> &'x A,
+        app: &Result<Box<dyn Application>, String>,
     ) -> Body {
         let mut sr = StartResponse::new(start_response);
-        match fenced(|| app().call(environ, &mut sr)) {
+        let outcome = match app {
+            Ok(app) => fenced(|| app.call(environ, &mut sr)),
+            Err(why) => Err(why.clone()),
+        };
+        match outcome {
             Ok(body) => body,
             Err(msg) => {
                 let line = format!("application panicked: {msg}");

@@ -30,6 +30,10 @@ pub struct HostStartResponse {
     pub content_length: Option<u64>,
     /// Why the response is invalid (then the host answers 500).
     pub error: Option<String>,
+    /// The application set `Date` itself (the host then adds none).
+    pub has_date: bool,
+    /// The application set `Server` itself.
+    pub has_server: bool,
 }
 
 impl HostStartResponse {
@@ -45,11 +49,20 @@ impl HostStartResponse {
                 let v =
                     std::str::from_utf8(value).ok().filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
                 let len = v.and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| "invalid Content-Length".to_owned())?;
-                if self.content_length.is_some_and(|l| l != len) {
-                    return Err("conflicting Content-Length fields".to_owned());
+                match self.content_length {
+                    Some(l) if l != len => return Err("conflicting Content-Length fields".to_owned()),
+                    // The same value twice is sent once.
+                    Some(_) => continue,
+                    None => self.content_length = Some(len),
                 }
-                self.content_length = Some(len);
+                // RFC 9110 §8.6: never on a 204.
+                if code == 204 {
+                    self.content_length = None;
+                    continue;
+                }
             }
+            self.has_date |= name.eq_ignore_ascii_case("date");
+            self.has_server |= name.eq_ignore_ascii_case("server");
             self.fields.extend_from_slice(name.as_bytes());
             self.fields.extend_from_slice(b": ");
             self.fields.extend_from_slice(value);
@@ -68,7 +81,7 @@ impl StartResponse for HostStartResponse {
         headers: RSlice<'_, Field<'_>>,
         exc_info: ROption<RStr<'_>>,
     ) -> RResult<(), RString> {
-        if self.status.is_some() && exc_info.is_none() {
+        if (self.status.is_some() || self.error.is_some()) && exc_info.is_none() {
             let msg = "start_response called a second time without exc_info".to_owned();
             self.error = Some(msg.clone());
             return RResult::RErr(msg.into());

@@ -146,6 +146,17 @@ impl std::fmt::Display for Report {
     }
 }
 
+impl LoadError {
+    /// Whether loading the same bytes again would fail the same way (so an unchanged file is
+    /// not retried on every SIGHUP).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            LoadError::NotElf(_) | LoadError::NotAPlugin(_) | LoadError::Incompatible { .. } | LoadError::PanicAbort
+        )
+    }
+}
+
 /// Checks that `data` is an ELF shared object whose loadable segments lie inside the file.
 ///
 /// # Errors
@@ -251,11 +262,18 @@ pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64) -> Res
     check_elf(&data)?;
 
     fs::create_dir_all(cache_dir).map_err(io("create plugin cache directory"))?;
-    let copy = cache_dir.join(format!("{name}-{}-{generation}.so", std::process::id()));
-    fs::write(&copy, &data).map_err(io("write private copy"))?;
+    let copy = cache_dir.join(format!("{name}-{}-{generation}{}", std::process::id(), std::env::consts::DLL_SUFFIX));
+    // create_new: never truncate a file someone else (another server sharing the directory)
+    // may be loading.
+    let mut file =
+        fs::OpenOptions::new().write(true).create_new(true).open(&copy).map_err(io("create private copy"))?;
+    std::io::Write::write_all(&mut file, &data).map_err(io("write private copy"))?;
+    drop(file);
     let loaded = lib_header_from_path(&copy).and_then(|header| header.init_root_module::<PluginMod_Ref>());
     // The mapping outlives the path; the copy's disk space is held until exit.
-    let _ = fs::remove_file(&copy);
+    if let Err(e) = fs::remove_file(&copy) {
+        tracing::warn!(file = %copy.display(), "could not remove the private copy: {e}");
+    }
     let module = loaded.map_err(classify)?;
     if !module.panic_unwind() {
         return Err(LoadError::PanicAbort);
@@ -278,23 +296,33 @@ pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64) -> Res
     })
 }
 
-/// Removes private copies left behind by earlier processes (a crash between copy and unlink).
+/// Removes private copies (`NAME-PID-GEN.so`) left behind by processes that no longer run
+/// (a crash between copy and unlink). Other files, and copies of live processes, are kept.
 pub fn clean_cache(cache_dir: &Path) {
     let Ok(entries) = fs::read_dir(cache_dir) else { return };
     for entry in entries.flatten() {
-        if entry.path().extension().is_some_and(|e| e == "so") {
+        let file_name = entry.file_name();
+        let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(std::env::consts::DLL_SUFFIX)) else {
+            continue;
+        };
+        let mut parts = stem.rsplitn(3, '-');
+        let (Some(generation), Some(pid), Some(_name)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (Ok(_), Ok(pid)) = (generation.parse::<u64>(), pid.parse::<u32>()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_file(entry.path());
         }
     }
 }
 
-/// The PEP 3333 name a file gives: `NAME` for `NAME.so` or `libNAME.so` (`.dylib`, `.dll` on
-/// other systems). `None` for other files and for hidden ones (`.NAME.so.tmp` installs).
+/// The route name a file gives: `NAME` for `NAME.so` or `libNAME.so` (this platform's
+/// library suffix: `.dylib`, `.dll` elsewhere). `None` for other files and for hidden ones
+/// (`.NAME.so.tmp` installs). A leading `lib` is always taken as the prefix, so
+/// `library.so` serves `/rary.py`: name such a plugin `library.so` → `liblibrary.so`.
 pub fn route_name(file_name: &str) -> Option<&str> {
     if file_name.starts_with('.') {
         return None;
     }
-    let stem = [".so", ".dylib", ".dll"].iter().find_map(|ext| file_name.strip_suffix(ext))?;
+    let stem = file_name.strip_suffix(std::env::consts::DLL_SUFFIX)?;
     let stem = stem.strip_prefix("lib").filter(|s| !s.is_empty()).unwrap_or(stem);
     let valid = !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     valid.then_some(stem)

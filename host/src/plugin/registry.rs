@@ -105,7 +105,11 @@ impl Registry {
                     next.insert(name, Arc::new(plugin));
                 }
                 Err(e) => {
-                    failed.insert(path.clone(), fp);
+                    // Remember only failures that the same bytes will always give; a full
+                    // disk or a missing system library may be fixed without touching the file.
+                    if e.is_permanent() {
+                        failed.insert(path.clone(), fp);
+                    }
                     if let Some(p) = previous {
                         next.insert(name, Arc::clone(p));
                     }
