@@ -184,6 +184,8 @@ struct Conn {
     status: u16,
     body_bytes: u64,
     http10: bool,
+    /// The current request is HEAD: a response the server makes itself has no body.
+    head_request: bool,
 }
 
 /// The shared, read-only state the loop needs.
@@ -405,6 +407,7 @@ impl Reactor {
                         status: 0,
                         body_bytes: 0,
                         http10: false,
+                        head_request: false,
                     });
                     self.pump(token);
                 }
@@ -582,6 +585,7 @@ impl Reactor {
         conn.status = 0;
         conn.body_bytes = 0;
         conn.http10 = head.version == request::Version::Http10;
+        conn.head_request = head.is_head();
         if shared.config.access_log {
             conn.access = Some(Access::new(&head, conn.peer));
         }
@@ -726,8 +730,10 @@ impl Reactor {
         conn.close_after = true;
         let body = response::error_body(status);
         let version = if conn.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
-        let bytes = response::simple(version, status, "text/plain; charset=utf-8", &body, true, false);
-        self.respond_local(t, status, bytes, None, body.len() as u64, true);
+        let head_only = conn.head_request;
+        let bytes = response::simple(version, status, "text/plain; charset=utf-8", &body, true, head_only);
+        let sent = if head_only { 0 } else { body.len() as u64 };
+        self.respond_local(t, status, bytes, None, sent, true);
     }
 
     fn drain_completions(&mut self) {
@@ -908,6 +914,7 @@ impl Reactor {
             return;
         }
         conn.phase = Phase::Head;
+        conn.head_request = false;
         conn.idle_since = Instant::now();
         conn.expect_continue = false;
         self.ready.push(t);

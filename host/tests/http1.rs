@@ -357,3 +357,14 @@ fn unknown_expectation_is_417() {
     let raw = server.raw(b"GET /hello.py HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n");
     assert!(raw.starts_with(b"HTTP/1.1 417 Expectation Failed\r\n"), "got {:?}", String::from_utf8_lossy(&raw));
 }
+
+/// RFC 9110 §9.3.2: a response to HEAD has no content, also when the server refuses it.
+#[test]
+fn a_refused_head_request_gets_no_body() {
+    let server = server();
+    let reply = raw_until_close(server.addr(), b"HEAD /%zz HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&reply.bytes);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "got {}", show(&reply.bytes));
+    assert!(text.ends_with("\r\n\r\n"), "a body followed the head: {}", show(&reply.bytes));
+    assert!(reply.closed);
+}
