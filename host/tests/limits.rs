@@ -35,6 +35,12 @@ fn assert_refused_and_closed(server: &Server, request: &[u8], status_line: &str)
     assert_eq!(server.get("/hello.py").status, 200);
 }
 
+/// Sends `request` (which asks for `Connection: close`) and expects a 200.
+fn assert_served(server: &Server, request: &str) {
+    let reply = raw_until_close(server.addr(), request.as_bytes(), Duration::from_secs(10));
+    assert!(reply.bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "got {}{}", show(&reply.bytes), server.context());
+}
+
 #[test]
 fn request_line_over_8_kib_is_414() {
     let server = hello_server(&[]);
@@ -43,12 +49,7 @@ fn request_line_over_8_kib_is_414() {
     assert_refused_and_closed(&server, req.as_bytes(), "HTTP/1.1 414 URI Too Long");
     // Just under the limit is served.
     let target = format!("/hello.py?{}", "q".repeat(8 * 1024 - 40));
-    let reply = raw_until_close(
-        server.addr(),
-        format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        Duration::from_secs(10),
-    );
-    assert!(reply.bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "got {}", show(&reply.bytes));
+    assert_served(&server, &format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
 }
 
 #[test]
@@ -67,12 +68,7 @@ fn more_than_100_fields_is_431() {
     assert_refused_and_closed(&server, req.as_bytes(), "HTTP/1.1 431 Request Header Fields Too Large");
     // Exactly 100 (98 + Host + Connection) is fine.
     let ok: String = (0..98).map(|i| format!("X-F{i}: v\r\n")).collect();
-    let reply = raw_until_close(
-        server.addr(),
-        format!("GET /hello.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{ok}\r\n").as_bytes(),
-        Duration::from_secs(10),
-    );
-    assert!(reply.bytes.starts_with(b"HTTP/1.1 200 OK\r\n"), "got {}", show(&reply.bytes));
+    assert_served(&server, &format!("GET /hello.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{ok}\r\n"));
 }
 
 #[test]

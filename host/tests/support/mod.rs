@@ -832,29 +832,23 @@ impl Server {
     /// Returns how long it took.
     pub fn wait_for_body(&self, path: &str, body: &str, timeout: Duration) -> Duration {
         let started = Instant::now();
-        let mut last = String::from("(no response yet)");
-        let found = poll_until(timeout, Duration::from_millis(20), || match try_get(self.addr(), path) {
-            Ok(r) if r.status == 200 && r.body == body.as_bytes() => Some(()),
-            Ok(r) => {
-                last = r.summary();
-                None
-            }
-            Err(e) => {
-                last = e;
-                None
-            }
+        self.wait_for_response(path, timeout, &format!("200 {body:?}"), |r| {
+            r.status == 200 && r.body == body.as_bytes()
         });
-        if found.is_none() {
-            panic!("GET {path} did not answer 200 {body:?} within {timeout:?}; last answer: {last}{}", self.context());
-        }
         started.elapsed()
     }
 
     /// Polls `GET path` until its status is `status`, at most `timeout`.
     pub fn wait_for_status(&self, path: &str, status: u16, timeout: Duration) {
+        self.wait_for_response(path, timeout, &status.to_string(), |r| r.status == status);
+    }
+
+    /// Polls `GET path` every 20 ms until `done` accepts the response; panics after `timeout`
+    /// with the last answer and `expected` in the message.
+    fn wait_for_response(&self, path: &str, timeout: Duration, expected: &str, done: impl Fn(&Response) -> bool) {
         let mut last = String::from("(no response yet)");
         let found = poll_until(timeout, Duration::from_millis(20), || match try_get(self.addr(), path) {
-            Ok(r) if r.status == status => Some(()),
+            Ok(r) if done(&r) => Some(()),
             Ok(r) => {
                 last = r.summary();
                 None
@@ -865,7 +859,7 @@ impl Server {
             }
         });
         if found.is_none() {
-            panic!("GET {path} did not answer {status} within {timeout:?}; last answer: {last}{}", self.context());
+            panic!("GET {path} did not answer {expected} within {timeout:?}; last answer: {last}{}", self.context());
         }
     }
 }
