@@ -602,15 +602,14 @@ impl Reactor {
             Route::ServerOptions => {
                 let conn = &mut self.conns[t];
                 let close = conn.close_after || head.framing != Framing::None;
-                let mut bytes = response::simple(head.version.as_str(), 200, "", b"", close, false);
-                let pos = bytes.len() - 2;
-                bytes.splice(pos..pos, b"Allow: GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE\r\n".iter().copied());
+                let allow: &[u8] = b"GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE";
+                let bytes = response::simple(head.version.as_str(), 200, &[("Allow", allow)], "", b"", close, false);
                 return self.respond_local(t, 200, bytes, None, 0, head.framing != Framing::None);
             }
             Route::NotAllowed => {
                 let body = response::error_body(405);
                 let bytes =
-                    response::simple(head.version.as_str(), 405, "text/plain; charset=utf-8", &body, true, false);
+                    response::simple(head.version.as_str(), 405, &[], "text/plain; charset=utf-8", &body, true, false);
                 return self.respond_local(t, 405, bytes, None, body.len() as u64, true);
             }
         };
@@ -678,10 +677,16 @@ impl Reactor {
         let raw_path = route::raw_path(head);
         if method != "GET" && method != "HEAD" {
             let body = response::error_body(405);
-            let mut bytes =
-                response::simple(head.version.as_str(), 405, "text/plain; charset=utf-8", &body, true, false);
-            let pos = bytes.len() - 2 - body.len();
-            bytes.splice(pos..pos, b"Allow: GET, HEAD\r\n".iter().copied());
+            let allow: &[u8] = b"GET, HEAD";
+            let bytes = response::simple(
+                head.version.as_str(),
+                405,
+                &[("Allow", allow)],
+                "text/plain; charset=utf-8",
+                &body,
+                true,
+                false,
+            );
             return self.respond_local(t, 405, bytes, None, body.len() as u64, true);
         }
         let r = static_files::serve(
@@ -731,7 +736,7 @@ impl Reactor {
         let body = response::error_body(status);
         let version = if conn.http10 { "HTTP/1.0" } else { "HTTP/1.1" };
         let head_only = conn.head_request;
-        let bytes = response::simple(version, status, "text/plain; charset=utf-8", &body, true, head_only);
+        let bytes = response::simple(version, status, &[], "text/plain; charset=utf-8", &body, true, head_only);
         let sent = if head_only { 0 } else { body.len() as u64 };
         self.respond_local(t, status, bytes, None, sent, true);
     }

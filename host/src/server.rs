@@ -17,7 +17,7 @@ use signal_hook::iterator::Signals;
 use crate::config::Args;
 use crate::plugin::registry::{self, Registry};
 use crate::reactor::{Reactor, Shared};
-use crate::worker::{Pool, PoolStats};
+use crate::worker::Pool;
 
 /// Runs the server until SIGTERM/SIGINT has drained it.
 ///
@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let (reactor, notifier) =
         Reactor::new(poll, Arc::clone(&waker), listeners, job_tx, shared).context("starting the I/O loop")?;
-    let pool = Pool::start(threads, job_rx, notifier, Arc::clone(&shutting_down), Arc::new(PoolStats::default()));
+    let pool = Pool::start(threads, job_rx, notifier, Arc::clone(&shutting_down));
 
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("installing signal handlers")?;
     {

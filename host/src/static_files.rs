@@ -12,7 +12,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::http::response::write_date;
+use crate::http::response;
 
 /// What to send for a static request.
 pub struct StaticResponse {
@@ -83,9 +83,7 @@ pub fn serve(
     let len = meta.len();
     let mime = mime_guess::from_path(&path).first_or_octet_stream();
     let mut head = Vec::with_capacity(256);
-    let _ = write!(head, "{version} 200 OK\r\n");
-    write_date(&mut head);
-    head.extend_from_slice(b"Server: portico\r\n");
+    response::start_head(&mut head, version, 200);
     if mime.type_() == mime_guess::mime::TEXT || mime.subtype() == "javascript" || mime.subtype() == "json" {
         let _ = write!(head, "Content-Type: {mime}; charset=utf-8\r\n");
     } else {
@@ -95,7 +93,7 @@ pub fn serve(
     if let Ok(modified) = meta.modified() {
         let _ = write!(head, "Last-Modified: {}\r\n", httpdate::fmt_http_date(modified));
     }
-    finish_head(&mut head, version, close);
+    response::finish_head(&mut head, version, close);
     if head_only {
         return StaticResponse { status: 200, bytes: head, file: None, body_len: 0 };
     }
@@ -113,28 +111,11 @@ pub fn serve(
     StaticResponse { status: 200, bytes: head, file: Some((file, len)), body_len: len }
 }
 
-fn finish_head(head: &mut Vec<u8>, version: &str, close: bool) {
-    if close {
-        head.extend_from_slice(b"Connection: close\r\n");
-    } else if version == "HTTP/1.0" {
-        head.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-}
-
 fn redirect(location: &[u8], version: &str, head_only: bool, close: bool) -> StaticResponse {
     let body = b"301 Moved Permanently\n";
-    let mut head = Vec::with_capacity(256);
-    let _ = write!(head, "{version} 301 Moved Permanently\r\n");
-    write_date(&mut head);
-    head.extend_from_slice(b"Server: portico\r\nLocation: ");
-    head.extend_from_slice(location);
-    let _ = write!(head, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n", body.len());
-    finish_head(&mut head, version, close);
-    if !head_only {
-        head.extend_from_slice(body);
-    }
-    StaticResponse { status: 301, bytes: head, file: None, body_len: body.len() as u64 }
+    let fields = [("Location", location)];
+    let bytes = response::simple(version, 301, &fields, "text/plain; charset=utf-8", body, close, head_only);
+    StaticResponse { status: 301, bytes, file: None, body_len: body.len() as u64 }
 }
 
 /// A 404 whose body is the docroot's `404.html` when there is one.
@@ -143,15 +124,8 @@ pub fn not_found(root: &Path, version: &str, head_only: bool, close: bool) -> St
         Ok(b) => (b, "text/html; charset=utf-8"),
         Err(_) => (b"404 Not Found\n".to_vec(), "text/plain; charset=utf-8"),
     };
-    let mut head = Vec::with_capacity(256 + body.len());
-    let _ = write!(head, "{version} 404 Not Found\r\n");
-    write_date(&mut head);
-    let _ = write!(head, "Server: portico\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n", body.len());
-    finish_head(&mut head, version, close);
-    if !head_only {
-        head.extend_from_slice(&body);
-    }
-    StaticResponse { status: 404, bytes: head, file: None, body_len: body.len() as u64 }
+    let bytes = response::simple(version, 404, &[], ctype, &body, close, head_only);
+    StaticResponse { status: 404, bytes, file: None, body_len: body.len() as u64 }
 }
 
 #[cfg(test)]

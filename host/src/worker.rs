@@ -9,9 +9,8 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use abi_stable::std_types::{RBox, ROption, RResult, RVec};
 use crossbeam_channel::Receiver;
@@ -143,13 +142,6 @@ pub enum Job {
     Close(Box<StreamState>),
 }
 
-/// Shared counters the status page and shutdown read.
-#[derive(Default)]
-pub struct PoolStats {
-    /// Workers running a job now.
-    pub busy: AtomicUsize,
-}
-
 /// Handle to the pool's threads.
 pub struct Pool {
     threads: Vec<JoinHandle<()>>,
@@ -157,26 +149,17 @@ pub struct Pool {
 
 impl Pool {
     /// Starts `n` workers taking jobs from `jobs`.
-    pub fn start(
-        n: usize,
-        jobs: Receiver<Job>,
-        notifier: Notifier,
-        shutting_down: Arc<AtomicBool>,
-        stats: Arc<PoolStats>,
-    ) -> Self {
+    pub fn start(n: usize, jobs: Receiver<Job>, notifier: Notifier, shutting_down: Arc<AtomicBool>) -> Self {
         let threads = (0..n)
             .map(|i| {
                 let jobs = jobs.clone();
                 let notifier = notifier.clone();
                 let shutting_down = Arc::clone(&shutting_down);
-                let stats = Arc::clone(&stats);
                 std::thread::Builder::new()
                     .name(format!("portico-worker-{i}"))
                     .spawn(move || {
                         for job in jobs.iter() {
-                            stats.busy.fetch_add(1, Ordering::Relaxed);
                             run(job, &notifier, &shutting_down);
-                            stats.busy.fetch_sub(1, Ordering::Relaxed);
                         }
                     })
                     .expect("spawning a worker thread")
@@ -216,6 +199,7 @@ fn internal_error(job: &CallJob, close: bool, why: &str) -> ResponseOut {
         bytes: response::simple(
             job.head.version.as_str(),
             500,
+            &[],
             "text/plain; charset=utf-8",
             &body,
             close,
@@ -351,12 +335,7 @@ fn run_call(job: CallJob, shutting_down: &AtomicBool) -> ResponseOut {
             }
         }
     }
-    if close {
-        head.extend_from_slice(b"Connection: close\r\n");
-    } else if version == Version::Http10 {
-        head.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    response::finish_head(&mut head, version.as_str(), close);
     if let Some(bytes) = small {
         head.extend_from_slice(&bytes.as_slice()[..body_len as usize]);
     }
@@ -423,9 +402,4 @@ fn pull(conn: ConnId, mut st: Box<StreamState>) -> ChunkOut {
         }
     }
     ChunkOut { conn, data, payload: 0, stream: Some(st), abort: false }
-}
-
-/// Seconds since `t`, in microseconds, for the access log.
-pub fn micros_since(t: Instant) -> u128 {
-    t.elapsed().as_micros()
 }

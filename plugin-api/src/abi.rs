@@ -1,11 +1,12 @@
 //! The stable ABI: every type that crosses the boundary between the `portico` host and a plugin.
 //!
-//! This module is the **API boundary** of Portico. It is append-only: a field is never removed,
-//! reordered or retyped without bumping this crate's `0.x` minor version (which makes the host
-//! refuse older plugins at load time with a layout error). New capabilities are added as suffix
-//! fields of [`PluginMod`] after its last prefix field; a plugin built before them reads as
-//! "absent" in a newer host (abi_stable's prefix types). New environ keys go in
-//! [`Environ::extra`], which needs no layout change at all.
+//! This module is the **API boundary** of Portico. Its 0.1 layout is frozen: any change to a
+//! type here (a field added, removed, reordered or retyped) makes the host refuse plugins built
+//! before it, so it comes with a `0.x` minor bump. Adding fields "later" is no escape: measured,
+//! a host whose [`PluginMod`] grew one field refused an older plugin (`too many fields`), so the
+//! capabilities on the roadmap are fields already ([`PluginMod::init`],
+//! [`PluginMod::middleware`]). New environ keys go in [`Environ::extra`], which needs no layout
+//! change at all.
 //!
 //! Every type here is `#[repr(C)]` and derives [`StableAbi`], so the host checks the layout of
 //! each one (recursively, through [`PluginMod::application`]'s signature) before any plugin

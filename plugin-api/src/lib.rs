@@ -17,7 +17,7 @@
 //! |---|---|
 //! | "The Application/Framework Side": a callable taking `environ, start_response` | a function `fn(&mut Environ, &mut StartResponse) -> Body` (or any [`Application`]) exported with [`export_app!`] |
 //! | "The Server/Gateway Side" | the `portico` host: it builds the environ, calls the application on a worker thread, sends the response |
-//! | "Middleware: Components that Play Both Sides" | reserved: a suffix field of [`abi::PluginMod`] will hand a plugin the next application (an app calling an app with its own `start_response`) |
+//! | "Middleware: Components that Play Both Sides" | [`abi::PluginMod::middleware`] with [`abi::NextApplication`]: a plugin handed the next application, calling it with its own `start_response` (in the ABI now; the host calls it once mounts and pipelines exist) |
 //! | "environ Variables" | [`Environ`]: `REQUEST_METHOD`, `SCRIPT_NAME`, `PATH_INFO` (percent-decoded), `QUERY_STRING` (raw), `CONTENT_TYPE`, `CONTENT_LENGTH`, `SERVER_NAME`, `SERVER_PORT`, `SERVER_PROTOCOL`, `REMOTE_ADDR`, `REMOTE_PORT`, `wsgi.url_scheme`; the `HTTP_*` variables are [`Environ::headers`] in order, repeats kept |
 //! | "Input and Error Streams" | `wsgi.input` is [`Environ::read`] (de-chunked; `Ok(0)` at the end); `wsgi.errors` is [`Environ::log`], which goes to the host's log |
 //! | "The start_response() Callable" | [`StartResponse::start`]: status `"200 OK"`, fields as `(name, value)` pairs; a second call only with `exc_info` ([`StartResponse::start_with_exc_info`]) before the first body byte |

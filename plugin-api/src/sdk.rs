@@ -9,7 +9,7 @@ use std::fmt;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::RMut;
-use abi_stable::std_types::{RBox, RNone, ROption, RResult, RSlice, RSome, RStr, RString, RVec};
+use abi_stable::std_types::{RNone, ROption, RResult, RSlice, RSome, RStr, RString, RVec};
 
 use crate::abi::{Body, BodyStream, BodyStream_TO, Environ, Field, StartResponse_TO};
 
@@ -580,8 +580,4 @@ pub mod guard {
             self.close();
         }
     }
-
-    // Keep the unused-import lint quiet for RBox, which BodyStream_TO's pointer type names.
-    #[allow(dead_code)]
-    type _Boxed = RBox<()>;
 }

@@ -80,22 +80,51 @@ pub fn write_date(out: &mut Vec<u8>) {
     });
 }
 
-/// Writes a complete response from the server itself (an error page, a redirect): status
-/// line, `Date`, `Server`, `Content-Type`, `Content-Length`, `Connection: close` if asked, and
-/// the body unless `head_only`.
-pub fn simple(version: &str, code: u16, content_type: &str, body: &[u8], close: bool, head_only: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + body.len());
+/// Starts a head the server writes itself: status line with the registered reason phrase,
+/// `Date`, `Server`.
+pub fn start_head(out: &mut Vec<u8>, version: &str, code: u16) {
     let _ = write!(out, "{version} {code} {}\r\n", portico_api::status::reason(code));
-    write_date(&mut out);
+    write_date(out);
     out.extend_from_slice(b"Server: portico\r\n");
+}
+
+/// Ends every head: the `Connection` field, then the empty line. `close` → `Connection: close`
+/// (RFC 9112 §9.6); an HTTP/1.0 connection kept open says `Connection: keep-alive`, since
+/// HTTP/1.0 closes by default (RFC 9112 §9.3); HTTP/1.1 keep-alive needs nothing.
+pub fn finish_head(out: &mut Vec<u8>, version: &str, close: bool) {
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    } else if version == "HTTP/1.0" {
+        out.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A complete response from the server itself (an error page, a redirect, `OPTIONS *`):
+/// [`start_head`], the extra `fields`, `Content-Type` (unless empty), `Content-Length`,
+/// [`finish_head`], and the body unless `head_only`.
+pub fn simple(
+    version: &str,
+    code: u16,
+    fields: &[(&str, &[u8])],
+    content_type: &str,
+    body: &[u8],
+    close: bool,
+    head_only: bool,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(192 + body.len());
+    start_head(&mut out, version, code);
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
     if !content_type.is_empty() {
         let _ = write!(out, "Content-Type: {content_type}\r\n");
     }
     let _ = write!(out, "Content-Length: {}\r\n", body.len());
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    finish_head(&mut out, version, close);
     if !head_only {
         out.extend_from_slice(body);
     }

@@ -1026,22 +1026,20 @@ pub struct Head {
     pub headers: Vec<(String, String)>,
 }
 
+fn closed_inside_head(raw: &[u8]) -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, format!("connection closed inside the response head: {}", show(raw)))
+}
+
 /// Reads a status line and fields (not the body). Interim 1xx responses (except 101) are
 /// skipped. `Err(UnexpectedEof)` if the connection closes before the first byte.
 pub fn read_head<R: BufRead>(r: &mut R, raw: &mut Vec<u8>) -> io::Result<Head> {
     loop {
         let line = match read_line(r, raw) {
             Ok(Some(line)) => line,
-            Ok(None) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    if raw.is_empty() {
-                        CLOSED_BEFORE_RESPONSE.to_owned()
-                    } else {
-                        format!("connection closed inside the response head: {}", show(raw))
-                    },
-                ));
+            Ok(None) if raw.is_empty() => {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, CLOSED_BEFORE_RESPONSE));
             }
+            Ok(None) => return Err(closed_inside_head(raw)),
             Err(e) if raw.is_empty() && is_closed_error(&e) => {
                 return Err(io::Error::new(e.kind(), CLOSED_BEFORE_RESPONSE));
             }
@@ -1065,12 +1063,7 @@ pub fn read_head<R: BufRead>(r: &mut R, raw: &mut Vec<u8>) -> io::Result<Head> {
         loop {
             let line = match read_line(r, raw) {
                 Ok(Some(line)) => line,
-                Ok(None) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("connection closed inside the response head: {}", show(raw)),
-                    ));
-                }
+                Ok(None) => return Err(closed_inside_head(raw)),
                 Err(e) => return Err(with_context(e, "reading the response fields", raw)),
             };
             if line.is_empty() {
