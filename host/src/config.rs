@@ -31,6 +31,10 @@ pub struct Args {
     /// Worker threads that run applications [default: 2 × cores, at least 4].
     #[arg(long, env = "PORTICO_THREADS")]
     pub threads: Option<usize>,
+    /// I/O threads (event loops): each accepts connections, reads requests, serves static
+    /// files and writes responses. `--max-connections` is shared out between them.
+    #[arg(long, env = "PORTICO_IO_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub io_threads: u16,
     /// Log level for the error log on stderr: error, warn, info, debug, trace (or a
     /// tracing filter such as `portico=debug`).
     #[arg(long, env = "PORTICO_LOG_LEVEL", default_value = "info")]
@@ -59,6 +63,29 @@ pub struct Args {
     /// Most open connections; past it new ones wait in the listen backlog.
     #[arg(long, env = "PORTICO_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// `Cache-Control` value sent with static files (200, 206 and 304), e.g.
+    /// `public, max-age=3600`; none by default.
+    #[arg(long, env = "PORTICO_CACHE_CONTROL", value_parser = parse_field_value)]
+    pub cache_control: Option<String>,
+    /// Serve an HTML listing of a directory that has no index.html (otherwise 404).
+    #[arg(long, env = "PORTICO_DIR_LISTING")]
+    pub dir_listing: bool,
+    /// Follow symlinks in the docroot whose target lies outside it (otherwise 404).
+    #[arg(long, env = "PORTICO_ALLOW_SYMLINKS_OUTSIDE")]
+    pub allow_symlinks_outside: bool,
+    /// Milliseconds a static file's cached lookup is trusted before the file system is
+    /// checked again (one stat per file); 0 checks on every request.
+    #[arg(long, env = "PORTICO_FILE_CACHE_VALID_MS", default_value_t = 1000)]
+    pub file_cache_valid_ms: u64,
+    /// Most paths in the open-file cache (per I/O thread).
+    #[arg(long, env = "PORTICO_FILE_CACHE_ENTRIES", default_value_t = 1024)]
+    pub file_cache_entries: usize,
+}
+
+/// A `Cache-Control` value must be a valid field value (no CR, LF or NUL; RFC 9110 §5.5).
+fn parse_field_value(v: &str) -> Result<String, String> {
+    crate::http::response::validate_field("Cache-Control", v.as_bytes()).map_err(str::to_owned)?;
+    Ok(v.trim().to_owned())
 }
 
 /// The settings the running server uses, derived from [`Args`].
@@ -95,6 +122,17 @@ impl Args {
             let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
             (2 * cores).max(4)
         })
+    }
+
+    /// How static files are served.
+    pub fn static_options(&self) -> crate::static_files::Options {
+        crate::static_files::Options {
+            cache_control: self.cache_control.clone().filter(|v| !v.is_empty()),
+            dir_listing: self.dir_listing,
+            allow_symlinks_outside: self.allow_symlinks_outside,
+            cache_valid: Duration::from_millis(self.file_cache_valid_ms),
+            cache_entries: std::num::NonZeroUsize::new(self.file_cache_entries).unwrap_or(std::num::NonZeroUsize::MIN),
+        }
     }
 
     /// The settings for the server.

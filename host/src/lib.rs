@@ -3,7 +3,8 @@
 //! A web server for static files and compiled plugins that speak Portico's gateway interface
 //! (`portico-api`, modelled on PEP 3333). Data flow, one request:
 //!
-//! 1. [`reactor`] (one I/O thread, mio) accepts the connection and reads bytes.
+//! 1. [`reactor`] (an I/O thread running a mio loop; `--io-threads` of them) accepts the
+//!    connection and reads bytes.
 //! 2. [`http::request`] parses the head (httparse) and decides the body's framing
 //!    (RFC 9112 §6.3); [`route`] picks a plugin (`/NAME.py/...`) or a static file.
 //! 3. Static files are answered on the I/O thread by [`static_files`]. Plugin requests wait

@@ -16,7 +16,7 @@ use signal_hook::iterator::Signals;
 
 use crate::config::Args;
 use crate::plugin::registry::{self, Registry};
-use crate::reactor::{Reactor, Shared};
+use crate::reactor::{Balance, Notifier, Reactor, Shared};
 use crate::worker::Pool;
 
 /// Runs the server until SIGTERM/SIGINT has drained it.
@@ -44,20 +44,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         docroot: docroot.clone(),
         registry: Arc::clone(&registry),
         shutting_down: Arc::clone(&shutting_down),
+        statics: args.static_options(),
+        balance: Balance::new(usize::from(args.io_threads)),
     });
-    let poll = Poll::new().context("creating the poller")?;
-    let waker = Arc::new(Waker::new(poll.registry(), Token(usize::MAX)).context("creating the waker")?);
+    let io_threads = usize::from(args.io_threads);
+    let mut polls = Vec::with_capacity(io_threads);
+    let mut loops = Vec::with_capacity(io_threads);
+    let mut receivers = Vec::with_capacity(io_threads);
+    for _ in 0..io_threads {
+        let poll = Poll::new().context("creating the poller")?;
+        let waker = Arc::new(Waker::new(poll.registry(), Token(usize::MAX)).context("creating the waker")?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        polls.push(poll);
+        loops.push((tx, waker));
+        receivers.push(rx);
+    }
+    let wakers: Vec<Arc<Waker>> = loops.iter().map(|(_, w)| Arc::clone(w)).collect();
+    let notifier = Notifier::new(loops);
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
-    let (reactor, notifier) =
-        Reactor::new(poll, Arc::clone(&waker), listeners, job_tx, shared).context("starting the I/O loop")?;
+    let mut reactors = Vec::with_capacity(io_threads);
+    for (index, (poll, completions)) in polls.into_iter().zip(receivers).enumerate() {
+        // Every I/O thread registers the same listening sockets; whichever wakes first
+        // accepts (the others see WouldBlock).
+        let ls = listeners.iter().map(std::net::TcpListener::try_clone).collect::<std::io::Result<Vec<_>>>()?;
+        let reactor = Reactor::new(index, poll, ls, completions, notifier.clone(), job_tx.clone(), Arc::clone(&shared))
+            .context("starting an I/O loop")?;
+        reactors.push(reactor);
+    }
+    drop(job_tx);
+    drop(listeners);
     let pool = Pool::start(threads, job_rx, notifier, Arc::clone(&shutting_down));
 
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("installing signal handlers")?;
     {
         let registry = Arc::clone(&registry);
         let shutting_down = Arc::clone(&shutting_down);
-        let waker = Arc::clone(&waker);
         std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
             for sig in signals.forever() {
                 match sig {
@@ -71,7 +93,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             tracing::warn!("second shutdown signal: exiting now");
                             std::process::exit(1);
                         }
-                        let _ = waker.wake();
+                        for waker in &wakers {
+                            let _ = waker.wake();
+                        }
                     }
                 }
             }
@@ -87,13 +111,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.plugins.display(),
         if names.is_empty() { "none".to_owned() } else { names.join(", ") }
     );
-    tracing::info!("{threads} worker threads");
+    tracing::info!("{threads} worker threads, {io_threads} I/O thread{}", if io_threads == 1 { "" } else { "s" });
     for addr in &addrs {
         tracing::info!("listening on http://{addr}");
     }
 
-    let io = std::thread::Builder::new().name("portico-io".into()).spawn(move || reactor.run())?;
-    let drained = io.join().map_err(|_| anyhow::anyhow!("the I/O thread panicked"))?.context("I/O loop failed")?;
+    let mut handles = Vec::with_capacity(io_threads);
+    for (i, reactor) in reactors.into_iter().enumerate() {
+        handles.push(std::thread::Builder::new().name(format!("portico-io-{i}")).spawn(move || reactor.run())?);
+    }
+    let mut drained = true;
+    for io in handles {
+        drained &= io.join().map_err(|_| anyhow::anyhow!("an I/O thread panicked"))?.context("I/O loop failed")?;
+    }
     if drained {
         // Every connection is done, so the workers are idle; the job sender is gone, so
         // they exit.
