@@ -1,7 +1,8 @@
 //! Directory listings, served only when the operator asks for them (`--dir-listing`).
 //!
 //! An HTML page with one link per entry, sorted by name, directories first and marked with a
-//! trailing `/`. Dotfiles are not listed (they are not served either). Names are
+//! trailing `/`. Dotfiles and names that are not UTF-8 are not listed (they are not served
+//! either). Names are
 //! HTML-escaped in the text and percent-encoded in the links, so a file named
 //! `<script>.html` or `a b&c` cannot inject markup.
 
@@ -33,7 +34,8 @@ pub fn render(dir: &Path, url_path: &str) -> std::io::Result<Vec<u8>> {
     let mut entries: Vec<(bool, String)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        // A name that is not UTF-8 could never be requested (see `resolve`): not listed.
+        let Ok(name) = entry.file_name().into_string() else { continue };
         if name.starts_with('.') {
             continue;
         }

@@ -9,8 +9,8 @@
 //!    `.git/` or `.env`) — except `.well-known`, which RFC 8615 reserves for exactly this use.
 //! 3. The joined path is canonicalized (every symlink resolved) and must still lie under the
 //!    canonical docroot, unless the operator allowed symlinks that leave it.
-//! 4. Only regular files are served; a directory is a redirect (no trailing `/`), its
-//!    `index.html`, or a listing when enabled.
+//! 4. Only regular files are served, and only without a trailing `/`; a directory is a
+//!    redirect (no trailing `/`), its `index.html`, or a listing when enabled.
 
 use std::fs::{self, Metadata};
 use std::path::{Path, PathBuf};
@@ -81,8 +81,10 @@ pub fn resolve(root: &Path, decoded: &[u8], allow_outside: bool) -> Resolved {
             None => Resolved::DirNoIndex(real),
         };
     }
-    if !meta.is_file() {
+    if !meta.is_file() || decoded.ends_with(b"/") {
         // FIFOs, sockets, devices: never opened (opening a FIFO would block the I/O thread).
+        // `/file.txt/` is not the file (its relative links would resolve elsewhere), as
+        // open(2) says with ENOTDIR.
         return Resolved::Missing;
     }
     Resolved::File { asked, real, meta }

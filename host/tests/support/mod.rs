@@ -442,7 +442,12 @@ pub struct ServerBuilder {
     args: Vec<OsString>,
     binds: usize,
     envs: Vec<(String, String)>,
+    /// Run on the temp root dir just before the server starts ([`ServerBuilder::before_start`]).
+    hooks: Vec<Hook>,
 }
+
+/// A [`ServerBuilder::before_start`] hook: called with the temp root dir.
+type Hook = Box<dyn FnOnce(&Path)>;
 
 impl Default for ServerBuilder {
     fn default() -> Self {
@@ -459,6 +464,7 @@ impl ServerBuilder {
             args: Vec::new(),
             binds: 1,
             envs: Vec::new(),
+            hooks: Vec::new(),
         }
     }
 
@@ -512,12 +518,21 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs `f` with the temp root dir (the docroot is `root/docroot`, the marker files are
+    /// beside it) after the files are written and just before the server starts: for what
+    /// [`ServerBuilder::docroot_file`] cannot make (symlinks, FIFOs, sparse files, mtimes).
+    /// Hooks run in the order given.
+    pub fn before_start(mut self, f: impl FnOnce(&Path) + 'static) -> ServerBuilder {
+        self.hooks.push(Box::new(f));
+        self
+    }
+
     fn has_arg(&self, name: &str) -> bool {
         self.args.iter().any(|a| a.to_str().is_some_and(|a| a == name || a.starts_with(&format!("{name}="))))
     }
 
     /// Prepares the directory, spawns `portico` and waits for its `listening on` line(s).
-    pub fn start(self) -> Server {
+    pub fn start(mut self) -> Server {
         let dir = TempDir::new("portico-test");
         let docroot = dir.path().join("docroot");
         let plugins_dir = dir.path().join("plugins");
@@ -548,6 +563,9 @@ impl ServerBuilder {
         for (file_name, src) in &self.plugins {
             let src = if src.as_os_str().is_empty() { plugin(file_name.trim_end_matches(".so")) } else { src.clone() };
             install_file(&src, &plugins_dir.join(file_name));
+        }
+        for hook in std::mem::take(&mut self.hooks) {
+            hook(dir.path());
         }
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
