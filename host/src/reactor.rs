@@ -52,6 +52,9 @@ const LISTENER_BASE: usize = usize::MAX - 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Most file bytes one `sendfile` call sends (or one read + write, without sendfile). 1 MiB.
 const FILE_CHUNK: usize = 1024 * 1024;
+/// Most bytes one connection writes in one turn of the loop before the others get theirs.
+/// 4 MiB.
+const FLUSH_SHARE: usize = 4 * 1024 * 1024;
 /// Most queued pieces gathered into one `writev`.
 const WRITEV_MAX: usize = 8;
 /// How often deadlines are checked.
@@ -121,14 +124,14 @@ impl Balance {
     }
 
     fn total(&self) -> usize {
-        self.loads.iter().map(|l| l.load(Ordering::Relaxed)).sum()
+        self.loads.iter().map(|l| l.load(Ordering::SeqCst)).sum()
     }
 
     /// The least-loaded thread, `me` on a tie.
     fn pick(&self, me: usize) -> usize {
-        let mut best = (self.loads[me].load(Ordering::Relaxed), me);
+        let mut best = (self.loads[me].load(Ordering::SeqCst), me);
         for (i, l) in self.loads.iter().enumerate() {
-            let n = l.load(Ordering::Relaxed);
+            let n = l.load(Ordering::SeqCst);
             if n < best.0 {
                 best = (n, i);
             }
@@ -324,6 +327,10 @@ pub struct Reactor {
     /// buffered, or a connection that used its share of a turn). Keeps `pump` from recursing
     /// through pipelined requests.
     ready: Vec<usize>,
+    /// Connections whose write queue still has bytes after their share of a turn
+    /// ([`FLUSH_SHARE`]): flushed again on the next turn (edge-triggered readiness would not
+    /// report them again while the socket stays writable).
+    flush_again: Vec<usize>,
 }
 
 impl Reactor {
@@ -370,6 +377,7 @@ impl Reactor {
             limits,
             draining: None,
             ready: Vec::new(),
+            flush_again: Vec::new(),
             statics: StaticFiles::new(shared.docroot.clone(), shared.statics.clone()),
             shared,
         };
@@ -386,7 +394,7 @@ impl Reactor {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && self.flush_again.is_empty() {
                 next_tick.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
@@ -411,6 +419,9 @@ impl Reactor {
                 }
             }
             self.drain_completions();
+            for t in std::mem::take(&mut self.flush_again) {
+                self.flush(t);
+            }
             for t in std::mem::take(&mut self.ready) {
                 self.pump(t);
             }
@@ -469,10 +480,18 @@ impl Reactor {
         let shared = Arc::clone(&self.shared);
         let balance = &shared.balance;
         loop {
+            if self.shared.shutting_down.load(Ordering::Relaxed) {
+                return; // this loop starts draining at the end of the turn
+            }
             if balance.total() >= self.shared.config.max_connections {
-                // Leave the rest in the kernel's backlog until a connection closes.
-                balance.paused.store(true, Ordering::Relaxed);
-                return;
+                // Leave the rest in the kernel's backlog until a connection closes. Checked
+                // again after setting the flag: a loop that closed a connection in between
+                // saw the flag unset and did not resume accepting.
+                balance.paused.store(true, Ordering::SeqCst);
+                if balance.total() >= self.shared.config.max_connections {
+                    return;
+                }
+                balance.paused.store(false, Ordering::SeqCst);
             }
             let Some((listener, _)) = self.listeners.get(i) else { return };
             match listener.accept() {
@@ -480,7 +499,7 @@ impl Reactor {
                     let _ = sock.set_nodelay(true);
                     let local = sock.local_addr().unwrap_or(self.listeners[i].1);
                     let io = balance.pick(self.index);
-                    balance.loads[io].fetch_add(1, Ordering::Relaxed);
+                    balance.loads[io].fetch_add(1, Ordering::SeqCst);
                     if io == self.index {
                         self.adopt(sock, peer, local);
                     } else {
@@ -492,7 +511,7 @@ impl Reactor {
                 Err(e) => {
                     // EMFILE and friends: back off until a connection closes.
                     tracing::warn!("accept failed: {e}");
-                    balance.paused.store(true, Ordering::Relaxed);
+                    balance.paused.store(true, Ordering::SeqCst);
                     return;
                 }
             }
@@ -502,13 +521,13 @@ impl Reactor {
     /// Takes up an accepted connection (counted in this thread's load already).
     fn adopt(&mut self, mut sock: TcpStream, peer: SocketAddr, local: SocketAddr) {
         if self.draining.is_some() {
-            self.shared.balance.loads[self.index].fetch_sub(1, Ordering::Relaxed);
+            self.shared.balance.loads[self.index].fetch_sub(1, Ordering::SeqCst);
             return;
         }
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         if self.poll.registry().register(&mut sock, Token(token), Interest::READABLE | Interest::WRITABLE).is_err() {
-            self.shared.balance.loads[self.index].fetch_sub(1, Ordering::Relaxed);
+            self.shared.balance.loads[self.index].fetch_sub(1, Ordering::SeqCst);
             return;
         }
         self.next_gen += 1;
@@ -944,11 +963,17 @@ impl Reactor {
     /// high-water mark; finishes the response when all is out.
     fn flush(&mut self, t: usize) {
         let Some(conn) = self.conns.get_mut(t) else { return };
+        let mut sent = 0;
         loop {
             while conn.wq.front().is_some_and(Out::is_done) {
                 conn.wq.pop_front();
             }
             let Some(front) = conn.wq.front_mut() else { break };
+            if sent >= FLUSH_SHARE {
+                // A fast reader of a large file: let the other connections have this turn.
+                self.flush_again.push(t);
+                return;
+            }
             let result = if let Out::File { file, offset, remaining } = front {
                 send_file(&conn.sock, file, *offset, *remaining)
             } else {
@@ -980,6 +1005,7 @@ impl Reactor {
                 }
                 Ok(mut n) => {
                     conn.last_write = Instant::now();
+                    sent += n;
                     while n > 0 {
                         let Some(front) = conn.wq.front_mut() else { break };
                         let take = match &*front {
@@ -1096,8 +1122,8 @@ impl Reactor {
             access_log::write(&a, conn.status, conn.body_bytes);
         }
         drop(conn);
-        self.shared.balance.loads[self.index].fetch_sub(1, Ordering::Relaxed);
-        if self.draining.is_none() && self.shared.balance.paused.swap(false, Ordering::Relaxed) {
+        self.shared.balance.loads[self.index].fetch_sub(1, Ordering::SeqCst);
+        if self.draining.is_none() && self.shared.balance.paused.swap(false, Ordering::SeqCst) {
             for i in 0..self.listeners.len() {
                 self.accept(i);
             }

@@ -37,6 +37,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|addr| TcpListener::bind(addr).with_context(|| format!("binding {addr}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
+    raise_open_file_limit();
     let threads = args.worker_threads();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(Shared {
@@ -118,7 +119,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut handles = Vec::with_capacity(io_threads);
     for (i, reactor) in reactors.into_iter().enumerate() {
-        handles.push(std::thread::Builder::new().name(format!("portico-io-{i}")).spawn(move || reactor.run())?);
+        let io = move || {
+            // A panic here is a bug in the server, and the loop's connections are gone with
+            // it: fail fast so a supervisor restarts a whole server (the panic message is
+            // already on stderr), rather than limp on with a dead loop still picked for new
+            // connections.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reactor.run())).unwrap_or_else(|_| {
+                tracing::error!("I/O thread {i} panicked; exiting");
+                std::process::exit(70)
+            })
+        };
+        handles.push(std::thread::Builder::new().name(format!("portico-io-{i}")).spawn(io)?);
     }
     let mut drained = true;
     for io in handles {
@@ -135,4 +146,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: every connection and every cached large file
+/// holds one, and the common soft default (1024) is far below `--max-connections`. Logged;
+/// a failure only leaves the limit as it was.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), hard) = (limit.current, limit.maximum) else { return };
+    let target = hard.unwrap_or(u64::MAX).min(1 << 20);
+    if target <= current {
+        tracing::debug!("open file limit {current}");
+        return;
+    }
+    match setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(target), maximum: hard }) {
+        Ok(()) => tracing::info!("open file limit raised from {current} to {target}"),
+        Err(e) => tracing::warn!("open file limit stays {current}: raising it to {target} failed: {e}"),
+    }
 }

@@ -932,6 +932,29 @@ fn directory_redirect_keeps_the_query() {
 }
 
 #[test]
+fn mtimes_an_http_date_cannot_show_are_clamped_and_the_server_lives_on() {
+    let server = site().start();
+    let old = server.docroot().join("old.txt");
+    fs::write(&old, "from before 1970\n").expect("writing old.txt");
+    set_mtime(&old, UNIX_EPOCH - Duration::from_secs(86_400));
+    let x = get(&server, "/old.txt", &[]);
+    assert_whole(&x, b"from before 1970\n");
+    assert_eq!(x.header("Last-Modified"), Some("Thu, 01 Jan 1970 00:00:00 GMT"), "{}", x.summary());
+    strong_etag(&x);
+    // As far in the future as this file system stores (ext4 stops in 2446; past year 9999 is
+    // clamped, which conditional.rs's unit test covers).
+    let far = server.docroot().join("far.txt");
+    fs::write(&far, "from the far future\n").expect("writing far.txt");
+    set_mtime(&far, UNIX_EPOCH + Duration::from_secs(300_000_000_000));
+    let x = get(&server, "/far.txt", &[]);
+    assert_whole(&x, b"from the far future\n");
+    let lm = x.header("Last-Modified").unwrap_or_else(|| panic!("no Last-Modified: {}", x.summary()));
+    assert!(httpdate::parse_http_date(lm).is_ok(), "Last-Modified {lm:?} is not an HTTP date");
+    assert_whole(&get(&server, "/notes.txt", &[]), NOTES.as_bytes());
+    server.assert_alive();
+}
+
+#[test]
 fn a_file_asked_for_with_a_trailing_slash_is_404() {
     let server = site().start();
     // `/notes.txt/` is not the file: relative links on it would resolve under `/notes.txt/`

@@ -14,8 +14,10 @@
 //! validity of zero every request revalidates, so a rewritten file is seen by the next
 //! request.
 //!
-//! Bounds: at most `entries` entries (least recently used evicted; each may hold up to three
-//! descriptors), and at most [`INLINE_BUDGET`] bytes of file contents.
+//! Bounds, per I/O thread: at most `entries` entries (least recently used evicted; each may
+//! hold up to three descriptors), and at most [`INLINE_BUDGET`] bytes of file contents.
+//! A failure that may be transient (open failed, out of descriptors) is answered but not
+//! kept.
 //!
 //! One cache per I/O thread: no locks.
 
@@ -34,7 +36,7 @@ use super::resolve::{self, Resolved};
 
 /// Files up to this many bytes are kept in memory and sent with the head in one write. 64 KiB.
 pub const INLINE_MAX: u64 = 64 * 1024;
-/// Most file bytes one cache keeps in memory. 32 MiB.
+/// Most file bytes one cache (one I/O thread) keeps in memory. 32 MiB.
 pub const INLINE_BUDGET: usize = 32 * 1024 * 1024;
 
 /// A file's bytes, or an open descriptor to send them from.
@@ -125,6 +127,8 @@ impl Stamp {
 }
 
 struct Slot {
+    /// False for a failure that may be transient (open failed, EMFILE): answered, not kept.
+    keep: bool,
     lookup: Lookup,
     checked: Instant,
     /// Paths whose stamps must be unchanged for the entry to stay valid; empty = look up again.
@@ -163,6 +167,12 @@ impl FileCache {
         let mut slot = self.load(decoded);
         slot.checked = now;
         let lookup = slot.lookup.clone();
+        if !slot.keep {
+            if let Some(old) = self.map.pop(decoded) {
+                self.inline_bytes -= old.inline_bytes;
+            }
+            return lookup;
+        }
         self.inline_bytes += slot.inline_bytes;
         if let Some((_, old)) = self.map.push(decoded.to_vec(), slot) {
             self.inline_bytes -= old.inline_bytes;
@@ -171,7 +181,7 @@ impl FileCache {
     }
 
     fn load(&self, decoded: &[u8]) -> Slot {
-        let slot = |lookup| Slot { lookup, checked: Instant::now(), watch: Vec::new(), inline_bytes: 0 };
+        let slot = |lookup| Slot { keep: true, lookup, checked: Instant::now(), watch: Vec::new(), inline_bytes: 0 };
         let (asked, real, meta) = match resolve::resolve(&self.root, decoded, self.allow_outside) {
             Resolved::Missing => return slot(Lookup::Missing),
             Resolved::DirRedirect => return slot(Lookup::DirRedirect),
@@ -181,7 +191,9 @@ impl FileCache {
         let mut budget = INLINE_BUDGET.saturating_sub(self.inline_bytes);
         let mut inline_bytes = 0;
         let Some(identity) = open(&real, &meta, "", &mut budget, &mut inline_bytes) else {
-            return slot(Lookup::Missing);
+            // Changed between stat and open, or out of descriptors: this request gets a 404,
+            // the next one looks again.
+            return Slot { keep: false, ..slot(Lookup::Missing) };
         };
         let mut watch = vec![(asked.clone(), Some(Stamp::of(&meta)))];
         let mut sibling = |coding: Coding, tag: &str| {
@@ -190,24 +202,29 @@ impl FileCache {
             let path = PathBuf::from(name);
             let found = resolve::canonical_inside(&self.root, &path, self.allow_outside)
                 .and_then(|real| fs::metadata(&real).ok().filter(Metadata::is_file).map(|m| (real, m)));
-            watch.push((path, found.as_ref().map(|(_, m)| Stamp::of(m))));
-            found.and_then(|(real, m)| open(&real, &m, tag, &mut budget, &mut inline_bytes))
+            let stamp = found.as_ref().map(|(_, m)| Stamp::of(m));
+            let rep = found.and_then(|(real, m)| open(&real, &m, tag, &mut budget, &mut inline_bytes));
+            // A sibling that exists but could not be opened is watched as absent, so the next
+            // revalidation sees it and looks again.
+            watch.push((path, if rep.is_some() { stamp } else { None }));
+            rep
         };
         let br = sibling(Coding::Br, "-br");
         let gzip = sibling(Coding::Gzip, "-gz");
         let entry = FileEntry { content_type: content_type(&asked), identity, br, gzip };
-        Slot { lookup: Lookup::File(Arc::new(entry)), checked: Instant::now(), watch, inline_bytes }
+        Slot { keep: true, lookup: Lookup::File(Arc::new(entry)), checked: Instant::now(), watch, inline_bytes }
     }
 }
 
 /// Opens a regular file and describes it. Non-blocking open, so a file swapped for a FIFO
 /// between `stat` and `open` cannot stall the I/O thread; the descriptor is checked again.
+/// `None` when it cannot be opened or changed since `meta` was taken.
 fn open(real: &Path, meta: &Metadata, suffix: &str, budget: &mut usize, used: &mut usize) -> Option<Representation> {
     let file =
         OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(real).ok()?;
     let fmeta = file.metadata().ok().filter(Metadata::is_file)?;
     if Stamp::of(&fmeta) != Stamp::of(meta) {
-        return None; // changed between stat and open; the next request looks again
+        return None;
     }
     let len = fmeta.len();
     let etag = conditional::etag(fmeta.mtime(), fmeta.mtime_nsec(), len, suffix);

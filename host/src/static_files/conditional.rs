@@ -43,13 +43,14 @@ pub fn etag(mtime_secs: i64, mtime_nanos: i64, len: u64, suffix: &str) -> String
     format!("\"{mtime_secs:x}.{mtime_nanos:x}-{len:x}{suffix}\"")
 }
 
-/// The mtime as `Last-Modified` uses it: whole seconds (HTTP dates have no fraction).
+/// Last second an IMF-fixdate can show (9999-12-31T23:59:59Z).
+const LAST_HTTP_SECOND: u64 = 253_402_300_799;
+
+/// The mtime as `Last-Modified` uses it: whole seconds (HTTP dates have no fraction),
+/// clamped to what an HTTP date can express (1970 to 9999): a file stamped before 1970 says
+/// 1970-01-01, which is what it would compare as anyway.
 pub fn last_modified(mtime_secs: i64) -> SystemTime {
-    if mtime_secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(mtime_secs as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(mtime_secs.unsigned_abs())
-    }
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(mtime_secs).unwrap_or(0).min(LAST_HTTP_SECOND))
 }
 
 /// Evaluates the preconditions of a GET or HEAD against a representation with entity tag
@@ -191,6 +192,13 @@ mod tests {
         assert_eq!(c(None, Some("\"other\""), Some(&later), None), Precondition::Proceed, "INM wins over IMS");
         assert_eq!(c(None, None, Some("yesterday"), None), Precondition::Proceed, "bad date ignored");
         assert_eq!(c(None, Some("garbage"), None, None), Precondition::Proceed);
+    }
+
+    #[test]
+    fn last_modified_stays_within_what_an_http_date_shows() {
+        assert_eq!(last_modified(-86_400), UNIX_EPOCH);
+        assert_eq!(httpdate::fmt_http_date(last_modified(i64::MAX)), "Fri, 31 Dec 9999 23:59:59 GMT");
+        assert_eq!(last_modified(1_000), at(1_000));
     }
 
     #[test]

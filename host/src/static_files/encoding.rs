@@ -3,7 +3,8 @@
 //!
 //! Each member is `coding [ ";" "q=" qvalue ]` (other parameters are ignored); `*` stands for
 //! any coding not listed; `q=0` means "not acceptable"; `x-gzip` is `gzip` (§8.4.1.3). The
-//! acceptable coding with the highest weight wins; Brotli beats gzip at equal weight (smaller).
+//! acceptable coding with the highest weight wins; Brotli beats gzip at equal weight (smaller);
+//! `identity` listed with a higher weight than both keeps the file itself.
 //! Without the field, or when nothing available is acceptable, the file itself is sent.
 
 /// A content coding with a precompressed sibling.
@@ -36,7 +37,7 @@ impl Coding {
 /// Picks the coding to send given the `Accept-Encoding` value and which siblings exist.
 pub fn negotiate(accept: Option<&[u8]>, have_br: bool, have_gzip: bool) -> Option<Coding> {
     let accept = accept?;
-    let (mut br, mut gzip, mut star) = (None, None, None);
+    let (mut br, mut gzip, mut star, mut identity) = (None, None, None, None);
     for member in accept.split(|&b| b == b',') {
         let mut parts = member.split(|&b| b == b';');
         let coding = parts.next().unwrap_or_default().trim_ascii();
@@ -57,12 +58,17 @@ pub fn negotiate(accept: Option<&[u8]>, have_br: bool, have_gzip: bool) -> Optio
             gzip = Some(q);
         } else if coding == b"*" {
             star = Some(q);
+        } else if coding.eq_ignore_ascii_case(b"identity") {
+            identity = Some(q);
         }
     }
     let br = if have_br { br.or(star).unwrap_or(0) } else { 0 };
     let gzip = if have_gzip { gzip.or(star).unwrap_or(0) } else { 0 };
+    // A client that weighs `identity` above every coding it accepts gets the file itself.
+    let identity = identity.unwrap_or(0);
     match (br, gzip) {
         (0, 0) => None,
+        (b, g) if b.max(g) < identity => None,
         (b, g) if b >= g => Some(Coding::Br),
         _ => Some(Coding::Gzip),
     }
@@ -107,6 +113,9 @@ mod tests {
         assert_eq!(pick("*"), Some(Coding::Br));
         assert_eq!(pick("*;q=0.1, br;q=0"), Some(Coding::Gzip));
         assert_eq!(pick("identity"), None);
+        assert_eq!(pick("identity, gzip;q=0.1"), None, "identity weighs more");
+        assert_eq!(pick("br;q=0.5, identity"), None);
+        assert_eq!(pick("gzip, identity;q=0.5"), Some(Coding::Gzip));
         assert_eq!(pick("X-GZIP"), Some(Coding::Gzip));
         assert_eq!(pick("br;q=2, gzip"), Some(Coding::Gzip), "malformed q ignores the member");
         assert_eq!(negotiate(Some(b"br, gzip"), false, true), Some(Coding::Gzip));

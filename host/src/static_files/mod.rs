@@ -85,8 +85,10 @@ pub struct StaticResponse {
 }
 
 impl StaticResponse {
-    fn simple(status: u16, bytes: Vec<u8>, body_len: u64) -> StaticResponse {
-        StaticResponse { status, head: bytes, body: Vec::new(), body_len }
+    /// A response made whole by [`response::simple`]; `body_len` is what it carries unless
+    /// `head_only` (then 0, for the access log).
+    fn simple(status: u16, bytes: Vec<u8>, body_len: u64, head_only: bool) -> StaticResponse {
+        StaticResponse { status, head: bytes, body: Vec::new(), body_len: if head_only { 0 } else { body_len } }
     }
 }
 
@@ -175,7 +177,7 @@ impl StaticFiles {
             let body = response::error_body(405);
             let fields: [(&str, &[u8]); 1] = [("Allow", b"GET, HEAD")];
             let bytes = response::simple(version, 405, &fields, "text/plain; charset=utf-8", &body, close, false);
-            return StaticResponse::simple(405, bytes, body.len() as u64);
+            return StaticResponse::simple(405, bytes, body.len() as u64, head_only);
         }
         match self.cache.lookup(decoded) {
             Lookup::File(entry) => self.file(head, &entry, close),
@@ -191,14 +193,14 @@ impl StaticFiles {
                 let fields = [("Location", &location[..])];
                 let bytes =
                     response::simple(version, 301, &fields, "text/plain; charset=utf-8", body, close, head_only);
-                StaticResponse::simple(301, bytes, body.len() as u64)
+                StaticResponse::simple(301, bytes, body.len() as u64, head_only)
             }
             Lookup::DirNoIndex(dir) if self.options.dir_listing => {
                 match listing::render(&dir, &String::from_utf8_lossy(decoded)) {
                     Ok(page) => {
                         let bytes =
                             response::simple(version, 200, &[], "text/html; charset=utf-8", &page, close, head_only);
-                        StaticResponse::simple(200, bytes, page.len() as u64)
+                        StaticResponse::simple(200, bytes, page.len() as u64, head_only)
                     }
                     Err(e) => {
                         tracing::warn!("listing {}: {e}", dir.display());
@@ -224,7 +226,7 @@ impl StaticFiles {
             None => (b"404 Not Found\n", "text/plain; charset=utf-8"),
         };
         let bytes = response::simple(version, 404, &[], ctype, body, close, head_only);
-        StaticResponse::simple(404, bytes, body.len() as u64)
+        StaticResponse::simple(404, bytes, body.len() as u64, head_only)
     }
 
     /// The docroot (canonical).
@@ -266,12 +268,12 @@ impl StaticFiles {
                 out.extend_from_slice(rep.validator_fields.as_bytes());
                 out.extend_from_slice(shared.as_bytes());
                 response::finish_head(&mut out, version, close);
-                return StaticResponse::simple(304, out, 0);
+                return StaticResponse::simple(304, out, 0, true);
             }
             Precondition::Failed => {
                 let body = response::error_body(412);
                 let bytes = response::simple(version, 412, &[], "text/plain; charset=utf-8", &body, close, head_only);
-                return StaticResponse::simple(412, bytes, body.len() as u64);
+                return StaticResponse::simple(412, bytes, body.len() as u64, head_only);
             }
         }
         // Range handling is defined for GET only (RFC 9110 §14.2).
@@ -345,7 +347,7 @@ impl StaticFiles {
                 let fields = [("Content-Range", content_range.as_bytes())];
                 let bytes =
                     response::simple(version, 416, &fields, "text/plain; charset=utf-8", &body, close, head_only);
-                StaticResponse::simple(416, bytes, body.len() as u64)
+                StaticResponse::simple(416, bytes, body.len() as u64, head_only)
             }
         }
     }
