@@ -103,20 +103,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         })?;
     }
 
-    let snapshot = registry.snapshot();
-    let mut names: Vec<_> = snapshot.values().map(|p| format!("{} {}", p.name, p.version)).collect();
-    names.sort();
-    tracing::info!(
-        "docroot {}; plugins from {}: {}",
-        docroot.display(),
-        args.plugins.display(),
-        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
-    );
-    tracing::info!("{threads} worker threads, {io_threads} I/O thread{}", if io_threads == 1 { "" } else { "s" });
-    for addr in &addrs {
-        tracing::info!("listening on http://{addr}");
-    }
-
     let mut handles = Vec::with_capacity(io_threads);
     for (i, reactor) in reactors.into_iter().enumerate() {
         let io = move || {
@@ -131,6 +117,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         handles.push(std::thread::Builder::new().name(format!("portico-io-{i}")).spawn(io)?);
     }
+    let snapshot = registry.snapshot();
+    let mut names: Vec<_> = snapshot.values().map(|p| format!("{} {}", p.name, p.version)).collect();
+    names.sort();
+    tracing::info!(
+        "docroot {}; plugins from {}: {}",
+        docroot.display(),
+        args.plugins.display(),
+        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+    );
+    tracing::info!("{threads} worker threads, {io_threads} I/O thread{}", if io_threads == 1 { "" } else { "s" });
+    for addr in &addrs {
+        tracing::info!("listening on http://{addr}");
+    }
+
     let mut drained = true;
     for io in handles {
         drained &= io.join().map_err(|_| anyhow::anyhow!("an I/O thread panicked"))?.context("I/O loop failed")?;

@@ -33,8 +33,11 @@ fn connections_spread_over_io_threads_and_every_completion_finds_its_thread() {
         .docroot_file("f.txt", "static file\n")
         .args(["--io-threads", "3", "--threads", "4"])
         .start();
-    let before = io_thread_cpu_ns(server.pid());
-    assert_eq!(before.len(), 3, "expected three portico-io threads, found {before:?}");
+    // The listening socket accepts (into its backlog) before the loops are up: wait for them.
+    let before = support::poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        Some(io_thread_cpu_ns(server.pid())).filter(|t| t.len() == 3)
+    })
+    .unwrap_or_else(|| panic!("expected three portico-io threads, found {:?}", io_thread_cpu_ns(server.pid())));
     let addr = server.addr();
     let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let clients: Vec<_> = (0..12)
