@@ -19,7 +19,7 @@ fn main() {
     let path = PathBuf::from(args.next().expect("usage: boundary PLUGIN.so [N]"));
     let n: u32 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
     let cache = std::env::temp_dir().join(format!("portico-boundary-{}", std::process::id()));
-    let plugin = loader::load("bench", &path, &cache, 1).expect("loading the plugin");
+    let plugin = loader::load("bench", &path, &cache, 1, "").expect("loading the plugin");
     let _ = std::fs::remove_dir_all(&cache);
 
     let raw = b"GET /hello.py/x?y=1 HTTP/1.1\r\nHost: localhost:8000\r\nUser-Agent: wrk\r\n\
@@ -41,7 +41,7 @@ Cookie: a=b\r\nX-Request-Id: 42\r\nX-Forwarded-For: 10.0.0.1\r\nCache-Control: n
     for _ in 0..5 {
         let t = Instant::now();
         for _ in 0..n {
-            let out = call::call(&plugin, &head, &info, None);
+            let out = call::call(&plugin, &[], &head, &info, None);
             assert_eq!(out.start.status, Some(200));
             drop(std::hint::black_box(out.body));
         }

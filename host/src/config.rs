@@ -15,6 +15,13 @@ use crate::http::limits;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "portico", version, about, long_about = None)]
 pub struct Args {
+    /// Configuration file (TOML): server settings, mounts, plugin settings. Flags and
+    /// `PORTICO_*` variables override its `[server]` settings.
+    #[arg(long, env = "PORTICO_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (flags, environment, file, defaults) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Address to listen on; repeat for several. Port 0 picks a free port.
     #[arg(long = "bind", env = "PORTICO_BIND", value_delimiter = ',', default_value = "127.0.0.1:8000")]
     pub bind: Vec<SocketAddr>,

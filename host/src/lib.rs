@@ -27,7 +27,9 @@
 pub mod access_log;
 pub mod body_pipe;
 pub mod config;
+pub mod config_file;
 pub mod http;
+pub mod mount;
 pub mod plugin;
 pub mod reactor;
 pub mod route;

@@ -5,14 +5,23 @@
 use std::fs::OpenOptions;
 
 use anyhow::Context;
-use clap::Parser;
 use portico::access_log;
-use portico::config::Args;
+use portico::config_file;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let (args, config) = match config_file::parse_args(std::env::args_os()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("portico: {e}");
+            std::process::exit(2);
+        }
+    };
+    if args.print_config {
+        print!("{}", config_file::render(&args, config.as_ref()));
+        return Ok(());
+    }
 
     let error_log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -45,5 +54,5 @@ fn main() -> anyhow::Result<()> {
     });
     tracing_subscriber::registry().with(error_log).with(access_layer).init();
 
-    portico::server::run(args)
+    portico::server::run(args, config)
 }

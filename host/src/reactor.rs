@@ -305,6 +305,8 @@ pub struct Shared {
     pub statics: crate::static_files::Options,
     /// Connections per I/O thread.
     pub balance: Balance,
+    /// The mount table (swapped on SIGHUP).
+    pub mounts: arc_swap::ArcSwap<crate::mount::Mounts>,
 }
 
 /// The readiness loop.
@@ -734,12 +736,12 @@ impl Reactor {
         if !head.keep_alive || self.draining.is_some() {
             conn.close_after = true;
         }
-        let route = match route::route(&head) {
+        let route = match route::route(&head, &self.shared.mounts.load()) {
             Ok(r) => r,
             Err(e) => return self.reject(t, &e),
         };
-        let (name, script_name, path_info) = match route {
-            Route::Plugin { name, script_name, path_info } => (name, script_name, path_info),
+        let (name, script_name, path_info, middleware) = match route {
+            Route::Plugin { name, script_name, path_info, middleware } => (name, script_name, path_info, middleware),
             Route::Static { path } => return self.serve_static(t, &head, &path),
             Route::ServerOptions => {
                 let conn = &mut self.conns[t];
@@ -755,11 +757,29 @@ impl Reactor {
                 return self.respond_local(t, 405, bytes, body.len() as u64, true);
             }
         };
-        let Some(plugin) = shared.registry.get(&name) else {
+        let plugins = shared.registry.snapshot();
+        let Some(plugin) = plugins.get(&name).cloned() else {
             let close = self.conns[t].close_after || head.framing != Framing::None;
             let r = self.statics.not_found(head.version.as_str(), head.is_head(), close);
             return self.respond_static(t, r, head.framing != Framing::None);
         };
+        // Every middleware of the pipeline, from the same snapshot as the application. One
+        // missing fails closed (500): the filter in front of an application is never skipped.
+        let mut pipeline = Vec::with_capacity(middleware.len());
+        for m in middleware.iter() {
+            match plugins.get(m).filter(|p| p.is_middleware()) {
+                Some(p) => pipeline.push(Arc::clone(p)),
+                None => {
+                    tracing::error!(plugin = %m, "mount {script_name:?}: middleware {m:?} is not loaded; answering 500");
+                    let body = response::error_body(500);
+                    let close = self.conns[t].close_after || head.framing != Framing::None;
+                    let v = head.version.as_str();
+                    let bytes =
+                        response::simple(v, 500, &[], "text/plain; charset=utf-8", &body, close, head.is_head());
+                    return self.respond_local(t, 500, bytes, body.len() as u64, head.framing != Framing::None);
+                }
+            }
+        }
         let conn = &mut self.conns[t];
         let pipe = match head.framing {
             Framing::None => None,
@@ -783,6 +803,7 @@ impl Reactor {
         conn.pending = Some(Box::new(CallJob {
             conn: conn.id,
             plugin,
+            middleware: pipeline,
             head,
             script_name,
             path_info,

@@ -1,8 +1,14 @@
 //! Routing: which application answers a request target.
 //!
-//! `/NAME.py` and `/NAME.py/rest` go to plugin NAME with `SCRIPT_NAME = /NAME.py` and
-//! `PATH_INFO = /rest` (percent-decoded), as a WSGI tutorial's `__import__` of a module per
-//! path does; everything else is a static file under the docroot.
+//! First the configured mounts ([`crate::mount`]: longest prefix of the decoded path; the
+//! pipeline's middleware travels with the route). Then `/NAME.py` and `/NAME.py/rest` go to
+//! plugin NAME with `SCRIPT_NAME = /NAME.py` and `PATH_INFO = /rest` (percent-decoded), as a
+//! WSGI tutorial's `__import__` of a module per path does — unless NAME is used by a mount.
+//! Everything else is a static file under the docroot.
+
+use std::sync::Arc;
+
+use crate::mount::Mounts;
 
 use crate::http::error::RequestError;
 use crate::http::request::RequestHead;
@@ -13,8 +19,10 @@ use crate::http::target::{self, TargetForm};
 pub enum Route {
     /// A plugin application.
     Plugin {
-        /// Route name (`NAME` of `/NAME.py`).
+        /// The application plugin (`NAME` of `/NAME.py`, or a mount's `app`).
         name: String,
+        /// Middleware plugins around it, outermost first (a mount's pipeline).
+        middleware: Arc<[String]>,
         /// `SCRIPT_NAME`.
         script_name: String,
         /// `PATH_INFO`, decoded.
@@ -35,14 +43,32 @@ pub enum Route {
 ///
 /// # Errors
 /// [`RequestError::BadRequest`] for a malformed percent-encoding.
-pub fn route(head: &RequestHead) -> Result<Route, RequestError> {
+pub fn route(head: &RequestHead, mounts: &Mounts) -> Result<Route, RequestError> {
     match head.form {
         TargetForm::Asterisk => return Ok(Route::ServerOptions),
         TargetForm::Authority => return Ok(Route::NotAllowed),
         TargetForm::Origin | TargetForm::Absolute => {}
     }
     let parts = target::split(head.target(), head.form);
-    split_path(parts.path)
+    if !mounts.list().is_empty() {
+        let decoded = target::decode_path(parts.path)?;
+        if let Some((m, n)) = mounts.find(&decoded) {
+            // PEP 3333: an application mounted at the root has an empty SCRIPT_NAME.
+            let script_name = if m.prefix == "/" { String::new() } else { m.prefix.clone() };
+            return Ok(Route::Plugin {
+                name: m.app.clone(),
+                middleware: Arc::clone(&m.middleware),
+                script_name,
+                path_info: decoded[n..].to_vec(),
+            });
+        }
+    }
+    match split_path(parts.path)? {
+        Route::Plugin { name, .. } if mounts.is_mounted(&name) => {
+            Ok(Route::Static { path: target::decode_path(parts.path)?.into_owned() })
+        }
+        r => Ok(r),
+    }
 }
 
 /// The request target's path, still percent-encoded (for a redirect's `Location`).
@@ -63,7 +89,7 @@ pub fn split_path(raw: &[u8]) -> Result<Route, RequestError> {
         if valid {
             let name = String::from_utf8_lossy(stem).into_owned();
             let path_info = target::decode_path(&rest[end..])?.into_owned();
-            return Ok(Route::Plugin { script_name: format!("/{name}.py"), name, path_info });
+            return Ok(Route::Plugin { script_name: format!("/{name}.py"), name, path_info, middleware: Arc::new([]) });
         }
     }
     Ok(Route::Static { path: target::decode_path(raw)?.into_owned() })
@@ -74,7 +100,12 @@ mod tests {
     use super::*;
 
     fn plugin(name: &str, path_info: &[u8]) -> Route {
-        Route::Plugin { name: name.into(), script_name: format!("/{name}.py"), path_info: path_info.to_vec() }
+        Route::Plugin {
+            name: name.into(),
+            script_name: format!("/{name}.py"),
+            path_info: path_info.to_vec(),
+            middleware: Arc::new([]),
+        }
     }
 
     #[test]

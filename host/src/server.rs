@@ -15,6 +15,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::config::Args;
+use crate::config_file::Loaded;
+use crate::mount::Mounts;
 use crate::plugin::registry::{self, Registry};
 use crate::reactor::{Balance, Notifier, Reactor, Shared};
 use crate::worker::Pool;
@@ -23,13 +25,26 @@ use crate::worker::Pool;
 ///
 /// # Errors
 /// The docroot does not exist, a listener cannot be bound, or a thread cannot start.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
     let docroot = std::fs::canonicalize(&args.docroot)
         .with_context(|| format!("docroot {} does not exist", args.docroot.display()))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
     let registry = Arc::new(Registry::new(args.plugins.clone(), cache_dir));
+    if let Some(c) = &config {
+        registry.set_configs(plugin_configs(c));
+    }
     let report = registry.scan();
     registry::log_report(&report, true);
+    let mounts = match &config {
+        Some(c) => {
+            Mounts::validate(c, &registry.snapshot())?;
+            Mounts::from_config(c)
+        }
+        None => Mounts::default(),
+    };
+    for m in mounts.list() {
+        tracing::info!("mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
+    }
 
     let listeners = args
         .bind
@@ -47,6 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         shutting_down: Arc::clone(&shutting_down),
         statics: args.static_options(),
         balance: Balance::new(usize::from(args.io_threads)),
+        mounts: arc_swap::ArcSwap::from_pointee(mounts),
     });
     let io_threads = usize::from(args.io_threads);
     let mut polls = Vec::with_capacity(io_threads);
@@ -81,14 +97,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     {
         let registry = Arc::clone(&registry);
         let shutting_down = Arc::clone(&shutting_down);
+        let shared = Arc::clone(&shared);
+        let mut config = config;
         std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => {
-                        tracing::info!("SIGHUP: rescanning {}", registry.dir().display());
-                        let report = registry.scan();
-                        registry::log_report(&report, false);
-                    }
+                    SIGHUP => reload(&registry, &shared, &mut config),
                     _ => {
                         if shutting_down.swap(true, Ordering::SeqCst) {
                             tracing::warn!("second shutdown signal: exiting now");
@@ -164,5 +178,46 @@ fn raise_open_file_limit() {
     match setrlimit(Resource::Nofile, rustix::process::Rlimit { current: Some(target), maximum: hard }) {
         Ok(()) => tracing::info!("open file limit raised from {current} to {target}"),
         Err(e) => tracing::warn!("open file limit stays {current}: raising it to {target} failed: {e}"),
+    }
+}
+
+/// Each `[plugin.NAME]` table as TOML text, by plugin name.
+fn plugin_configs(c: &Loaded) -> std::collections::HashMap<String, String> {
+    c.file.plugin.keys().map(|name| (name.clone(), c.plugin_config(name))).collect()
+}
+
+/// SIGHUP: re-reads the configuration file (if any), then rescans the plugins with their new
+/// settings, then swaps the mounts in. A file that does not parse changes nothing (the old
+/// configuration and plugins keep serving); mounts that name a plugin that did not load are
+/// refused and the old mounts stay. `[server]` settings need a restart (a warning says so).
+fn reload(registry: &Registry, shared: &Shared, config: &mut Option<Loaded>) {
+    let next = match config.as_ref().map(|c| Loaded::read(&c.path)) {
+        None => None,
+        Some(Ok(next)) => Some(next),
+        Some(Err(e)) => {
+            tracing::error!("SIGHUP: configuration not reloaded, the previous one keeps serving: {e}");
+            return;
+        }
+    };
+    tracing::info!("SIGHUP: rescanning {}", registry.dir().display());
+    if let Some(next) = &next {
+        if let Some(old) = config.as_ref()
+            && toml::Table::try_from(&old.file.server).ok() != toml::Table::try_from(&next.file.server).ok()
+        {
+            tracing::warn!("SIGHUP: [server] settings changed in {}; they take effect on restart", next.path.display());
+        }
+        registry.set_configs(plugin_configs(next));
+    }
+    let report = registry.scan();
+    registry::log_report(&report, false);
+    if let Some(next) = next {
+        match Mounts::validate(&next, &registry.snapshot()) {
+            Ok(()) => {
+                shared.mounts.store(Arc::new(Mounts::from_config(&next)));
+                tracing::info!("SIGHUP: configuration {} reloaded", next.path.display());
+                *config = Some(next);
+            }
+            Err(e) => tracing::error!("SIGHUP: mounts not reloaded, the previous ones keep serving: {e}"),
+        }
     }
 }

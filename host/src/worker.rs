@@ -33,6 +33,8 @@ pub struct CallJob {
     pub conn: ConnId,
     /// The plugin version this request is pinned to.
     pub plugin: Arc<Plugin>,
+    /// Middleware plugins around it (a mount's pipeline), outermost first; pinned likewise.
+    pub middleware: Vec<Arc<Plugin>>,
     /// The parsed head.
     pub head: Box<RequestHead>,
     /// `SCRIPT_NAME`.
@@ -221,7 +223,7 @@ fn run_call(job: CallJob, shutting_down: &AtomicBool) -> ResponseOut {
         peer_ip: &job.ips.0,
         local_ip: &job.ips.1,
     };
-    let outcome = call::call(&job.plugin, &job.head, &info, job.pipe.as_deref());
+    let outcome = call::call(&job.plugin, &job.middleware, &job.head, &info, job.pipe.as_deref());
     // Keep-alive only if the whole request body has been read off the socket: otherwise the
     // next request's start is unknown (RFC 9112 §9.6 lets us close instead of draining).
     let body_complete = job.pipe.as_ref().is_none_or(|p| p.is_complete());

@@ -3,12 +3,14 @@
 //! and checking what the application handed back.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::sabi_types::RMut;
+use abi_stable::sabi_types::{RMut, RRef};
 use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
 use portico_api::abi::{
-    Body, Environ, ErrorStream, ErrorStream_TO, Field, Input, Input_TO, StartResponse, StartResponse_TO,
+    Body, Environ, ErrorStream, ErrorStream_TO, Field, Input, Input_TO, NextApplication, NextApplication_TO,
+    StartResponse, StartResponse_TO,
 };
 
 use super::loader::Plugin;
@@ -176,8 +178,50 @@ fn server_name<'h>(head: &'h RequestHead, authority: Option<&'h [u8]>, local: &'
 /// Request fields are lent to the plugin from a stack array when there are at most this many.
 const STACK_FIELDS: usize = 32;
 
-/// Runs `plugin`'s application on one request.
-pub fn call(plugin: &Plugin, head: &RequestHead, info: &CallInfo<'_>, pipe: Option<&BodyPipe>) -> AppOutcome {
+/// The rest of a pipeline, as the middleware in front of it sees it: the host's
+/// [`NextApplication`], calling the next middleware or, at the end, the application.
+struct HostNext<'p> {
+    middleware: &'p [Arc<Plugin>],
+    app: &'p Plugin,
+}
+
+impl NextApplication for HostNext<'_> {
+    fn call(&self, environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> Body {
+        run_pipeline(self.middleware, self.app, environ, start_response)
+    }
+}
+
+/// Calls the first middleware with the rest of the pipeline as its next application, or the
+/// application when there is none. Plugins fence their own panics (the SDK); nothing here
+/// can panic, so nothing unwinds back into a plugin.
+fn run_pipeline(
+    middleware: &[Arc<Plugin>],
+    app: &Plugin,
+    environ: &mut Environ<'_>,
+    start_response: StartResponse_TO<'_, RMut<'_, ()>>,
+) -> Body {
+    match middleware.split_first() {
+        Some((first, rest)) => match first.module.middleware() {
+            ROption::RSome(entry) => {
+                let next = HostNext { middleware: rest, app };
+                entry(environ, start_response, NextApplication_TO::from_ptr(RRef::new(&next), TD_Opaque))
+            }
+            // Checked when the route was built; a plugin without the entry point is skipped
+            // only if it had one when checked, which cannot change for a loaded library.
+            ROption::RNone => run_pipeline(rest, app, environ, start_response),
+        },
+        None => (app.module.application())(environ, start_response),
+    }
+}
+
+/// Runs `plugin`'s application on one request, behind `middleware` (outermost first).
+pub fn call(
+    plugin: &Plugin,
+    middleware: &[Arc<Plugin>],
+    head: &RequestHead,
+    info: &CallInfo<'_>,
+    pipe: Option<&BodyPipe>,
+) -> AppOutcome {
     let parts = target::split(head.target(), head.form);
     let remote_addr = info.peer_ip;
     let local_ip = info.local_ip;
@@ -224,7 +268,7 @@ pub fn call(plugin: &Plugin, head: &RequestHead, info: &CallInfo<'_>, pipe: Opti
             errors: ErrorStream_TO::from_ptr(RMut::new(&mut errors), TD_Opaque),
         };
         let sr = StartResponse_TO::from_ptr(RMut::new(&mut start), TD_Opaque);
-        (plugin.module.application())(&mut environ, sr)
+        run_pipeline(middleware, plugin, &mut environ, sr)
     };
     AppOutcome { start, body, input_failed: input.failed }
 }

@@ -76,6 +76,8 @@ pub struct Plugin {
     pub fingerprint: Fingerprint,
     /// Load generation, unique in this process (the first load is 1).
     pub generation: u64,
+    /// The configuration its `init` was given (TOML text; empty when none).
+    pub config: String,
     /// When it was loaded.
     pub loaded_at: SystemTime,
 }
@@ -250,7 +252,7 @@ fn classify(err: LibraryError) -> LoadError {
 ///
 /// # Errors
 /// A [`LoadError`]; nothing of the file is used then.
-pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64) -> Result<Plugin, LoadError> {
+pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64, config: &str) -> Result<Plugin, LoadError> {
     let io = |what| move |source| LoadError::Io { what, source };
     let before = fs::metadata(source).map_err(io("stat plugin file"))?;
     let data = fs::read(source).map_err(io("read plugin file"))?;
@@ -278,9 +280,10 @@ pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64) -> Res
     if !module.panic_unwind() {
         return Err(LoadError::PanicAbort);
     }
-    // Configuration files come later: every plugin gets an empty table for now.
+    // Its `[plugin.NAME]` table, once, before any request (a fresh copy is loaded when the
+    // table changes, so a plugin's statics always match its configuration).
     if let abi_stable::std_types::RSome(init) = module.init()
-        && let abi_stable::std_types::RErr(e) = init(abi_stable::std_types::RStr::from_str(""))
+        && let abi_stable::std_types::RErr(e) = init(abi_stable::std_types::RStr::from_str(config))
     {
         return Err(LoadError::Init(e.into_string()));
     }
@@ -292,8 +295,16 @@ pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64) -> Res
         source: source.to_owned(),
         fingerprint,
         generation,
+        config: config.to_owned(),
         loaded_at: SystemTime::now(),
     })
+}
+
+impl Plugin {
+    /// Whether the plugin exports a middleware entry point (PEP 3333 middleware).
+    pub fn is_middleware(&self) -> bool {
+        self.module.middleware().is_some()
+    }
 }
 
 /// Removes private copies (`NAME-PID-GEN.so`) left behind by processes that no longer run

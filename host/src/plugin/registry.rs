@@ -39,7 +39,10 @@ pub struct Registry {
     generation: AtomicU64,
     /// Files that failed to load, by fingerprint, so an unchanged bad file is not retried
     /// (and re-logged) on every SIGHUP.
-    failed: Mutex<HashMap<PathBuf, Fingerprint>>,
+    failed: Mutex<HashMap<PathBuf, (Fingerprint, String)>>,
+    /// Each plugin's `[plugin.NAME]` table as TOML text, handed to `init` at load. A plugin
+    /// whose table changes is loaded afresh on the next scan.
+    configs: Mutex<HashMap<String, String>>,
     /// Serialises scans (SIGHUP during a scan waits for it).
     scanning: Mutex<()>,
 }
@@ -54,6 +57,7 @@ impl Registry {
             current: ArcSwap::from_pointee(HashMap::new()),
             generation: AtomicU64::new(0),
             failed: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
             scanning: Mutex::new(()),
         }
     }
@@ -76,16 +80,18 @@ impl Registry {
         let mut next: PluginSet = HashMap::new();
         let mut report = ReloadReport::default();
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
         for (name, path) in self.candidates() {
             let Ok(meta) = fs::metadata(&path) else { continue };
             let fp = Fingerprint::of(&meta);
             let previous = old.get(&name);
-            if let Some(p) = previous.filter(|p| p.fingerprint == fp && p.source == path) {
+            let config = configs.get(&name).map_or("", String::as_str);
+            if let Some(p) = previous.filter(|p| p.fingerprint == fp && p.source == path && p.config == config) {
                 next.insert(name, Arc::clone(p));
                 continue;
             }
-            if failed.get(&path) == Some(&fp) {
+            if failed.get(&path).is_some_and(|(f, c)| *f == fp && c == config) {
                 // Unchanged since it last failed: keep what serves, without a new log line.
                 if let Some(p) = previous {
                     next.insert(name, Arc::clone(p));
@@ -93,7 +99,7 @@ impl Registry {
                 continue;
             }
             let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-            match loader::load(&name, &path, &self.cache_dir, generation) {
+            match loader::load(&name, &path, &self.cache_dir, generation, config) {
                 Ok(plugin) => {
                     failed.remove(&path);
                     let entry = (name.clone(), plugin.version.clone());
@@ -108,7 +114,7 @@ impl Registry {
                     // Remember only failures that the same bytes will always give; a full
                     // disk or a missing system library may be fixed without touching the file.
                     if e.is_permanent() {
-                        failed.insert(path.clone(), fp);
+                        failed.insert(path.clone(), (fp, config.to_owned()));
                     }
                     if let Some(p) = previous {
                         next.insert(name, Arc::clone(p));
@@ -153,6 +159,11 @@ impl Registry {
         let mut v: Vec<_> = found.into_iter().collect();
         v.sort();
         v
+    }
+
+    /// Sets the plugins' configuration tables (TOML text by plugin name) for the next scans.
+    pub fn set_configs(&self, configs: HashMap<String, String>) {
+        *self.configs.lock().unwrap_or_else(|e| e.into_inner()) = configs;
     }
 
     /// The plugins directory.

@@ -1,0 +1,137 @@
+//! Mounts: URL prefixes served by a pipeline (middleware plugins around an application
+//! plugin), from the configuration file's `[[mount]]` tables.
+//!
+//! Matching is on the percent-decoded path, at a segment boundary (`/api` matches `/api` and
+//! `/api/x`, not `/apix`); the longest prefix wins. `SCRIPT_NAME` is the prefix and
+//! `PATH_INFO` the rest (PEP 3333, CGI). A plugin named in any mount is reachable only
+//! through its mounts: `/NAME.py` no longer routes to it, so a filter in front of an
+//! application cannot be bypassed.
+
+use std::collections::HashSet;
+
+use crate::config_file::{ConfigError, Loaded};
+use crate::plugin::registry::PluginSet;
+
+/// One mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// `SCRIPT_NAME`.
+    pub prefix: String,
+    /// The application plugin.
+    pub app: String,
+    /// Middleware plugins, outermost first.
+    pub middleware: std::sync::Arc<[String]>,
+}
+
+/// The mount table the server routes with.
+#[derive(Debug, Default, Clone)]
+pub struct Mounts {
+    /// Longest prefix first.
+    list: Vec<Mount>,
+    /// Every plugin named by a mount.
+    mounted: HashSet<String>,
+}
+
+impl Mounts {
+    /// The mounts of a configuration file.
+    pub fn from_config(loaded: &Loaded) -> Mounts {
+        let mut list: Vec<Mount> = loaded
+            .file
+            .mount
+            .iter()
+            .map(|m| Mount {
+                prefix: m.prefix.get_ref().clone(),
+                app: m.app.get_ref().clone(),
+                middleware: m.middleware.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>().into(),
+            })
+            .collect();
+        list.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        let mounted = list.iter().flat_map(|m| std::iter::once(&m.app).chain(m.middleware.iter())).cloned().collect();
+        Mounts { list, mounted }
+    }
+
+    /// Checks every mount against the loaded plugins: the application exists, each middleware
+    /// exists and exports a middleware entry point.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] at the offending name.
+    pub fn validate(loaded: &Loaded, plugins: &PluginSet) -> Result<(), ConfigError> {
+        for m in &loaded.file.mount {
+            if !plugins.contains_key(m.app.get_ref()) {
+                return Err(loaded.error_at(
+                    m.app.span(),
+                    format!("mount {:?}: no plugin {:?} is loaded", m.prefix.get_ref(), m.app.get_ref()),
+                ));
+            }
+            for name in &m.middleware {
+                match plugins.get(name.get_ref()) {
+                    None => {
+                        return Err(loaded.error_at(
+                            name.span(),
+                            format!("mount {:?}: no plugin {:?} is loaded", m.prefix.get_ref(), name.get_ref()),
+                        ));
+                    }
+                    Some(p) if !p.is_middleware() => {
+                        return Err(loaded.error_at(
+                            name.span(),
+                            format!(
+                                "mount {:?}: plugin {:?} is an application, not middleware",
+                                m.prefix.get_ref(),
+                                name.get_ref()
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The mount serving decoded path `path`, and the length of its prefix in bytes.
+    pub fn find(&self, path: &[u8]) -> Option<(&Mount, usize)> {
+        self.list.iter().find_map(|m| {
+            let p = m.prefix.as_bytes();
+            if p == b"/" {
+                return Some((m, 0));
+            }
+            let rest = path.strip_prefix(p)?;
+            (rest.is_empty() || rest[0] == b'/').then_some((m, p.len()))
+        })
+    }
+
+    /// Whether `name` is used by a mount (then `/NAME.py` does not route to it).
+    pub fn is_mounted(&self, name: &str) -> bool {
+        self.mounted.contains(name)
+    }
+
+    /// The mounts, longest prefix first.
+    pub fn list(&self) -> &[Mount] {
+        &self.list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts(prefixes: &[&str]) -> Mounts {
+        let mut list: Vec<Mount> = prefixes
+            .iter()
+            .map(|p| Mount { prefix: (*p).into(), app: "a".into(), middleware: Vec::new().into() })
+            .collect();
+        list.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Mounts { list, mounted: HashSet::new() }
+    }
+
+    #[test]
+    fn longest_prefix_at_a_segment_boundary() {
+        let m = mounts(&["/api", "/api/v2", "/"]);
+        assert_eq!(m.find(b"/api/v2/x").map(|(m, n)| (m.prefix.as_str(), n)), Some(("/api/v2", 7)));
+        assert_eq!(m.find(b"/api").map(|(m, n)| (m.prefix.as_str(), n)), Some(("/api", 4)));
+        assert_eq!(m.find(b"/apix").map(|(m, n)| (m.prefix.as_str(), n)), Some(("/", 0)));
+        let m = mounts(&["/api"]);
+        assert!(m.find(b"/apix").is_none());
+        assert!(m.find(b"/").is_none());
+    }
+}

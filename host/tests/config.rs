@@ -1,0 +1,175 @@
+//! The configuration file: precedence (flag > environment > file > default), `--print-config`,
+//! mounts (SCRIPT_NAME / PATH_INFO, longest prefix, `/NAME.py` hidden for mounted plugins),
+//! per-plugin settings handed to `init`, errors with line and column, and SIGHUP reloading
+//! the file atomically (a bad file keeps the old configuration serving).
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Server, TempDir};
+
+fn write_config(dir: &TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("portico.toml");
+    support::install_bytes(text.as_bytes(), &path);
+    path
+}
+
+fn print_config(config: &Path, flags: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PORTICO_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("--config").arg(config).args(flags).arg("--print-config").envs(env.iter().copied());
+    let out = cmd.output().expect("running portico --print-config");
+    assert!(out.status.success(), "portico --print-config failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
+fn line<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+}
+
+#[test]
+fn flag_beats_environment_beats_file_beats_default() {
+    let dir = TempDir::new("portico-config");
+    let config = write_config(
+        &dir,
+        "[server]\nkeep_alive_timeout = 7\nheader_timeout = 12\nbody_timeout = 13\ndocroot = \"site\"\ndir_listing = true\n",
+    );
+    let text = print_config(
+        &config,
+        &["--keep-alive-timeout", "9"],
+        &[("PORTICO_KEEP_ALIVE_TIMEOUT", "8"), ("PORTICO_HEADER_TIMEOUT", "21")],
+    );
+    assert_eq!(line(&text, "keep_alive_timeout"), "keep_alive_timeout = 9", "flag wins:\n{text}");
+    assert_eq!(line(&text, "header_timeout"), "header_timeout = 21", "environment beats file:\n{text}");
+    assert_eq!(line(&text, "body_timeout"), "body_timeout = 13", "file beats default:\n{text}");
+    assert_eq!(line(&text, "send_timeout"), "send_timeout = 30", "default:\n{text}");
+    assert_eq!(line(&text, "dir_listing"), "dir_listing = true", "{text}");
+    let docroot = dir.path().join("site");
+    assert_eq!(
+        line(&text, "docroot"),
+        format!("docroot = {:?}", docroot.to_string_lossy()),
+        "relative paths are relative to the file:\n{text}"
+    );
+}
+
+#[test]
+fn an_invalid_file_at_start_names_line_and_column_and_exits_2() {
+    let dir = TempDir::new("portico-config");
+    for (text, needle) in [
+        ("[server]\nkeep_alive_timeout = \"soon\"\n", "line 2"),
+        ("[server]\nno_such_setting = 1\n", "no_such_setting"),
+        ("[[mount]]\nprefix = \"api/\"\napp = \"hello\"\n", ":2:10"),
+        ("[[mount]]\nprefix = \"/api\"\napp = \"hello\"\nmiddleware = [\"no/such\"]\n", ":4:15"),
+        ("[server]\nbind = [\"nonsense\"]\n", "--bind"),
+    ] {
+        let config = write_config(&dir, text);
+        let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--print-config")
+            .output()
+            .expect("running portico");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text:?}: {stderr}");
+        assert!(stderr.contains(needle), "{text:?}: the error should mention {needle:?}: {stderr}");
+    }
+}
+
+fn echo_mounted(dir: &TempDir, extra: &str) -> Server {
+    let config = write_config(
+        dir,
+        &format!(
+            "[[mount]]\nprefix = \"/api\"\napp = \"echo\"\n\n[[mount]]\nprefix = \"/api/v2\"\napp = \"fixture\"\n\n\
+             [plugin.fixture]\ngreeting = \"hi\"\n{extra}"
+        ),
+    );
+    Server::builder().plugins(&["echo", "fixture", "hello"]).args(["--config".as_ref(), config.as_os_str()]).start()
+}
+
+#[test]
+fn mounts_set_script_name_and_path_info_and_hide_name_py() {
+    let dir = TempDir::new("portico-config");
+    let server = echo_mounted(&dir, "");
+    let r = server.get("/api/a%20b/c?q=1");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    let j = r.json();
+    assert_eq!(j["script_name"], "/api", "{j}");
+    assert_eq!(j["path_info"], "/a b/c", "{j}");
+    assert_eq!(j["query_string"], "q=1", "{j}");
+    let j = server.get("/api").json();
+    assert_eq!((j["script_name"].as_str(), j["path_info"].as_str()), (Some("/api"), Some("")), "{j}");
+    // Longest prefix wins.
+    let r = server.get("/api/v2/version");
+    assert_eq!(r.text(), "fixture v1\n", "{}", r.summary());
+    // Segment boundary: /apix is not under /api.
+    assert_eq!(server.get("/apix").status, 404);
+    // A mounted plugin is reachable only through its mount; others keep /NAME.py.
+    assert_eq!(server.get("/echo.py/x").status, 404, "/echo.py must not bypass the mount");
+    assert_eq!(server.get("/hello.py").text(), "Hello, world!\n");
+    // The [plugin.fixture] table reached the fixture's init (it logs the byte count).
+    server.wait_for_log("fixture: init with 16 bytes of configuration", Duration::from_secs(5));
+}
+
+#[test]
+fn a_root_mount_has_an_empty_script_name() {
+    let dir = TempDir::new("portico-config");
+    let config = write_config(&dir, "[[mount]]\nprefix = \"/\"\napp = \"echo\"\n");
+    let server = Server::builder().plugins(&["echo"]).args(["--config".as_ref(), config.as_os_str()]).start();
+    let j = server.get("/x/y").json();
+    assert_eq!((j["script_name"].as_str(), j["path_info"].as_str()), (Some(""), Some("/x/y")), "{j}");
+}
+
+#[test]
+fn sighup_reloads_the_file_and_a_bad_file_keeps_the_old_one_serving() {
+    let dir = TempDir::new("portico-config");
+    let server = echo_mounted(&dir, "");
+    let config = dir.path().join("portico.toml");
+    assert_eq!(server.get("/api/x").status, 200);
+
+    // Not TOML: nothing changes, the error says where.
+    let mark = server.log_mark();
+    support::install_bytes(b"[[mount]]\nprefix = \"/new\"\napp = \"echo\"\nbroken = [\n", &config);
+    server.hup();
+    server.wait_for_line(mark, &["configuration not reloaded", "line 4"], Duration::from_secs(5));
+    assert_eq!(server.get("/api/x").status, 200, "the old mount keeps serving");
+    assert_eq!(server.get("/new/x").status, 404);
+
+    // Valid TOML naming a plugin that is not there: refused with line and column.
+    let mark = server.log_mark();
+    support::install_bytes(b"[[mount]]\nprefix = \"/new\"\napp = \"nosuch\"\n", &config);
+    server.hup();
+    server.wait_for_line(mark, &["mounts not reloaded", "portico.toml:3:7", "nosuch"], Duration::from_secs(5));
+    assert_eq!(server.get("/api/x").status, 200, "the old mount keeps serving");
+
+    // A good file: the new mount serves, the old prefix is gone.
+    let mark = server.log_mark();
+    support::install_bytes(b"[[mount]]\nprefix = \"/new\"\napp = \"echo\"\n", &config);
+    server.hup();
+    server.wait_for_line(mark, &["configuration", "reloaded"], Duration::from_secs(5));
+    assert_eq!(server.get("/new/x").json()["script_name"], "/new");
+    assert_eq!(server.get("/api/x").status, 404);
+    assert!(fs::metadata(&config).is_ok());
+}
+
+#[test]
+fn a_changed_plugin_table_loads_a_fresh_copy_with_the_new_settings() {
+    let dir = TempDir::new("portico-config");
+    let server = echo_mounted(&dir, "");
+    server.wait_for_log("fixture: init with 16 bytes of configuration", Duration::from_secs(5));
+    let config = dir.path().join("portico.toml");
+    let text = fs::read_to_string(&config).expect("reading the config");
+    let mark = server.log_mark();
+    support::install_bytes(text.replace("greeting = \"hi\"", "greeting = \"hello!\"").as_bytes(), &config);
+    server.hup();
+    server.wait_for_line(mark, &["fixture: init with 20 bytes of configuration"], Duration::from_secs(5));
+    server.wait_for_line(mark, &["reloaded plugin", "fixture"], Duration::from_secs(5));
+    assert_eq!(server.get("/api/v2/version").text(), "fixture v1\n");
+}
