@@ -135,7 +135,8 @@ pub trait ErrorStream {
     fn write(&mut self, msg: RStr<'_>);
 }
 
-/// PEP 3333's `start_response` callable, implemented by the host (or, later, by middleware).
+/// PEP 3333's `start_response` callable, implemented by the host, or by a middleware that
+/// edits the response of the next application (the SDK's [`crate::Next::call_with_headers`]).
 #[sabi_trait]
 pub trait StartResponse {
     /// Sets the response status and header fields.
@@ -192,7 +193,8 @@ pub enum Body {
 /// The next application in a pipeline, as a middleware plugin sees it (PEP 3333
 /// §"Middleware: Components that Play Both Sides"): the middleware calls it with an environ
 /// (possibly modified) and a `start_response` of its own (possibly wrapping the one it was
-/// given), and may wrap the body it returns. Implemented by the host.
+/// given), and may wrap the body it returns. Implemented by the host (and by the SDK for a
+/// middleware mounted alone, and in [`crate::testing`]).
 #[sabi_trait]
 pub trait NextApplication {
     /// Calls the next application.
@@ -230,14 +232,18 @@ pub struct PluginMod {
     /// PEP 3333's application callable. Written out rather than as [`ApplicationFn`] because
     /// the `StableAbi` derive does not accept type aliases of fn pointers.
     pub application: extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body,
-    /// Called once after the plugin is loaded and before its first request, with the
+    /// Called once per loaded copy of the plugin, before its first request, with the
     /// plugin's configuration as TOML text (the `[plugin.NAME]` table; empty when there is
-    /// none). An `RErr` refuses this version of the plugin (the previous one keeps serving).
-    /// `RNone`: nothing to set up.
+    /// none). An `RErr` refuses this version of the plugin (the previous one keeps serving);
+    /// its message is shown to the operator. A configuration change makes the host load a
+    /// fresh copy of the library (fresh statics) and call its `init`. `RNone`: nothing to set
+    /// up.
     pub init: ROption<extern "C" fn(RStr<'_>) -> RResult<(), RString>>,
     /// Middleware entry point: like `application`, and handed the next application of the
-    /// pipeline. `RNone` for a plain application. Not called by this host yet: pipelines come
-    /// with the configuration of mounts.
+    /// pipeline. `RNone` for a plain application. The host calls it for a plugin listed as
+    /// middleware in a mount's pipeline, with a [`NextApplication`] that runs the rest of the
+    /// pipeline; a middleware plugin mounted alone is called through `application` instead
+    /// (the SDK then runs the middleware with a next application that answers 404).
     #[sabi(last_prefix_field)]
     pub middleware: ROption<
         extern "C" fn(

@@ -8,8 +8,9 @@
 //! - [`abi`]: the `#[repr(C)]` types that cross the boundary, checked at load time by
 //!   [abi_stable]. The host refuses a plugin built against an incompatible `portico-api`.
 //! - The SDK (this module's items): [`export_app!`], [`Environ`] accessors, [`StartResponse`],
-//!   [`Body`] constructors, [`Response`] and [`status`] helpers, and the panic fence that keeps a
-//!   plugin's panic from crossing the boundary.
+//!   [`Body`] constructors, [`Response`] and [`status`] helpers, [`Middleware`] and [`Next`],
+//!   a small [`Router`], the panic fence that keeps a plugin's panic from crossing the
+//!   boundary, and [`testing`] for running an application in a unit test without a host.
 //!
 //! ## PEP 3333, section by section
 //!
@@ -17,7 +18,7 @@
 //! |---|---|
 //! | "The Application/Framework Side": a callable taking `environ, start_response` | a function `fn(&mut Environ, &mut StartResponse) -> Body` (or any [`Application`]) exported with [`export_app!`] |
 //! | "The Server/Gateway Side" | the `portico` host: it builds the environ, calls the application on a worker thread, sends the response |
-//! | "Middleware: Components that Play Both Sides" | [`abi::PluginMod::middleware`] with [`abi::NextApplication`]: a plugin handed the next application, calling it with its own `start_response` (in the ABI now; the host calls it once mounts and pipelines exist) |
+//! | "Middleware: Components that Play Both Sides" | a [`Middleware`] exported with [`export_app!`]'s `middleware:` form ([`abi::PluginMod::middleware`]): handed the next application of the mount's pipeline as [`Next`], it answers by itself or calls it, with its own `start_response` ([`Next::call`]) or one that edits the status and fields ([`Next::call_with_headers`]), and may wrap the body ([`Body::into_chunks`]) |
 //! | "environ Variables" | [`Environ`]: `REQUEST_METHOD`, `SCRIPT_NAME`, `PATH_INFO` (percent-decoded), `QUERY_STRING` (raw), `CONTENT_TYPE`, `CONTENT_LENGTH`, `SERVER_NAME`, `SERVER_PORT`, `SERVER_PROTOCOL`, `REMOTE_ADDR`, `REMOTE_PORT`, `wsgi.url_scheme`; the `HTTP_*` variables are [`Environ::headers`] in order, repeats kept |
 //! | "Input and Error Streams" | `wsgi.input` is [`Environ::read`] (de-chunked; `Ok(0)` at the end); `wsgi.errors` is [`Environ::log`], which goes to the host's log |
 //! | "The start_response() Callable" | [`StartResponse::start`]: status `"200 OK"`, fields as `(name, value)` pairs; a second call only with `exc_info` ([`StartResponse::start_with_exc_info`]) before the first body byte |
@@ -40,6 +41,11 @@
 //!
 //! export_app!(name: "hello", version: env!("CARGO_PKG_VERSION"), app: hello);
 //! ```
+//!
+//! A middleware (a plugin that runs in front of applications in a mount's pipeline) is
+//! exported the same way with `middleware:` instead of `app:`; see [`export_app!`] and
+//! [`Middleware`]. [`Router`] dispatches on method and path; [`testing`] runs an
+//! application, a middleware, or a plugin's exported entry points in a unit test.
 //!
 //! The crate must be a `cdylib`, must list `abi_stable = "0.11"` among its own dependencies
 //! (the export macro expands to `::abi_stable` paths), and must be built with
@@ -73,9 +79,14 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+mod middleware;
+mod router;
 mod sdk;
+pub mod testing;
 
 pub use abi::{Body, Environ, Field};
+pub use middleware::{Middleware, Next};
+pub use router::{Handler, Match, Params, Router};
 pub use sdk::{Application, BodyError, Response, StartResponse, StartResponseError, guard, status};
 
 /// Re-exports the export macro needs; not part of the public API.
@@ -84,19 +95,36 @@ pub mod __private {
     pub use abi_stable;
 }
 
-/// Exports an application as this plugin's root module.
+/// Exports an application, or a middleware, as this plugin's root module.
 ///
-/// `name` and `version` are `&'static str`s the host prints at load time; `app` is an
-/// expression giving any [`Application`]: a `fn(&mut Environ, &mut StartResponse) -> Body`,
-/// a closure, or a value of your own type. It is evaluated once, on the first request, so it
-/// may build state (a parsed template, a connection pool).
+/// `name` and `version` are `&'static str`s the host prints at load time. Then either:
 ///
-/// The generated `extern "C"` entry point runs the application inside the SDK's panic fence
-/// ([`guard::run`]).
+/// - `app:` an expression giving any [`Application`]: a
+///   `fn(&mut Environ, &mut StartResponse) -> Body`, a closure, a [`Router`], or a value of
+///   your own type; or
+/// - `middleware:` an expression giving any [`Middleware`]: a
+///   `fn(&mut Environ, &mut StartResponse, &Next) -> Body`, a closure, or a value of your own
+///   type. The host calls it for a plugin listed as middleware in a mount's pipeline, handing
+///   it the rest of the pipeline as [`Next`]. Called as a plain application (mounted alone),
+///   it runs with a next application that answers `404 Not Found`, and the first such call
+///   logs that the plugin is a middleware ([`guard::run_middleware_as_app`]).
+///
+/// The expression is evaluated once, on the first request (so after `init`), and may build
+/// state (a parsed template, a connection pool, rules read from the configuration `init`
+/// stored). If it panics, every request gets a 500 and the log says why.
+///
+/// The generated `extern "C"` entry points run inside the SDK's panic fence ([`guard::run`],
+/// [`guard::run_middleware`]): a panic becomes a `500` and a log line, never an unwind across
+/// the boundary.
 ///
 /// An optional `init: f` takes a `fn(&str) -> Result<(), String>` that the host calls once
-/// at load with the plugin's configuration as TOML text (empty when there is none); an `Err`
-/// (or a panic) refuses the plugin, and the previous version keeps serving.
+/// per loaded copy of the plugin, before its first request, with the plugin's configuration
+/// (its `[plugin.NAME]` table) as TOML text, empty when there is none; an `Err` (or a panic)
+/// refuses the plugin, with the message shown to the operator, and the previous version
+/// keeps serving. A configuration change makes the host load a fresh copy of the library
+/// (fresh statics), so `init` can keep what it parsed in a `static OnceLock`.
+///
+/// An application:
 ///
 /// ```no_run
 /// # use portico_api::{Body, Environ, StartResponse, export_app, status};
@@ -105,20 +133,94 @@ pub mod __private {
 ///     Body::from("pong\n")
 /// });
 /// ```
+///
+/// A middleware with configuration:
+///
+/// ```no_run
+/// use std::sync::OnceLock;
+/// use portico_api::{Body, Environ, Next, StartResponse, export_app, status};
+///
+/// static GREETING: OnceLock<String> = OnceLock::new();
+///
+/// /// `[plugin.greet]` takes one key, the text itself: `greeting = "hi"`.
+/// fn init(config: &str) -> Result<(), String> {
+///     let greeting = config.trim().strip_prefix("greeting = ").unwrap_or("\"hello\"").trim_matches('"');
+///     GREETING.set(greeting.to_owned()).map_err(|_| "init called twice".to_owned())
+/// }
+///
+/// /// Adds `X-Greeting` to every response of the next application.
+/// fn greet(environ: &mut Environ<'_>, sr: &mut StartResponse<'_, '_>, next: &Next<'_>) -> Body {
+///     let greeting = GREETING.get().map_or("hello", String::as_str);
+///     next.call_with_headers(environ, sr, |_status, fields| {
+///         fields.push(("X-Greeting".to_owned(), greeting.to_owned()));
+///     })
+/// }
+///
+/// export_app!(name: "greet", version: env!("CARGO_PKG_VERSION"), middleware: greet, init: init);
+/// ```
 #[macro_export]
 macro_rules! export_app {
     (name: $name:expr, version: $version:expr, app: $app:expr $(,)?) => {
-        $crate::export_app!(@root $name, $version, $app, $crate::__private::abi_stable::std_types::RNone);
+        $crate::export_app!(@app $name, $version, $app, $crate::__private::abi_stable::std_types::RNone);
     };
     (name: $name:expr, version: $version:expr, app: $app:expr, init: $init:expr $(,)?) => {
+        $crate::export_app!(@init $init);
+        $crate::export_app!(@app $name, $version, $app, $crate::__private::abi_stable::std_types::RSome(portico_init));
+    };
+    (name: $name:expr, version: $version:expr, middleware: $mw:expr $(,)?) => {
+        $crate::export_app!(@middleware $name, $version, $mw, $crate::__private::abi_stable::std_types::RNone);
+    };
+    (name: $name:expr, version: $version:expr, middleware: $mw:expr, init: $init:expr $(,)?) => {
+        $crate::export_app!(@init $init);
+        $crate::export_app!(@middleware $name, $version, $mw, $crate::__private::abi_stable::std_types::RSome(portico_init));
+    };
+    (@init $init:expr) => {
         extern "C" fn portico_init(
             config: $crate::__private::abi_stable::std_types::RStr<'_>,
         ) -> $crate::__private::abi_stable::std_types::RResult<(), $crate::__private::abi_stable::std_types::RString> {
             $crate::guard::run_init(config.as_str(), $init)
         }
-        $crate::export_app!(@root $name, $version, $app, $crate::__private::abi_stable::std_types::RSome(portico_init));
     };
-    (@root $name:expr, $version:expr, $app:expr, $init:expr) => {
+    (@app $name:expr, $version:expr, $app:expr, $init:expr) => {
+        extern "C" fn portico_application(
+            environ: &mut $crate::abi::Environ<'_>,
+            start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
+        ) -> $crate::abi::Body {
+            static APP: ::std::sync::OnceLock<
+                ::std::result::Result<::std::boxed::Box<dyn $crate::Application>, ::std::string::String>,
+            > = ::std::sync::OnceLock::new();
+            $crate::guard::run(environ, start_response, APP.get_or_init(|| $crate::guard::build(|| $app)))
+        }
+        $crate::export_app!(@root $name, $version, $init, $crate::__private::abi_stable::std_types::RNone);
+    };
+    (@middleware $name:expr, $version:expr, $mw:expr, $init:expr) => {
+        /// The middleware, built on first use and shared by both entry points.
+        fn portico_middleware_instance()
+        -> &'static ::std::result::Result<::std::boxed::Box<dyn $crate::Middleware>, ::std::string::String> {
+            static MIDDLEWARE: ::std::sync::OnceLock<
+                ::std::result::Result<::std::boxed::Box<dyn $crate::Middleware>, ::std::string::String>,
+            > = ::std::sync::OnceLock::new();
+            MIDDLEWARE.get_or_init(|| $crate::guard::build_middleware(|| $mw))
+        }
+
+        extern "C" fn portico_application(
+            environ: &mut $crate::abi::Environ<'_>,
+            start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
+        ) -> $crate::abi::Body {
+            $crate::guard::run_middleware_as_app(environ, start_response, portico_middleware_instance())
+        }
+
+        extern "C" fn portico_middleware(
+            environ: &mut $crate::abi::Environ<'_>,
+            start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
+            next: $crate::abi::NextApplication_TO<'_, $crate::__private::abi_stable::sabi_types::RRef<'_, ()>>,
+        ) -> $crate::abi::Body {
+            $crate::guard::run_middleware(environ, start_response, next, portico_middleware_instance())
+        }
+
+        $crate::export_app!(@root $name, $version, $init, $crate::__private::abi_stable::std_types::RSome(portico_middleware));
+    };
+    (@root $name:expr, $version:expr, $init:expr, $middleware:expr) => {
         /// The plugin's root module, checked and loaded by the portico host.
         #[::abi_stable::export_root_module]
         pub fn portico_root_module() -> $crate::abi::PluginMod_Ref {
@@ -129,19 +231,9 @@ macro_rules! export_app {
                 panic_unwind: cfg!(panic = "unwind"),
                 application: portico_application,
                 init: $init,
-                middleware: $crate::__private::abi_stable::std_types::RNone,
+                middleware: $middleware,
             }
             .leak_into_prefix()
-        }
-
-        extern "C" fn portico_application(
-            environ: &mut $crate::abi::Environ<'_>,
-            start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
-        ) -> $crate::abi::Body {
-            static APP: ::std::sync::OnceLock<
-                ::std::result::Result<::std::boxed::Box<dyn $crate::Application>, ::std::string::String>,
-            > = ::std::sync::OnceLock::new();
-            $crate::guard::run(environ, start_response, APP.get_or_init(|| $crate::guard::build(|| $app)))
         }
     };
 }

@@ -9,7 +9,7 @@ use std::fmt;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::RMut;
-use abi_stable::std_types::{RNone, ROption, RResult, RSlice, RSome, RStr, RString, RVec};
+use abi_stable::std_types::{RBox, RNone, ROption, RResult, RSlice, RSome, RStr, RString, RVec};
 
 use crate::abi::{Body, BodyStream, BodyStream_TO, Environ, Field, StartResponse_TO};
 
@@ -62,9 +62,22 @@ impl<'a, 'b> StartResponse<'a, 'b> {
         StartResponse { inner, called: false }
     }
 
-    /// Whether `start_response` has been called successfully.
+    /// Whether `start_response` has been called successfully, by this application or, for a
+    /// middleware, by the next application it handed this `start_response` to
+    /// ([`Next::call`](crate::Next::call)).
     pub fn called(&self) -> bool {
         self.called
+    }
+
+    /// The host's (or the outer middleware's) trait object, for handing on to the next
+    /// application.
+    pub(crate) fn raw_mut(&mut self) -> &mut StartResponse_TO<'a, RMut<'b, ()>> {
+        &mut self.inner
+    }
+
+    /// Records that the next application called `start_response` successfully through us.
+    pub(crate) fn mark_called(&mut self) {
+        self.called = true;
     }
 
     /// Sets the status (e.g. `"200 OK"`, see [`status`]) and header fields.
@@ -195,6 +208,13 @@ impl<'a> Environ<'a> {
         self.headers.iter().find(|f| f.is(name)).map(|f| f.value.as_slice())
     }
 
+    /// The raw values of every header field named `name` (ASCII case-insensitive), in the
+    /// order received. A field sent on several lines (`X-Forwarded-For`, `Forwarded`) is one
+    /// comma-separated list in this order (RFC 9110 §5.3).
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.headers.iter().filter(move |f| f.is(name)).map(|f| f.value.as_slice())
+    }
+
     /// A further environ key from [`Environ::extra`](crate::abi::Environ::extra).
     pub fn extra(&self, key: &str) -> Option<&[u8]> {
         self.extra.iter().find(|f| f.name.as_slice() == key.as_bytes()).map(|f| f.value.as_slice())
@@ -263,6 +283,47 @@ impl Body {
         let stream = guard::GuardedStream { inner: Some(chunks.into_iter()) };
         Body::Stream(BodyStream_TO::from_value(stream, TD_Opaque))
     }
+
+    /// The body as an iterator of chunks, for a middleware that rewrites the body of the
+    /// next application (wrap the result in [`Body::try_stream`] to return it).
+    ///
+    /// A complete body ([`Body::Bytes`], [`Body::Static`]) is one chunk (a static body is
+    /// copied); [`Body::Empty`] is none; a [`Body::Stream`] is pulled one chunk per `next()`,
+    /// and its errors come out as `Err` (after which the iterator ends). Empty chunks are
+    /// skipped. Dropping the iterator drops the stream (PEP 3333's `close()`).
+    pub fn into_chunks(self) -> impl Iterator<Item = Result<Vec<u8>, String>> + Send + 'static {
+        let mut state = match self {
+            Body::Empty => Chunks::Done,
+            Body::Bytes(bytes) => Chunks::One(bytes.into_vec()),
+            Body::Static(bytes) => Chunks::One(bytes.as_slice().to_vec()),
+            Body::Stream(stream) => Chunks::Stream(stream),
+        };
+        std::iter::from_fn(move || {
+            loop {
+                match std::mem::replace(&mut state, Chunks::Done) {
+                    Chunks::Done => return None,
+                    Chunks::One(bytes) if bytes.is_empty() => return None,
+                    Chunks::One(bytes) => return Some(Ok(bytes)),
+                    Chunks::Stream(mut stream) => match stream.next_chunk() {
+                        RResult::ROk(RSome(chunk)) if chunk.is_empty() => state = Chunks::Stream(stream),
+                        RResult::ROk(RSome(chunk)) => {
+                            state = Chunks::Stream(stream);
+                            return Some(Ok(chunk.into_vec()));
+                        }
+                        RResult::ROk(RNone) => return None,
+                        RResult::RErr(e) => return Some(Err(e.into_string())),
+                    },
+                }
+            }
+        })
+    }
+}
+
+/// The state of [`Body::into_chunks`].
+enum Chunks {
+    Done,
+    One(Vec<u8>),
+    Stream(BodyStream_TO<'static, RBox<()>>),
 }
 
 impl From<&'static str> for Body {
@@ -426,6 +487,9 @@ pub mod status {
 /// `shared/research/plugin-abi.md` Q4).
 pub mod guard {
     use super::*;
+    use crate::abi::NextApplication_TO;
+    use crate::middleware::{Middleware, Next};
+    use abi_stable::sabi_types::RRef;
     use std::any::Any;
     use std::cell::{Cell, RefCell};
     use std::panic::{self, AssertUnwindSafe};
@@ -486,6 +550,9 @@ pub mod guard {
     /// Builds an application once, inside the fence. [`crate::export_app!`] keeps the
     /// result: a constructor that panics is not retried on every request (each request then
     /// gets a 500 and the log says why). Heavy setup belongs in the plugin's `init`.
+    ///
+    /// # Errors
+    /// The constructor panicked: the panic message, with its location.
     pub fn build<A: Application>(f: impl FnOnce() -> A) -> Result<Box<dyn Application>, String> {
         fenced(|| Box::new(f()) as Box<dyn Application>)
             .map_err(|panic| format!("building the application panicked: {panic}"))
@@ -502,15 +569,118 @@ pub mod guard {
         start_response: StartResponse_TO<'_, RMut<'_, ()>>,
         app: &Result<Box<dyn Application>, String>,
     ) -> Body {
+        run_with(environ, start_response, app.as_deref().map_err(String::as_str))
+    }
+
+    /// [`run`] for a borrowed application (`Err`: why it could not be built).
+    pub(crate) fn run_with(
+        environ: &mut Environ<'_>,
+        start_response: StartResponse_TO<'_, RMut<'_, ()>>,
+        app: Result<&dyn Application, &str>,
+    ) -> Body {
+        run_fenced(
+            environ,
+            start_response,
+            "application",
+            app.map(|app| move |env: &mut Environ<'_>, sr: &mut StartResponse<'_, '_>| app.call(env, sr)),
+        )
+    }
+
+    /// Builds a middleware once, inside the fence: [`build`] for [`Middleware`]s.
+    ///
+    /// # Errors
+    /// The constructor panicked: the panic message, with its location.
+    pub fn build_middleware<M: Middleware>(f: impl FnOnce() -> M) -> Result<Box<dyn Middleware>, String> {
+        fenced(|| Box::new(f()) as Box<dyn Middleware>)
+            .map_err(|panic| format!("building the middleware panicked: {panic}"))
+    }
+
+    /// Runs a middleware inside the fence, handing it the host's next application.
+    /// [`crate::export_app!`] calls this for the `middleware` entry point.
+    ///
+    /// A panic is handled as in [`run`]: logged, and a `500` through `exc_info`. A middleware
+    /// that could not be built answers `500` to every request: it fails closed, it never lets
+    /// requests through unfiltered.
+    pub fn run_middleware(
+        environ: &mut Environ<'_>,
+        start_response: StartResponse_TO<'_, RMut<'_, ()>>,
+        next: NextApplication_TO<'_, RRef<'_, ()>>,
+        middleware: &Result<Box<dyn Middleware>, String>,
+    ) -> Body {
+        run_middleware_with(environ, start_response, next, middleware.as_deref().map_err(String::as_str))
+    }
+
+    /// [`run_middleware`] for a borrowed middleware (`Err`: why it could not be built).
+    pub(crate) fn run_middleware_with(
+        environ: &mut Environ<'_>,
+        start_response: StartResponse_TO<'_, RMut<'_, ()>>,
+        next: NextApplication_TO<'_, RRef<'_, ()>>,
+        mw: Result<&dyn Middleware, &str>,
+    ) -> Body {
+        // The host's object has two lifetimes; a reborrow gives one `Next<'_>` can hold.
+        let next = Next::new(next.sabi_reborrow());
+        run_fenced(
+            environ,
+            start_response,
+            "middleware",
+            mw.map(|mw| {
+                let next = &next;
+                move |env: &mut Environ<'_>, sr: &mut StartResponse<'_, '_>| mw.call(env, sr, next)
+            }),
+        )
+    }
+
+    /// Runs a middleware plugin that the host called as a plain application (its
+    /// `application` entry point): the middleware runs with a next application that answers
+    /// `404 Not Found`. So a filter still refuses what it refuses, and what it lets through
+    /// finds nothing. The first such call of each loaded plugin logs a line saying the
+    /// plugin is a middleware. [`crate::export_app!`] calls this.
+    pub fn run_middleware_as_app(
+        environ: &mut Environ<'_>,
+        start_response: StartResponse_TO<'_, RMut<'_, ()>>,
+        middleware: &Result<Box<dyn Middleware>, String>,
+    ) -> Body {
+        run_middleware_as_app_with(environ, start_response, middleware.as_deref().map_err(String::as_str))
+    }
+
+    /// [`run_middleware_as_app`] for a borrowed middleware.
+    pub(crate) fn run_middleware_as_app_with(
+        environ: &mut Environ<'_>,
+        start_response: StartResponse_TO<'_, RMut<'_, ()>>,
+        middleware: Result<&dyn Middleware, &str>,
+    ) -> Body {
+        static WARNED: Once = Once::new();
+        WARNED.call_once(|| {
+            environ.log(
+                "this plugin is a middleware called as an application: requests it lets through get \
+                 404 Not Found (list it as middleware in a pipeline in front of an application)",
+            );
+        });
+        let no_next = crate::middleware::NotFoundNext;
+        let next = NextApplication_TO::from_ptr(&no_next, TD_Opaque);
+        run_middleware_with(environ, start_response, next, middleware)
+    }
+
+    /// The fence around one call of an application or middleware; `Err` is a build failure
+    /// kept from [`build`], handled like a panic.
+    fn run_fenced<F>(
+        environ: &mut Environ<'_>,
+        start_response: StartResponse_TO<'_, RMut<'_, ()>>,
+        what: &str,
+        f: Result<F, &str>,
+    ) -> Body
+    where
+        F: FnOnce(&mut Environ<'_>, &mut StartResponse<'_, '_>) -> Body,
+    {
         let mut sr = StartResponse::new(start_response);
-        let outcome = match app {
-            Ok(app) => fenced(|| app.call(environ, &mut sr)),
-            Err(why) => Err(why.clone()),
+        let outcome = match f {
+            Ok(f) => fenced(|| f(environ, &mut sr)),
+            Err(why) => Err(why.to_owned()),
         };
         match outcome {
             Ok(body) => body,
             Err(msg) => {
-                let line = format!("application panicked: {msg}");
+                let line = format!("{what} panicked: {msg}");
                 environ.log(&line);
                 let _ = sr.start_with_exc_info(
                     status::INTERNAL_SERVER_ERROR,
