@@ -20,7 +20,7 @@ esac
 
 # The example plugins `scripts/serve` installs. `fixture` is test-only (host/tests load it
 # themselves) and is never installed into a served plugins directory.
-EXAMPLE_PLUGINS=(hello ctime echo stream)
+EXAMPLE_PLUGINS=(hello ctime echo stream dispatch ip_filter headers)
 
 # ---------------------------------------------------------------------------------------
 # messages

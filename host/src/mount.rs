@@ -45,7 +45,7 @@ impl Mounts {
                 middleware: m.middleware.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>().into(),
             })
             .collect();
-        list.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        list.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
         let mounted = list.iter().flat_map(|m| std::iter::once(&m.app).chain(m.middleware.iter())).cloned().collect();
         Mounts { list, mounted }
     }
@@ -120,7 +120,7 @@ mod tests {
             .iter()
             .map(|p| Mount { prefix: (*p).into(), app: "a".into(), middleware: Vec::new().into() })
             .collect();
-        list.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        list.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
         Mounts { list, mounted: HashSet::new() }
     }
 

@@ -38,7 +38,8 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a reload (SIGHUP until the new version answers) may take.
 pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The plugins every server gets unless the test says otherwise.
-pub const STANDARD_PLUGINS: [&str; 5] = ["hello", "ctime", "echo", "stream", "fixture"];
+pub const STANDARD_PLUGINS: [&str; 8] =
+    ["hello", "ctime", "echo", "stream", "fixture", "ip_filter", "dispatch", "headers"];
 /// The workspace version, which every example plugin reports (`env!("CARGO_PKG_VERSION")`).
 pub const WORKSPACE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -157,7 +158,7 @@ fn standard_plugin_dir() -> &'static Path {
         for name in STANDARD_PLUGINS {
             cmd.args(["-p", name]);
         }
-        run_cargo(cmd, "build the test plugins (hello ctime echo stream fixture)");
+        run_cargo(cmd, "build the test plugins (hello ctime echo stream fixture ip_filter dispatch headers)");
         let built = plugin_target_dir().join("debug");
         let staged = staged_dir();
         fs::create_dir_all(&staged).unwrap_or_else(|e| panic!("creating {}: {e}", staged.display()));

@@ -1,0 +1,153 @@
+//! Middleware pipelines from the configuration file, with the example plugins: `ip_filter`
+//! (allow/deny by REMOTE_ADDR, trusted proxies), `headers` (adds response fields) and
+//! `dispatch` (the SDK router), alone and stacked.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Server, TempDir};
+
+fn config(dir: &TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("portico.toml");
+    support::install_bytes(text.as_bytes(), &path);
+    path
+}
+
+fn start(dir: &TempDir, text: &str) -> Server {
+    let path = config(dir, text);
+    Server::builder()
+        .plugins(&["dispatch", "ip_filter", "headers", "hello"])
+        .args(["--config".as_ref(), path.as_os_str()])
+        .start()
+}
+
+fn get_with(server: &Server, path: &str, fields: &[(&str, &str)]) -> support::Response {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: portico.test\r\nConnection: close\r\n");
+    for (n, v) in fields {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    server.request(req.as_bytes())
+}
+
+const STACK: &str = r#"
+[[mount]]
+prefix = "/api"
+app = "dispatch"
+middleware = ["ip_filter", "headers"]
+
+[plugin.headers]
+add = { "X-Frame-Options" = "DENY", "X-Content-Type-Options" = "nosniff" }
+"#;
+
+#[test]
+fn a_stacked_pipeline_filters_adds_headers_and_dispatches() {
+    let dir = TempDir::new("portico-pipeline");
+    let server = start(&dir, &format!("{STACK}\n[plugin.ip_filter]\nallow = [\"127.0.0.0/8\"]\n"));
+    for (path, body) in
+        [("/api/dog", "This is dog!\n"), ("/api/cat", "This is cat!\n"), ("/api/hello/ann", "Hello, ann!\n")]
+    {
+        let r = server.get(path);
+        assert_eq!((r.status, r.text().as_str()), (200, body), "{}", r.summary());
+        assert_eq!(r.header("X-Frame-Options"), Some("DENY"), "{}", r.summary());
+        assert_eq!(r.header("X-Content-Type-Options"), Some("nosniff"), "{}", r.summary());
+    }
+    let r = server.get("/api/bird");
+    assert_eq!(r.status, 404, "{}", r.summary());
+    assert_eq!(r.header("X-Frame-Options"), Some("DENY"), "headers wraps every answer of the app: {}", r.summary());
+    let r = server.request(b"POST /api/dog HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 405, "{}", r.summary());
+    assert_eq!(r.header("Allow"), Some("GET, HEAD"), "{}", r.summary());
+    // The pipeline's plugins are reachable only through the mount.
+    assert_eq!(server.get("/dispatch.py/dog").status, 404);
+    assert_eq!(server.get("/ip_filter.py").status, 404);
+    // A plugin outside every mount keeps its /NAME.py.
+    assert_eq!(server.get("/hello.py").text(), "Hello, world!\n");
+}
+
+#[test]
+fn ip_filter_refuses_by_remote_addr_never_by_the_host_field() {
+    let dir = TempDir::new("portico-pipeline");
+    let server = start(&dir, &format!("{STACK}\n[plugin.ip_filter]\ndeny = [\"127.0.0.1/32\"]\n"));
+    // Our address is 127.0.0.1: denied, whatever Host or X-Forwarded-For claim (no trusted
+    // proxy is configured, so forwarding fields are not believed).
+    for fields in [&[][..], &[("X-Forwarded-For", "198.51.100.7")][..], &[("Forwarded", "for=198.51.100.7")][..]] {
+        let r = get_with(&server, "/api/dog", fields);
+        assert_eq!(r.status, 403, "{fields:?}: {}", r.summary());
+        assert_ne!(r.text(), "This is dog!\n");
+    }
+    let mut req = b"GET /api/dog HTTP/1.1\r\nHost: 10.0.0.1\r\nConnection: close\r\n\r\n".to_vec();
+    assert_eq!(server.request(&req).status, 403, "a Host field never lets a client through");
+    req = b"GET /api/dog HTTP/1.1\r\nHost: 127.0.0.2\r\nConnection: close\r\n\r\n".to_vec();
+    assert_eq!(server.request(&req).status, 403);
+    server.wait_for_log("ip_filter", Duration::from_secs(5));
+}
+
+#[test]
+fn ip_filter_believes_forwarding_fields_only_from_trusted_proxies() {
+    let dir = TempDir::new("portico-pipeline");
+    let text = format!(
+        "{STACK}\n[plugin.ip_filter]\ndeny = [\"203.0.113.0/24\", \"2001:db8::/32\"]\ntrusted_proxies = [\"127.0.0.1\"]\n"
+    );
+    let server = start(&dir, &text);
+    for (fields, status) in [
+        (&[][..], 200),
+        (&[("X-Forwarded-For", "203.0.113.9")][..], 403),
+        (&[("X-Forwarded-For", "203.0.113.9, 127.0.0.1")][..], 403),
+        (&[("X-Forwarded-For", "198.51.100.1")][..], 200),
+        (&[("X-Forwarded-For", "203.0.113.9, 198.51.100.1")][..], 200),
+        (&[("Forwarded", "for=\"[2001:db8::1]:4711\"")][..], 403),
+        (&[("Forwarded", "for=198.51.100.1;proto=http")][..], 200),
+        (&[("Forwarded", "for=unknown")][..], 403),
+    ] {
+        let r = get_with(&server, "/api/dog", fields);
+        assert_eq!(r.status, status, "{fields:?}: {}", r.summary());
+    }
+}
+
+#[test]
+fn headers_alone_wraps_an_application() {
+    let dir = TempDir::new("portico-pipeline");
+    let server = start(
+        &dir,
+        "[[mount]]\nprefix = \"/h\"\napp = \"hello\"\nmiddleware = [\"headers\"]\n\n\
+         [plugin.headers]\nadd = { \"Strict-Transport-Security\" = \"max-age=63072000\" }\n",
+    );
+    let r = server.get("/h");
+    assert_eq!(r.text(), "Hello, world!\n", "{}", r.summary());
+    assert_eq!(r.header("Strict-Transport-Security"), Some("max-age=63072000"), "{}", r.summary());
+}
+
+#[test]
+fn a_bad_cidr_stops_the_server_with_the_plugins_message() {
+    let dir = TempDir::new("portico-pipeline");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    for name in ["dispatch", "ip_filter"] {
+        support::install_file(&support::plugin(name), &plugins.join(format!("{name}.so")));
+    }
+    let path = config(
+        &dir,
+        "[[mount]]\nprefix = \"/api\"\napp = \"dispatch\"\nmiddleware = [\"ip_filter\"]\n\n\
+         [plugin.ip_filter]\nallow = [\"10.0.0.0/33\"]\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--bind", "127.0.0.1:0", "--access-log", "off", "--plugins"])
+        .arg(&plugins)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("--docroot")
+        .arg(dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running portico");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a mount whose middleware refused its settings must not start: {stderr}");
+    assert!(stderr.contains("10.0.0.0/33"), "the plugin's reason is shown: {stderr}");
+    assert!(stderr.contains("portico.toml:4:"), "the mount's line is shown: {stderr}");
+}
