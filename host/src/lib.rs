@@ -26,6 +26,7 @@
 
 pub mod access_log;
 pub mod body_pipe;
+pub mod check;
 pub mod config;
 pub mod config_file;
 pub mod http;

@@ -11,6 +11,10 @@ use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
 fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args_os();
+    if argv.nth(1).is_some_and(|a| a == "check") {
+        std::process::exit(portico::check::run(argv.collect()));
+    }
     let (args, config) = match config_file::parse_args(std::env::args_os()) {
         Ok(parsed) => parsed,
         Err(e) => {

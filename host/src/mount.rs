@@ -56,22 +56,31 @@ impl Mounts {
     /// # Errors
     /// [`ConfigError::Invalid`] at the offending name.
     pub fn validate(loaded: &Loaded, plugins: &PluginSet) -> Result<(), ConfigError> {
+        Self::validate_with(loaded, |name| plugins.get(name).map(|p| p.is_middleware()))
+    }
+
+    /// [`Mounts::validate`] against any plugin set: `kind(name)` is `None` for a plugin that
+    /// is not loaded, else whether it is middleware.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] at the offending name.
+    pub fn validate_with(loaded: &Loaded, kind: impl Fn(&str) -> Option<bool>) -> Result<(), ConfigError> {
         for m in &loaded.file.mount {
-            if !plugins.contains_key(m.app.get_ref()) {
+            if kind(m.app.get_ref()).is_none() {
                 return Err(loaded.error_at(
                     m.app.span(),
                     format!("mount {:?}: no plugin {:?} is loaded", m.prefix.get_ref(), m.app.get_ref()),
                 ));
             }
             for name in &m.middleware {
-                match plugins.get(name.get_ref()) {
+                match kind(name.get_ref()) {
                     None => {
                         return Err(loaded.error_at(
                             name.span(),
                             format!("mount {:?}: no plugin {:?} is loaded", m.prefix.get_ref(), name.get_ref()),
                         ));
                     }
-                    Some(p) if !p.is_middleware() => {
+                    Some(false) => {
                         return Err(loaded.error_at(
                             name.span(),
                             format!(
@@ -81,7 +90,7 @@ impl Mounts {
                             ),
                         ));
                     }
-                    Some(_) => {}
+                    Some(true) => {}
                 }
             }
         }

@@ -132,33 +132,8 @@ impl Registry {
         report
     }
 
-    /// Plugin files in the directory by route name. `NAME.so` wins over `libNAME.so`.
     fn candidates(&self) -> Vec<(String, PathBuf)> {
-        let mut found: HashMap<String, PathBuf> = HashMap::new();
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            tracing::warn!(dir = %self.dir.display(), "plugins directory cannot be read");
-            return Vec::new();
-        };
-        for entry in entries.flatten() {
-            let file_name = entry.file_name();
-            let Some(file_name) = file_name.to_str() else { continue };
-            let Some(name) = loader::route_name(file_name) else { continue };
-            if !entry.path().is_file() {
-                continue;
-            }
-            let plain = !file_name.starts_with("lib");
-            match found.get(name) {
-                Some(existing) if !plain || is_plain(existing) => {
-                    tracing::warn!(plugin = name, ignored = %entry.path().display(), kept = %existing.display(), "two files give the same plugin name");
-                }
-                _ => {
-                    found.insert(name.to_owned(), entry.path());
-                }
-            }
-        }
-        let mut v: Vec<_> = found.into_iter().collect();
-        v.sort();
-        v
+        plugin_files(&self.dir)
     }
 
     /// Sets the plugins' configuration tables (TOML text by plugin name) for the next scans.
@@ -174,6 +149,35 @@ impl Registry {
 
 fn is_plain(path: &Path) -> bool {
     path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with("lib"))
+}
+
+/// Plugin files in `dir` by route name (`NAME.so` or `libNAME.so`; `NAME.so` wins).
+pub fn plugin_files(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut found: HashMap<String, PathBuf> = HashMap::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        tracing::warn!(dir = %dir.display(), "plugins directory cannot be read");
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else { continue };
+        let Some(name) = loader::route_name(file_name) else { continue };
+        if !entry.path().is_file() {
+            continue;
+        }
+        let plain = !file_name.starts_with("lib");
+        match found.get(name) {
+            Some(existing) if !plain || is_plain(existing) => {
+                tracing::warn!(plugin = name, ignored = %entry.path().display(), kept = %existing.display(), "two files give the same plugin name");
+            }
+            _ => {
+                found.insert(name.to_owned(), entry.path());
+            }
+        }
+    }
+    let mut v: Vec<_> = found.into_iter().collect();
+    v.sort();
+    v
 }
 
 /// Logs a scan's outcome: one line per plugin loaded, reloaded, removed or refused.

@@ -1,0 +1,83 @@
+//! `portico check`: validates the configuration and test-loads every plugin in a child
+//! process, so a plugin that crashes while loading is reported instead of killing the checker.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::TempDir;
+
+/// A plugins directory with `names`, a docroot, and `portico.toml` with `config` appended to
+/// a `[server]` table pointing at them. Returns the config path.
+fn setup(dir: &TempDir, names: &[&str], config: &str) -> std::path::PathBuf {
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    std::fs::create_dir_all(dir.path().join("docroot")).expect("docroot");
+    for name in names {
+        support::install_file(&support::plugin(name), &plugins.join(format!("{name}.so")));
+    }
+    let path = dir.path().join("portico.toml");
+    let text = format!("[server]\ndocroot = \"docroot\"\nplugins = \"plugins\"\n\n{config}");
+    support::install_bytes(text.as_bytes(), &path);
+    path
+}
+
+fn check(config: &Path) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PORTICO_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd.arg("check").arg("--config").arg(config).output().expect("running portico check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+const PIPELINE: &str = "[[mount]]\nprefix = \"/api\"\napp = \"dispatch\"\nmiddleware = [\"ip_filter\", \"headers\"]\n";
+
+#[test]
+fn a_good_configuration_passes() {
+    let dir = TempDir::new("portico-check");
+    let config = setup(&dir, &["dispatch", "ip_filter", "headers", "hello"], PIPELINE);
+    let (code, out) = check(&config);
+    assert_eq!(code, 0, "{out}");
+    for needle in ["ok: plugin dispatch", "(middleware)", "ok: mount /api → dispatch", "all good"] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+}
+
+#[test]
+fn a_plugin_refusing_its_settings_and_a_mount_on_it_are_reported() {
+    let dir = TempDir::new("portico-check");
+    let config = setup(
+        &dir,
+        &["dispatch", "ip_filter", "headers"],
+        &format!("{PIPELINE}\n[plugin.ip_filter]\nallow = [\"10.0.0.0/33\"]\n"),
+    );
+    let (code, out) = check(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("error: plugin ip_filter") && out.contains("10.0.0.0/33"), "{out}");
+    assert!(out.contains("portico.toml:8:15"), "the mount's line and column:\n{out}");
+}
+
+#[test]
+fn a_plugin_that_crashes_while_loading_does_not_take_the_checker_down() {
+    let dir = TempDir::new("portico-check");
+    let config = setup(&dir, &["fixture", "hello"], "[plugin.fixture]\ncrash = true\n");
+    let (code, out) = check(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("error: plugin fixture") && out.contains("crashed while loading"), "{out}");
+    assert!(out.contains("ok: plugin hello"), "the checker went on after the crash:\n{out}");
+    assert!(out.contains("problems found"), "{out}");
+}
+
+#[test]
+fn a_file_that_does_not_parse_exits_2_with_its_line() {
+    let dir = TempDir::new("portico-check");
+    let config = setup(&dir, &["hello"], "[[mount]]\nprefix = \"/x\"\napp = \n");
+    let (code, out) = check(&config);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("line 7"), "{out}");
+}
