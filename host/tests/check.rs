@@ -81,3 +81,25 @@ fn a_file_that_does_not_parse_exits_2_with_its_line() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("line 7"), "{out}");
 }
+
+#[test]
+fn the_annotated_example_configuration_checks_clean() {
+    let dir = TempDir::new("portico-check");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    for name in ["dispatch", "ip_filter", "headers", "hello"] {
+        support::install_file(&support::plugin(name), &plugins.join(format!("{name}.so")));
+    }
+    let example = support::workspace_root().join("portico.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .arg("check")
+        .arg("--config")
+        .arg(&example)
+        .arg("--plugins")
+        .arg(&plugins)
+        .output()
+        .expect("running portico check");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "portico.example.toml must stay valid:\n{text}");
+    assert!(text.contains("ok: mount /api → dispatch (middleware: ip_filter, headers)"), "{text}");
+}
