@@ -87,6 +87,21 @@ pub struct Args {
     /// Most paths in the open-file cache (per I/O thread).
     #[arg(long, env = "PORTICO_FILE_CACHE_ENTRIES", default_value_t = 1024)]
     pub file_cache_entries: usize,
+    /// Path of the status page (HTML; JSON with `?format=json`). The Prometheus metrics are
+    /// served beside it: its parent + `/metrics`. `off` serves neither. They take precedence
+    /// over mounts and static files.
+    #[arg(long, env = "PORTICO_STATUS_PATH", default_value = "/_portico/status", value_parser = parse_status_path)]
+    pub status_path: String,
+    /// Answer the status page and metrics to every client (by default only to loopback
+    /// clients; others are routed as if the pages did not exist).
+    #[arg(long, env = "PORTICO_STATUS_PUBLIC")]
+    pub status_public: bool,
+}
+
+/// A `--status-path` must be `off` or a plain absolute path (see [`crate::status::Paths::parse`]).
+fn parse_status_path(v: &str) -> Result<String, String> {
+    crate::status::Paths::parse(v)?;
+    Ok(v.to_owned())
 }
 
 /// A `Cache-Control` value must be a valid field value (no CR, LF or NUL; RFC 9110 §5.5).
@@ -120,6 +135,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Whether access lines are produced at all.
     pub access_log: bool,
+    /// The status page and metrics paths; `None` when `--status-path off`.
+    pub status: Option<crate::status::Paths>,
+    /// Answer them to every client, not only loopback ones.
+    pub status_public: bool,
 }
 
 impl Args {
@@ -156,6 +175,8 @@ impl Args {
             graceful_timeout: Duration::from_secs(self.graceful_timeout),
             max_connections: self.max_connections.max(1),
             access_log: self.access_log != "off",
+            status: crate::status::Paths::parse(&self.status_path).unwrap_or(None),
+            status_public: self.status_public,
         }
     }
 }

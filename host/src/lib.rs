@@ -36,4 +36,6 @@ pub mod reactor;
 pub mod route;
 pub mod server;
 pub mod static_files;
+pub mod stats;
+pub mod status;
 pub mod worker;

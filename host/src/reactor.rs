@@ -307,6 +307,8 @@ pub struct Shared {
     pub balance: Balance,
     /// The mount table (swapped on SIGHUP).
     pub mounts: arc_swap::ArcSwap<crate::mount::Mounts>,
+    /// The server's counters (status page, metrics).
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 /// The readiness loop.
@@ -736,13 +738,21 @@ impl Reactor {
         if !head.keep_alive || self.draining.is_some() {
             conn.close_after = true;
         }
-        let route = match route::route(&head, &self.shared.mounts.load()) {
+        // The server's own pages, for the clients allowed to see them (the others are routed
+        // as if the pages did not exist).
+        let status = shared
+            .config
+            .status
+            .as_ref()
+            .filter(|_| shared.config.status_public || crate::status::is_loopback(conn.peer.ip()));
+        let route = match route::route(&head, &self.shared.mounts.load(), status) {
             Ok(r) => r,
             Err(e) => return self.reject(t, &e),
         };
         let (name, script_name, path_info, middleware) = match route {
             Route::Plugin { name, script_name, path_info, middleware } => (name, script_name, path_info, middleware),
             Route::Static { path } => return self.serve_static(t, &head, &path),
+            Route::Status(page) => return self.serve_status(t, &head, page),
             Route::ServerOptions => {
                 let conn = &mut self.conns[t];
                 let close = conn.close_after || head.framing != Framing::None;
@@ -832,6 +842,21 @@ impl Reactor {
         let close = self.conns[t].close_after || has_body;
         let r = self.statics.serve(head, path, close);
         self.respond_static(t, r, has_body);
+    }
+
+    /// Answers one of the server's own pages ([`crate::status`]) here, on the I/O thread.
+    fn serve_status(&mut self, t: usize, head: &RequestHead, page: crate::status::Page) {
+        // As for static files, a body sent along is not read: close after answering.
+        let has_body = head.framing != Framing::None;
+        let close = self.conns[t].close_after || has_body;
+        let Some(paths) = &self.shared.config.status else { return };
+        // This loop's connection counts fresh (the asking connection as writing), so a person
+        // sees their own connection; the other loops' are from their last sweep.
+        self.conns[t].phase = Phase::Writing;
+        self.shared.stats.loop_conns(self.index).store(self.count_conns());
+        let plugins = self.shared.registry.snapshot();
+        let a = crate::status::respond(page, head, paths, &self.shared.stats, &plugins, close);
+        self.respond_local(t, a.status, a.bytes, a.body_len, has_body);
     }
 
     /// Queues a static response: its head, then its body parts.
@@ -1151,7 +1176,24 @@ impl Reactor {
         }
     }
 
-    /// Enforces the timeouts of [`crate::http::limits`].
+    /// This loop's connections by state.
+    fn count_conns(&self) -> crate::stats::ConnCounts {
+        let mut counts = crate::stats::ConnCounts { open: self.conns.len(), ..Default::default() };
+        for (_, c) in self.conns.iter() {
+            match c.phase {
+                Phase::Head if c.rbuf.is_empty() => counts.idle += 1,
+                Phase::Head => counts.reading += 1,
+                Phase::Request if c.body.is_some() => counts.reading += 1,
+                Phase::Request => counts.waiting += 1,
+                Phase::Writing => counts.writing += 1,
+                Phase::Lingering => counts.closing += 1,
+            }
+        }
+        counts
+    }
+
+    /// Enforces the timeouts of [`crate::http::limits`], and recounts the connections by
+    /// state for [`crate::stats`] (one more walk over the connections every 250 ms).
     fn sweep(&mut self, now: Instant) {
         let cfg = &self.shared.config;
         let mut expired: Vec<(usize, Option<RequestError>)> = Vec::new();
@@ -1198,6 +1240,7 @@ impl Reactor {
                 None => self.close(t),
             }
         }
+        self.shared.stats.loop_conns(self.index).store(self.count_conns());
     }
 }
 

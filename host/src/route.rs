@@ -1,7 +1,9 @@
 //! Routing: which application answers a request target.
 //!
-//! First the configured mounts ([`crate::mount`]: longest prefix of the decoded path; the
-//! pipeline's middleware travels with the route). Then `/NAME.py` and `/NAME.py/rest` go to
+//! First the server's own pages ([`crate::status`]: the status page and the metrics, when
+//! the client may see them), which win over everything else. Then the configured mounts
+//! ([`crate::mount`]: longest prefix of the decoded path; the pipeline's middleware travels
+//! with the route). Then `/NAME.py` and `/NAME.py/rest` go to
 //! plugin NAME with `SCRIPT_NAME = /NAME.py` and `PATH_INFO = /rest` (percent-decoded), as a
 //! WSGI tutorial's `__import__` of a module per path does — unless NAME is used by a mount.
 //! Everything else is a static file under the docroot.
@@ -9,6 +11,7 @@
 use std::sync::Arc;
 
 use crate::mount::Mounts;
+use crate::status::Paths;
 
 use crate::http::error::RequestError;
 use crate::http::request::RequestHead;
@@ -35,21 +38,30 @@ pub enum Route {
     },
     /// `OPTIONS *` (RFC 9110 §9.3.7): about the server as a whole.
     ServerOptions,
+    /// One of the server's own pages, answered on the I/O thread.
+    Status(crate::status::Page),
     /// Authority-form (CONNECT): Portico is not a proxy.
     NotAllowed,
 }
 
-/// Routes a parsed request.
+/// Routes a parsed request. `status`: the server's own pages, when this client may see them
+/// (`None`: route their paths like any other).
 ///
 /// # Errors
 /// [`RequestError::BadRequest`] for a malformed percent-encoding.
-pub fn route(head: &RequestHead, mounts: &Mounts) -> Result<Route, RequestError> {
+pub fn route(head: &RequestHead, mounts: &Mounts, status: Option<&Paths>) -> Result<Route, RequestError> {
     match head.form {
         TargetForm::Asterisk => return Ok(Route::ServerOptions),
         TargetForm::Authority => return Ok(Route::NotAllowed),
         TargetForm::Origin | TargetForm::Absolute => {}
     }
     let parts = target::split(head.target(), head.form);
+    if let Some(paths) = status
+        && let Ok(path) = target::decode_path(parts.path)
+        && let Some(page) = paths.page(&path)
+    {
+        return Ok(Route::Status(page));
+    }
     if !mounts.list().is_empty() {
         let decoded = target::decode_path(parts.path)?;
         if let Some((m, n)) = mounts.find(&decoded) {

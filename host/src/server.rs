@@ -19,6 +19,7 @@ use crate::config_file::Loaded;
 use crate::mount::Mounts;
 use crate::plugin::registry::{self, Registry};
 use crate::reactor::{Balance, Notifier, Reactor, Shared};
+use crate::stats::{ReloadOutcome, Stats};
 use crate::worker::Pool;
 
 /// Runs the server until SIGTERM/SIGINT has drained it.
@@ -55,6 +56,8 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
     raise_open_file_limit();
     let threads = args.worker_threads();
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let (job_tx, job_rx) = crossbeam_channel::unbounded();
+    let stats = Arc::new(Stats::new(usize::from(args.io_threads), threads, job_rx.clone()));
     let shared = Arc::new(Shared {
         config: args.config(),
         docroot: docroot.clone(),
@@ -63,6 +66,7 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
         statics: args.static_options(),
         balance: Balance::new(usize::from(args.io_threads)),
         mounts: arc_swap::ArcSwap::from_pointee(mounts),
+        stats: Arc::clone(&stats),
     });
     let io_threads = usize::from(args.io_threads);
     let mut polls = Vec::with_capacity(io_threads);
@@ -78,7 +82,6 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
     }
     let wakers: Vec<Arc<Waker>> = loops.iter().map(|(_, w)| Arc::clone(w)).collect();
     let notifier = Notifier::new(loops);
-    let (job_tx, job_rx) = crossbeam_channel::unbounded();
     let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let mut reactors = Vec::with_capacity(io_threads);
     for (index, (poll, completions)) in polls.into_iter().zip(receivers).enumerate() {
@@ -91,7 +94,7 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
     }
     drop(job_tx);
     drop(listeners);
-    let pool = Pool::start(threads, job_rx, notifier, Arc::clone(&shutting_down));
+    let pool = Pool::start(threads, job_rx, notifier, Arc::clone(&shutting_down), stats);
 
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("installing signal handlers")?;
     {
@@ -190,12 +193,15 @@ fn plugin_configs(c: &Loaded) -> std::collections::HashMap<String, String> {
 /// settings, then swaps the mounts in. A file that does not parse changes nothing (the old
 /// configuration and plugins keep serving); mounts that name a plugin that did not load are
 /// refused and the old mounts stay. `[server]` settings need a restart (a warning says so).
+/// The outcome is recorded in [`Stats`] for the status page.
 fn reload(registry: &Registry, shared: &Shared, config: &mut Option<Loaded>) {
     let next = match config.as_ref().map(|c| Loaded::read(&c.path)) {
         None => None,
         Some(Ok(next)) => Some(next),
         Some(Err(e)) => {
             tracing::error!("SIGHUP: configuration not reloaded, the previous one keeps serving: {e}");
+            let summary = "nothing applied: the configuration file was refused".to_owned();
+            shared.stats.record_reload(ReloadOutcome::Failed, summary, Some(e.to_string()));
             return;
         }
     };
@@ -210,14 +216,46 @@ fn reload(registry: &Registry, shared: &Shared, config: &mut Option<Loaded>) {
     }
     let report = registry.scan();
     registry::log_report(&report, false);
+    let mut config_applied = false;
+    let mut mounts_error = None;
     if let Some(next) = next {
         match Mounts::validate(&next, &registry.snapshot()) {
             Ok(()) => {
                 shared.mounts.store(Arc::new(Mounts::from_config(&next)));
                 tracing::info!("SIGHUP: configuration {} reloaded", next.path.display());
                 *config = Some(next);
+                config_applied = true;
             }
-            Err(e) => tracing::error!("SIGHUP: mounts not reloaded, the previous ones keep serving: {e}"),
+            Err(e) => {
+                tracing::error!("SIGHUP: mounts not reloaded, the previous ones keep serving: {e}");
+                mounts_error = Some(format!("mounts not reloaded: {e}"));
+            }
         }
     }
+    record_reload(&shared.stats, &report, config_applied, mounts_error);
+}
+
+/// Records a reload's outcome: `ok` when nothing was refused; `partial` when something was
+/// refused and something else applied; `failed` when nothing new was applied.
+fn record_reload(stats: &Stats, report: &registry::ReloadReport, config_applied: bool, mounts_error: Option<String>) {
+    let mut errors: Vec<String> = report.failed.iter().map(|(path, e)| format!("{}: {e}", path.display())).collect();
+    errors.extend(mounts_error);
+    let changed = !(report.added.is_empty() && report.reloaded.is_empty() && report.removed.is_empty());
+    let outcome = match (errors.is_empty(), changed || config_applied) {
+        (true, _) => ReloadOutcome::Ok,
+        (false, true) => ReloadOutcome::Partial,
+        (false, false) => ReloadOutcome::Failed,
+    };
+    let mut summary = format!(
+        "{} loaded, {} reloaded, {} removed, {} refused",
+        report.added.len(),
+        report.reloaded.len(),
+        report.removed.len(),
+        report.failed.len()
+    );
+    if config_applied {
+        summary.push_str("; configuration reloaded");
+    }
+    let error = (!errors.is_empty()).then(|| errors.join("\n"));
+    stats.record_reload(outcome, summary, error);
 }

@@ -5,12 +5,17 @@
 //! I/O thread as a [`Completion`]. A streamed body is pulled one chunk per job, so a body
 //! that waits on a slow client (the I/O thread stops asking for chunks above the write
 //! high-water mark) holds no worker in the meantime.
+//!
+//! Each worker keeps the counters of [`crate::stats`] as it goes: busy while it runs a job;
+//! for an application call, in flight, latency (from taking the job to the response head
+//! being ready) and status, recorded before the response is handed to the I/O thread.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use abi_stable::std_types::{RBox, ROption, RResult, RVec};
 use crossbeam_channel::Receiver;
@@ -23,6 +28,7 @@ use crate::http::response::{self, bodiless, write_date};
 use crate::plugin::call::{self, CallInfo};
 use crate::plugin::loader::Plugin;
 use crate::reactor::{Completion, ConnId, Notifier};
+use crate::stats::{Stats, WorkerCache};
 
 /// Bodies up to this many bytes are copied next to the head so one write sends both.
 const COALESCE: usize = 16 * 1024;
@@ -150,18 +156,27 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Starts `n` workers taking jobs from `jobs`.
-    pub fn start(n: usize, jobs: Receiver<Job>, notifier: Notifier, shutting_down: Arc<AtomicBool>) -> Self {
+    /// Starts `n` workers taking jobs from `jobs`, counting into `stats`.
+    pub fn start(
+        n: usize,
+        jobs: Receiver<Job>,
+        notifier: Notifier,
+        shutting_down: Arc<AtomicBool>,
+        stats: Arc<Stats>,
+    ) -> Self {
         let threads = (0..n)
             .map(|i| {
                 let jobs = jobs.clone();
                 let notifier = notifier.clone();
                 let shutting_down = Arc::clone(&shutting_down);
+                let stats = Arc::clone(&stats);
                 std::thread::Builder::new()
                     .name(format!("portico-worker-{i}"))
                     .spawn(move || {
+                        let mut counters = WorkerCache::default();
                         for job in jobs.iter() {
-                            run(job, &notifier, &shutting_down);
+                            let _busy = stats.worker_busy();
+                            run(job, &notifier, &shutting_down, &stats, &mut counters);
                         }
                     })
                     .expect("spawning a worker thread")
@@ -178,10 +193,18 @@ impl Pool {
     }
 }
 
-fn run(job: Job, notifier: &Notifier, shutting_down: &AtomicBool) {
+fn run(job: Job, notifier: &Notifier, shutting_down: &AtomicBool, stats: &Stats, counters: &mut WorkerCache) {
     match job {
         Job::Call(job) => {
+            // Measured: from here (the job taken off the queue) to the response head being
+            // ready; recorded before the I/O thread can send it, so a client that has its
+            // response sees it counted.
+            let plugin = counters.get(stats, &job.plugin);
+            let in_flight = plugin.start();
+            let started = Instant::now();
             let out = run_call(*job, shutting_down);
+            plugin.record(started.elapsed(), out.status);
+            drop(in_flight);
             notifier.notify(Completion::Response(Box::new(out)));
         }
         Job::Pull(conn, stream) => {
