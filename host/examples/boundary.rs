@@ -41,7 +41,7 @@ Cookie: a=b\r\nX-Request-Id: 42\r\nX-Forwarded-For: 10.0.0.1\r\nCache-Control: n
     for _ in 0..5 {
         let t = Instant::now();
         for _ in 0..n {
-            let out = call::call(&plugin, &[], &head, &info, None);
+            let out = call::call(&plugin, call::Final::Plugin(&plugin), &[], &head, &info, None);
             assert_eq!(out.start.status, Some(200));
             drop(std::hint::black_box(out.body));
         }

@@ -100,6 +100,8 @@ pub struct ServerSection {
     allow_symlinks_outside: Option<bool>,
     file_cache_valid_ms: Option<u64>,
     file_cache_entries: Option<usize>,
+    status_path: Option<String>,
+    status_public: Option<bool>,
 }
 
 /// One `[[mount]]`: a URL prefix served by an application behind middleware.
@@ -108,8 +110,12 @@ pub struct ServerSection {
 pub struct MountSpec {
     /// The URL path prefix (`SCRIPT_NAME`): starts with `/`, no trailing `/` except `/` itself.
     pub prefix: toml::Spanned<String>,
-    /// The plugin that answers.
-    pub app: toml::Spanned<String>,
+    /// The plugin that answers (exactly one of `app` and `static = true`).
+    pub app: Option<toml::Spanned<String>>,
+    /// The docroot answers, behind the middleware: `/prefix/x` is the file it would be without
+    /// the mount.
+    #[serde(default, rename = "static")]
+    pub static_files: bool,
     /// Middleware plugins, outermost first.
     #[serde(default)]
     pub middleware: Vec<toml::Spanned<String>>,
@@ -180,7 +186,18 @@ impl Loaded {
             if seen.insert(p.clone(), ()).is_some() {
                 return Err(self.error_at(m.prefix.span(), format!("mount prefix {p:?} appears twice")));
             }
-            for name in std::iter::once(&m.app).chain(&m.middleware) {
+            match (&m.app, m.static_files) {
+                (Some(app), true) => {
+                    return Err(self.error_at(app.span(), format!("mount {p:?}: give either app or static = true")));
+                }
+                (None, false) => {
+                    return Err(
+                        self.error_at(m.prefix.span(), format!("mount {p:?}: needs app = \"PLUGIN\" or static = true"))
+                    );
+                }
+                _ => {}
+            }
+            for name in m.app.iter().chain(&m.middleware) {
                 let n = name.get_ref();
                 if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
                     return Err(self.error_at(name.span(), format!("{n:?} is not a plugin name")));
@@ -299,6 +316,8 @@ pub fn render(args: &Args, loaded: Option<&Loaded>) -> String {
         allow_symlinks_outside: Some(args.allow_symlinks_outside),
         file_cache_valid_ms: Some(args.file_cache_valid_ms),
         file_cache_entries: Some(args.file_cache_entries),
+        status_path: Some(args.status_path.clone()),
+        status_public: Some(args.status_public),
     };
     #[derive(Serialize)]
     struct Doc<'a> {
@@ -308,7 +327,11 @@ pub fn render(args: &Args, loaded: Option<&Loaded>) -> String {
     if let Some(l) = loaded {
         for m in &l.file.mount {
             out.push_str("\n[[mount]]\n");
-            out.push_str(&format!("prefix = {:?}\napp = {:?}\n", m.prefix.get_ref(), m.app.get_ref()));
+            out.push_str(&format!("prefix = {:?}\n", m.prefix.get_ref()));
+            match &m.app {
+                Some(app) => out.push_str(&format!("app = {:?}\n", app.get_ref())),
+                None => out.push_str("static = true\n"),
+            }
             let mw: Vec<&String> = m.middleware.iter().map(|s| s.get_ref()).collect();
             out.push_str(&format!("middleware = {mw:?}\n"));
         }

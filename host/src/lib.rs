@@ -35,6 +35,7 @@ pub mod plugin;
 pub mod reactor;
 pub mod route;
 pub mod server;
+pub mod static_app;
 pub mod static_files;
 pub mod stats;
 pub mod status;

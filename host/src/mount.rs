@@ -12,12 +12,15 @@ use std::collections::HashSet;
 use crate::config_file::{ConfigError, Loaded};
 use crate::plugin::registry::PluginSet;
 
+/// The application name of a mount with `static = true` (not a valid plugin name).
+pub const STATIC_APP: &str = "@static";
+
 /// One mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     /// `SCRIPT_NAME`.
     pub prefix: String,
-    /// The application plugin.
+    /// The application plugin, or [`STATIC_APP`] for the docroot.
     pub app: String,
     /// Middleware plugins, outermost first.
     pub middleware: std::sync::Arc<[String]>,
@@ -41,12 +44,17 @@ impl Mounts {
             .iter()
             .map(|m| Mount {
                 prefix: m.prefix.get_ref().clone(),
-                app: m.app.get_ref().clone(),
+                app: m.app.as_ref().map_or_else(|| STATIC_APP.to_owned(), |a| a.get_ref().clone()),
                 middleware: m.middleware.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>().into(),
             })
             .collect();
         list.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
-        let mounted = list.iter().flat_map(|m| std::iter::once(&m.app).chain(m.middleware.iter())).cloned().collect();
+        let mounted = list
+            .iter()
+            .flat_map(|m| std::iter::once(&m.app).chain(m.middleware.iter()))
+            .filter(|n| *n != STATIC_APP)
+            .cloned()
+            .collect();
         Mounts { list, mounted }
     }
 
@@ -66,10 +74,12 @@ impl Mounts {
     /// [`ConfigError::Invalid`] at the offending name.
     pub fn validate_with(loaded: &Loaded, kind: impl Fn(&str) -> Option<bool>) -> Result<(), ConfigError> {
         for m in &loaded.file.mount {
-            if kind(m.app.get_ref()).is_none() {
+            if let Some(app) = &m.app
+                && kind(app.get_ref()).is_none()
+            {
                 return Err(loaded.error_at(
-                    m.app.span(),
-                    format!("mount {:?}: no plugin {:?} is loaded", m.prefix.get_ref(), m.app.get_ref()),
+                    app.span(),
+                    format!("mount {:?}: no plugin {:?} is loaded", m.prefix.get_ref(), app.get_ref()),
                 ));
             }
             for name in &m.middleware {

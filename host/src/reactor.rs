@@ -305,6 +305,9 @@ pub struct Shared {
     pub statics: crate::static_files::Options,
     /// Connections per I/O thread.
     pub balance: Balance,
+    /// Static files for mounts that put middleware in front of the docroot (served on
+    /// workers, through the pipeline).
+    pub static_app: Arc<std::sync::Mutex<StaticFiles>>,
     /// The mount table (swapped on SIGHUP).
     pub mounts: arc_swap::ArcSwap<crate::mount::Mounts>,
     /// The server's counters (status page, metrics).
@@ -768,7 +771,21 @@ impl Reactor {
             }
         };
         let plugins = shared.registry.snapshot();
-        let Some(plugin) = plugins.get(&name).cloned() else {
+        let static_mount = name == crate::mount::STATIC_APP;
+        let app = if static_mount { middleware.first().and_then(|m| plugins.get(m)) } else { plugins.get(&name) };
+        let Some(plugin) = app.cloned() else {
+            if static_mount {
+                // The filter in front of these files is not loaded: fail closed.
+                tracing::error!(
+                    "mount {script_name:?}: middleware {:?} is not loaded; answering 500",
+                    middleware.first()
+                );
+                let body = response::error_body(500);
+                let close = self.conns[t].close_after || head.framing != Framing::None;
+                let v = head.version.as_str();
+                let bytes = response::simple(v, 500, &[], "text/plain; charset=utf-8", &body, close, head.is_head());
+                return self.respond_local(t, 500, bytes, body.len() as u64, head.framing != Framing::None);
+            }
             let close = self.conns[t].close_after || head.framing != Framing::None;
             let r = self.statics.not_found(head.version.as_str(), head.is_head(), close);
             return self.respond_static(t, r, head.framing != Framing::None);
@@ -814,6 +831,7 @@ impl Reactor {
             conn: conn.id,
             plugin,
             middleware: pipeline,
+            static_app: static_mount.then(|| Arc::clone(&shared.static_app)),
             head,
             script_name,
             path_info,

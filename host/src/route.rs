@@ -65,6 +65,9 @@ pub fn route(head: &RequestHead, mounts: &Mounts, status: Option<&Paths>) -> Res
     if !mounts.list().is_empty() {
         let decoded = target::decode_path(parts.path)?;
         if let Some((m, n)) = mounts.find(&decoded) {
+            if m.app == crate::mount::STATIC_APP && m.middleware.is_empty() {
+                return Ok(Route::Static { path: decoded.into_owned() });
+            }
             // PEP 3333: an application mounted at the root has an empty SCRIPT_NAME.
             let script_name = if m.prefix == "/" { String::new() } else { m.prefix.clone() };
             return Ok(Route::Plugin {

@@ -66,6 +66,10 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
         statics: args.static_options(),
         balance: Balance::new(usize::from(args.io_threads)),
         mounts: arc_swap::ArcSwap::from_pointee(mounts),
+        static_app: Arc::new(std::sync::Mutex::new(crate::static_files::StaticFiles::new(
+            docroot.clone(),
+            args.static_options(),
+        ))),
         stats: Arc::clone(&stats),
     });
     let io_threads = usize::from(args.io_threads);

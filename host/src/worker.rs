@@ -41,6 +41,9 @@ pub struct CallJob {
     pub plugin: Arc<Plugin>,
     /// Middleware plugins around it (a mount's pipeline), outermost first; pinned likewise.
     pub middleware: Vec<Arc<Plugin>>,
+    /// For a mount with `static = true`: the docroot answers instead of `plugin`'s
+    /// application, and `plugin` is the outermost middleware.
+    pub static_app: Option<Arc<std::sync::Mutex<crate::static_files::StaticFiles>>>,
     /// The parsed head.
     pub head: Box<RequestHead>,
     /// `SCRIPT_NAME`.
@@ -246,7 +249,17 @@ fn run_call(job: CallJob, shutting_down: &AtomicBool) -> ResponseOut {
         peer_ip: &job.ips.0,
         local_ip: &job.ips.1,
     };
-    let outcome = call::call(&job.plugin, &job.middleware, &job.head, &info, job.pipe.as_deref());
+    // A static mount: the docroot answers at the end of the pipeline (`job.plugin` is then
+    // its outermost middleware, which names the request).
+    let full_path: Vec<u8>;
+    let app = match &job.static_app {
+        Some(statics) => {
+            full_path = [job.script_name.as_bytes(), &job.path_info].concat();
+            call::Final::Static { statics, head: &job.head, path: &full_path }
+        }
+        None => call::Final::Plugin(&job.plugin),
+    };
+    let outcome = call::call(&job.plugin, app, &job.middleware, &job.head, &info, job.pipe.as_deref());
     // Keep-alive only if the whole request body has been read off the socket: otherwise the
     // next request's start is unknown (RFC 9112 §9.6 lets us close instead of draining).
     let body_complete = job.pipe.as_ref().is_none_or(|p| p.is_complete());

@@ -69,6 +69,8 @@ fn an_invalid_file_at_start_names_line_and_column_and_exits_2() {
         ("[[mount]]\nprefix = \"api/\"\napp = \"hello\"\n", ":2:10"),
         ("[[mount]]\nprefix = \"/api\"\napp = \"hello\"\nmiddleware = [\"no/such\"]\n", ":4:15"),
         ("[server]\nbind = [\"nonsense\"]\n", "--bind"),
+        ("[[mount]]\nprefix = \"/x\"\n", "needs app"),
+        ("[[mount]]\nprefix = \"/x\"\napp = \"hello\"\nstatic = true\n", "either app or static"),
     ] {
         let config = write_config(&dir, text);
         let out = Command::new(env!("CARGO_BIN_EXE_portico"))

@@ -3,7 +3,7 @@
 //! and checking what the application handed back.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::{RMut, RRef};
@@ -18,6 +18,7 @@ use crate::body_pipe::BodyPipe;
 use crate::http::request::RequestHead;
 use crate::http::response::{validate_field, validate_status};
 use crate::http::target;
+use crate::static_files::StaticFiles;
 
 /// The host's `start_response`: validates and encodes the status and fields as they come.
 #[derive(Default)]
@@ -178,11 +179,27 @@ fn server_name<'h>(head: &'h RequestHead, authority: Option<&'h [u8]>, local: &'
 /// Request fields are lent to the plugin from a stack array when there are at most this many.
 const STACK_FIELDS: usize = 32;
 
+/// What answers at the end of a pipeline.
+#[derive(Clone, Copy)]
+pub enum Final<'p> {
+    /// A plugin's application.
+    Plugin(&'p Plugin),
+    /// The docroot (a mount with `static = true`): the file at `path` (decoded).
+    Static {
+        /// Static serving, shared by the workers.
+        statics: &'p Mutex<StaticFiles>,
+        /// The request.
+        head: &'p RequestHead,
+        /// The full decoded path (SCRIPT_NAME + PATH_INFO).
+        path: &'p [u8],
+    },
+}
+
 /// The rest of a pipeline, as the middleware in front of it sees it: the host's
 /// [`NextApplication`], calling the next middleware or, at the end, the application.
 struct HostNext<'p> {
     middleware: &'p [Arc<Plugin>],
-    app: &'p Plugin,
+    app: Final<'p>,
 }
 
 impl NextApplication for HostNext<'_> {
@@ -196,7 +213,7 @@ impl NextApplication for HostNext<'_> {
 /// can panic, so nothing unwinds back into a plugin.
 fn run_pipeline(
     middleware: &[Arc<Plugin>],
-    app: &Plugin,
+    app: Final<'_>,
     environ: &mut Environ<'_>,
     start_response: StartResponse_TO<'_, RMut<'_, ()>>,
 ) -> Body {
@@ -210,13 +227,18 @@ fn run_pipeline(
             // only if it had one when checked, which cannot change for a loaded library.
             ROption::RNone => run_pipeline(rest, app, environ, start_response),
         },
-        None => (app.module.application())(environ, start_response),
+        None => match app {
+            Final::Plugin(p) => (p.module.application())(environ, start_response),
+            Final::Static { statics, head, path } => crate::static_app::call(statics, head, path, start_response),
+        },
     }
 }
 
-/// Runs `plugin`'s application on one request, behind `middleware` (outermost first).
+/// Runs `app` on one request, behind `middleware` (outermost first); `plugin` names the
+/// request (its `wsgi.errors` tag).
 pub fn call(
     plugin: &Plugin,
+    app: Final<'_>,
     middleware: &[Arc<Plugin>],
     head: &RequestHead,
     info: &CallInfo<'_>,
@@ -268,7 +290,7 @@ pub fn call(
             errors: ErrorStream_TO::from_ptr(RMut::new(&mut errors), TD_Opaque),
         };
         let sr = StartResponse_TO::from_ptr(RMut::new(&mut start), TD_Opaque);
-        run_pipeline(middleware, plugin, &mut environ, sr)
+        run_pipeline(middleware, app, &mut environ, sr)
     };
     AppOutcome { start, body, input_failed: input.failed }
 }
