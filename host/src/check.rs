@@ -110,6 +110,18 @@ fn load_in_child(name: &str, path: &Path, settings: &str) -> Result<(String, boo
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(settings.as_bytes());
     }
+    // Drain both pipes while waiting, so a chatty init cannot fill a pipe and stall.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -120,17 +132,17 @@ fn load_in_child(name: &str, path: &Path, settings: &str) -> Result<(String, boo
                 return Err(format!("did not finish loading within {} s", LOAD_TIMEOUT.as_secs()));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("waiting for the checking process: {e}")),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("waiting for the checking process: {e}"));
+            }
         }
     };
-    let mut out = String::new();
-    let mut err = String::new();
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_string(&mut err);
-    }
+    // A grandchild that kept the pipes open would block these reads: bounded by the pipes
+    // closing, which a killed child guarantees; a detached grandchild is the plugin's bug.
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
     if status.success() {
         let mut words = out.split_whitespace();
         let version = words.next().unwrap_or("?").to_owned();

@@ -257,6 +257,7 @@ fn file_arguments(loaded: &Loaded, matches: &ArgMatches) -> Result<Vec<OsString>
         if given {
             continue;
         }
+        // `--flag=value`, so a value starting with `-` is not read as a flag.
         let flag = format!("--{}", key.replace('_', "-"));
         let path_like = matches!(key.as_str(), "docroot" | "plugins" | "cache_dir" | "access_log");
         let text = |v: &toml::Value| -> String {
@@ -275,14 +276,10 @@ fn file_arguments(loaded: &Loaded, matches: &ArgMatches) -> Result<Vec<OsString>
             toml::Value::Boolean(false) => {}
             toml::Value::Array(items) => {
                 for item in items {
-                    out.push(flag.clone().into());
-                    out.push(text(item).into());
+                    out.push(format!("{flag}={}", text(item)).into());
                 }
             }
-            v => {
-                out.push(flag.into());
-                out.push(text(v).into());
-            }
+            v => out.push(format!("{flag}={}", text(v)).into()),
         }
     }
     Ok(out)

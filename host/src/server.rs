@@ -17,6 +17,7 @@ use signal_hook::iterator::Signals;
 use crate::config::Args;
 use crate::config_file::Loaded;
 use crate::mount::Mounts;
+use crate::plugin::loader;
 use crate::plugin::registry::{self, Registry};
 use crate::reactor::{Balance, Notifier, Reactor, Shared};
 use crate::stats::{ReloadOutcome, Stats};
@@ -210,6 +211,7 @@ fn reload(registry: &Registry, shared: &Shared, config: &mut Option<Loaded>) {
         }
     };
     tracing::info!("SIGHUP: rescanning {}", registry.dir().display());
+    let old_configs = registry.configs();
     if let Some(next) = &next {
         if let Some(old) = config.as_ref()
             && toml::Table::try_from(&old.file.server).ok() != toml::Table::try_from(&next.file.server).ok()
@@ -218,23 +220,62 @@ fn reload(registry: &Registry, shared: &Shared, config: &mut Option<Loaded>) {
         }
         registry.set_configs(plugin_configs(next));
     }
-    let report = registry.scan();
-    registry::log_report(&report, false);
+    // Load into a staged set; nothing serves it until the whole configuration checks out, so
+    // a request never sees new mounts with old plugins or the reverse.
+    let (staged, report) = registry.stage();
     let mut config_applied = false;
     let mut mounts_error = None;
     if let Some(next) = next {
-        match Mounts::validate(&next, &registry.snapshot()) {
+        // A plugin the configuration names (in a mount or a [plugin.NAME] table) that failed to
+        // load refuses the whole reload: its old version with the new mounts, or the new mounts
+        // without it, could serve what the operator meant to filter.
+        let named: std::collections::HashSet<&str> = next
+            .file
+            .plugin
+            .keys()
+            .map(String::as_str)
+            .chain(next.file.mount.iter().flat_map(|m| m.app.iter().chain(&m.middleware).map(|n| n.get_ref().as_str())))
+            .collect();
+        let refused: Vec<String> = report
+            .failed
+            .iter()
+            .filter(|(path, _)| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(loader::route_name)
+                    .is_some_and(|n| named.contains(n))
+            })
+            .map(|(path, e)| format!("{}: {e}", path.display()))
+            .collect();
+        let checked = if refused.is_empty() {
+            Mounts::validate(&next, &staged).map_err(|e| e.to_string())
+        } else {
+            Err(format!("a plugin the configuration names did not load: {}", refused.join("; ")))
+        };
+        match checked {
             Ok(()) => {
+                // Mounts first: a plugin that only a new mount may reach is not in the set yet
+                // (404) rather than reachable around its middleware for a moment.
                 shared.mounts.store(Arc::new(Mounts::from_config(&next)));
+                registry.publish(staged);
+                registry::log_report(&report, false);
                 tracing::info!("SIGHUP: configuration {} reloaded", next.path.display());
                 *config = Some(next);
                 config_applied = true;
             }
             Err(e) => {
-                tracing::error!("SIGHUP: mounts not reloaded, the previous ones keep serving: {e}");
-                mounts_error = Some(format!("mounts not reloaded: {e}"));
+                registry.set_configs(old_configs);
+                registry::log_report(&report, false);
+                tracing::error!("SIGHUP: reload refused, the previous configuration and plugins keep serving: {e}");
+                mounts_error = Some(format!("reload refused: {e}"));
+                let nothing = registry::ReloadReport { failed: report.failed, ..Default::default() };
+                record_reload(&shared.stats, &nothing, false, mounts_error);
+                return;
             }
         }
+    } else {
+        registry.publish(staged);
+        registry::log_report(&report, false);
     }
     record_reload(&shared.stats, &report, config_applied, mounts_error);
 }

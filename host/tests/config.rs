@@ -148,7 +148,7 @@ fn sighup_reloads_the_file_and_a_bad_file_keeps_the_old_one_serving() {
     let mark = server.log_mark();
     support::install_bytes(b"[[mount]]\nprefix = \"/new\"\napp = \"nosuch\"\n", &config);
     server.hup();
-    server.wait_for_line(mark, &["mounts not reloaded", "portico.toml:3:7", "nosuch"], Duration::from_secs(5));
+    server.wait_for_line(mark, &["reload refused", "portico.toml:3:7", "nosuch"], Duration::from_secs(5));
     assert_eq!(server.get("/api/x").status, 200, "the old mount keeps serving");
 
     // A good file: the new mount serves, the old prefix is gone.
@@ -174,4 +174,33 @@ fn a_changed_plugin_table_loads_a_fresh_copy_with_the_new_settings() {
     server.wait_for_line(mark, &["fixture: init with 20 bytes of configuration"], Duration::from_secs(5));
     server.wait_for_line(mark, &["reloaded plugin", "fixture"], Duration::from_secs(5));
     assert_eq!(server.get("/api/v2/version").text(), "fixture v1\n");
+}
+
+#[test]
+fn a_plugin_refusing_its_new_settings_refuses_the_whole_reload() {
+    let dir = TempDir::new("portico-config");
+    let config = write_config(
+        &dir,
+        "[[mount]]\nprefix = \"/api\"\napp = \"dispatch\"\nmiddleware = [\"ip_filter\"]\n\n\
+         [plugin.ip_filter]\nallow = [\"127.0.0.0/8\"]\n",
+    );
+    let server = Server::builder()
+        .plugins(&["dispatch", "ip_filter", "hello"])
+        .args(["--config".as_ref(), config.as_os_str()])
+        .start();
+    assert_eq!(server.get("/api/dog").text(), "This is dog!\n");
+    // New mounts (hello behind ip_filter at /h) and a bad CIDR: nothing of it may apply — not
+    // the new mount with the old filter, not the old mount with a new set.
+    let mark = server.log_mark();
+    support::install_bytes(
+        b"[[mount]]\nprefix = \"/api\"\napp = \"dispatch\"\nmiddleware = [\"ip_filter\"]\n\n\
+          [[mount]]\nprefix = \"/h\"\napp = \"hello\"\nmiddleware = [\"ip_filter\"]\n\n\
+          [plugin.ip_filter]\nallow = [\"10.0.0.0/33\"]\n",
+        &config,
+    );
+    server.hup();
+    server.wait_for_line(mark, &["reload refused", "10.0.0.0/33"], Duration::from_secs(5));
+    assert_eq!(server.get("/api/dog").text(), "This is dog!\n", "the old pipeline keeps serving");
+    assert_eq!(server.get("/h").status, 404, "the new mount did not apply");
+    assert_eq!(server.get("/hello.py").text(), "Hello, world!\n", "hello is still unmounted");
 }

@@ -88,20 +88,29 @@ fn ip_filter_refuses_by_remote_addr_never_by_the_host_field() {
 
 #[test]
 fn ip_filter_believes_forwarding_fields_only_from_trusted_proxies() {
+    let rules = "deny = [\"203.0.113.0/24\", \"2001:db8::/32\"]\ntrusted_proxies = [\"127.0.0.1\"]";
     let dir = TempDir::new("portico-pipeline");
-    let text = format!(
-        "{STACK}\n[plugin.ip_filter]\ndeny = [\"203.0.113.0/24\", \"2001:db8::/32\"]\ntrusted_proxies = [\"127.0.0.1\"]\n"
-    );
-    let server = start(&dir, &text);
+    let server = start(&dir, &format!("{STACK}\n[plugin.ip_filter]\n{rules}\nproxy_header = \"x-forwarded-for\"\n"));
     for (fields, status) in [
         (&[][..], 200),
         (&[("X-Forwarded-For", "203.0.113.9")][..], 403),
         (&[("X-Forwarded-For", "203.0.113.9, 127.0.0.1")][..], 403),
         (&[("X-Forwarded-For", "198.51.100.1")][..], 200),
         (&[("X-Forwarded-For", "203.0.113.9, 198.51.100.1")][..], 200),
+        // The proxy writes X-Forwarded-For: a client's own Forwarded field is not believed.
+        (&[("X-Forwarded-For", "203.0.113.9"), ("Forwarded", "for=198.51.100.1")][..], 403),
+    ] {
+        let r = get_with(&server, "/api/dog", fields);
+        assert_eq!(r.status, status, "{fields:?}: {}", r.summary());
+    }
+    drop(server);
+    let dir = TempDir::new("portico-pipeline");
+    let server = start(&dir, &format!("{STACK}\n[plugin.ip_filter]\n{rules}\nproxy_header = \"forwarded\"\n"));
+    for (fields, status) in [
         (&[("Forwarded", "for=\"[2001:db8::1]:4711\"")][..], 403),
         (&[("Forwarded", "for=198.51.100.1;proto=http")][..], 200),
         (&[("Forwarded", "for=unknown")][..], 403),
+        (&[("Forwarded", "for=203.0.113.9"), ("X-Forwarded-For", "198.51.100.1")][..], 403),
     ] {
         let r = get_with(&server, "/api/dog", fields);
         assert_eq!(r.status, status, "{fields:?}: {}", r.summary());

@@ -223,13 +223,25 @@ fn run_pipeline(
                 let next = HostNext { middleware: rest, app };
                 entry(environ, start_response, NextApplication_TO::from_ptr(RRef::new(&next), TD_Opaque))
             }
-            // Checked when the route was built; a plugin without the entry point is skipped
-            // only if it had one when checked, which cannot change for a loaded library.
-            ROption::RNone => run_pipeline(rest, app, environ, start_response),
+            // Checked when the route was built, so unreachable; were it reached, fail closed
+            // (no start_response: the worker answers 500) rather than skip the filter.
+            ROption::RNone => {
+                tracing::error!(plugin = %first.name, "plugin {} has no middleware entry point; answering 500", first.name);
+                let _ = (rest, environ, start_response);
+                Body::Empty
+            }
         },
         None => match app {
             Final::Plugin(p) => (p.module.application())(environ, start_response),
-            Final::Static { statics, head, path } => crate::static_app::call(statics, head, path, start_response),
+            // Host code called from inside a plugin (through HostNext): a panic must not unwind
+            // into it. Caught, it leaves start_response uncalled, so the worker answers 500.
+            Final::Static { statics, head, path } => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::static_app::call(statics, head, path, start_response)
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!("static files behind middleware panicked; answering 500");
+                Body::Empty
+            }),
         },
     }
 }

@@ -75,6 +75,19 @@ impl Registry {
     /// Rescans the directory: loads new files, reloads changed ones, drops removed ones, and
     /// swaps the result in. A file that fails to load keeps its previous version, if any.
     pub fn scan(&self) -> ReloadReport {
+        let (next, report) = self.stage();
+        self.publish(next);
+        report
+    }
+
+    /// Swaps in a set built by [`Registry::stage`].
+    pub fn publish(&self, set: PluginSet) {
+        self.current.store(Arc::new(set));
+    }
+
+    /// What [`Registry::scan`] would swap in, without swapping it in (the caller checks it
+    /// first, then [`Registry::publish`]es it or drops it).
+    pub fn stage(&self) -> (PluginSet, ReloadReport) {
         let _guard = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
         let mut next: PluginSet = HashMap::new();
@@ -128,8 +141,12 @@ impl Registry {
                 report.removed.push(name.clone());
             }
         }
-        self.current.store(Arc::new(next));
-        report
+        (next, report)
+    }
+
+    /// The configuration tables in use (to put them back when a reload is refused).
+    pub fn configs(&self) -> HashMap<String, String> {
+        self.configs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn candidates(&self) -> Vec<(String, PathBuf)> {

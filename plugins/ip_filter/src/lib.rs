@@ -36,7 +36,7 @@
 //! | `allow` | list of CIDRs | loopback, if `deny` is not given either; else `[]` | addresses that may pass (empty: all not denied) |
 //! | `deny` | list of CIDRs | `[]` | addresses refused, whatever `allow` says |
 //! | `trusted_proxies` | list of CIDRs | `[]` | peers whose forwarding fields are believed |
-//! | `proxy_header` | `"auto"`, `"forwarded"`, `"x-forwarded-for"` | `"auto"` | which field the trusted proxies write; `auto` reads `Forwarded` if the request has one, else `X-Forwarded-For` |
+//! | `proxy_header` | `"x-forwarded-for"`, `"forwarded"`, `"auto"` | required with `trusted_proxies` | which field the trusted proxies write. `auto` reads `Forwarded` if the request has one, else `X-Forwarded-For` — only safe when every proxy strips a client's own `Forwarded` |
 //!
 //! A CIDR is `address/prefix` (`10.0.0.0/8`, `2001:db8::/32`) or a single address
 //! (`192.0.2.7`, meaning `/32` or `/128`). Host bits must be zero (`10.0.0.1/8` is refused:
@@ -85,8 +85,7 @@ struct RawConfig {
     deny: Option<Vec<String>>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
-    #[serde(default)]
-    proxy_header: ProxyHeader,
+    proxy_header: Option<ProxyHeader>,
 }
 
 /// The filter's rules, parsed and checked.
@@ -183,7 +182,18 @@ impl Rules {
             }
         };
         let trusted_proxies = list("trusted_proxies", &raw.trusted_proxies)?;
-        Ok(Rules { allow, deny, trusted_proxies, proxy_header: raw.proxy_header })
+        // A proxy that writes only X-Forwarded-For usually passes a client's own `Forwarded`
+        // through: guessing which field to believe would let the client pick its address.
+        let proxy_header = match (raw.proxy_header, trusted_proxies.is_empty()) {
+            (Some(h), _) => h,
+            (None, true) => ProxyHeader::Auto,
+            (None, false) => {
+                return Err("trusted_proxies is set: also set proxy_header to the field your proxies write \
+                            (\"x-forwarded-for\" or \"forwarded\"); \"auto\" trusts whichever the request has"
+                    .to_owned());
+            }
+        };
+        Ok(Rules { allow, deny, trusted_proxies, proxy_header })
     }
 
     /// Decides on a request: `Ok` with the client's address (and where it came from) if it

@@ -1,8 +1,27 @@
 use super::*;
 use portico_api::testing::{TestRequest, TestResponse};
 
+/// Rules from `toml`; tables with trusted proxies but no `proxy_header` get `"auto"` (these
+/// tests were written against it; real configurations must say which field).
 fn rules(toml: &str) -> Rules {
-    Rules::from_toml(toml).unwrap_or_else(|e| panic!("{toml}: {e}"))
+    let toml = if toml.contains("trusted_proxies") && !toml.contains("proxy_header") {
+        format!("{toml}\nproxy_header = \"auto\"")
+    } else {
+        toml.to_owned()
+    };
+    Rules::from_toml(&toml).unwrap_or_else(|e| panic!("{toml}: {e}"))
+}
+
+#[test]
+fn trusted_proxies_need_an_explicit_proxy_header() {
+    let e = Rules::from_toml("trusted_proxies = [\"10.0.0.2\"]").expect_err("must be refused");
+    assert!(e.contains("proxy_header"), "{e}");
+    // With X-Forwarded-For named, a client's own Forwarded field is not believed.
+    let r = Rules::from_toml("trusted_proxies = [\"10.0.0.2\"]\nproxy_header = \"x-forwarded-for\"").unwrap();
+    assert_eq!(
+        client(&r, "10.0.0.2", &["for=127.0.0.1"], &["198.51.100.1"]),
+        Ok((ip("198.51.100.1"), Source::XForwardedFor))
+    );
 }
 
 fn ip(s: &str) -> IpAddr {
