@@ -29,6 +29,7 @@ pub mod body_pipe;
 pub mod check;
 pub mod config;
 pub mod config_file;
+pub mod html;
 pub mod http;
 pub mod mount;
 pub mod plugin;

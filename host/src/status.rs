@@ -18,6 +18,7 @@
 //!   counters stay plain atomics (prometheus-client's own histogram takes a mutex per
 //!   observation).
 
+use crate::html::escape;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -364,22 +365,6 @@ pub fn respond(
 // ---------------------------------------------------------------------------------------------
 // HTML
 // ---------------------------------------------------------------------------------------------
-
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// A duration in seconds for a person: `850 µs`, `12.3 ms`, `1.52 s`; `–` when absent.
 fn human_seconds(s: Option<f64>) -> String {

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
+use crate::html::escape;
+
 /// Bytes percent-encoded in a path segment of a link (RFC 3986 §3.3: anything that is not
 /// `pchar`, plus `/` inside a name).
 const SEGMENT: &AsciiSet = &CONTROLS
@@ -62,22 +64,6 @@ pub fn render(dir: &Path, url_path: &str) -> std::io::Result<Vec<u8>> {
     }
     html.push_str("</ul>\n</body></html>\n");
     Ok(html.into_bytes())
-}
-
-/// Escapes text for HTML content and double-quoted attributes.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
