@@ -775,16 +775,8 @@ impl Reactor {
         let app = if static_mount { middleware.first().and_then(|m| plugins.get(m)) } else { plugins.get(&name) };
         let Some(plugin) = app.cloned() else {
             if static_mount {
-                // The filter in front of these files is not loaded: fail closed.
-                tracing::error!(
-                    "mount {script_name:?}: middleware {:?} is not loaded; answering 500",
-                    middleware.first()
-                );
-                let body = response::error_body(500);
-                let close = self.conns[t].close_after || head.framing != Framing::None;
-                let v = head.version.as_str();
-                let bytes = response::simple(v, 500, &[], "text/plain; charset=utf-8", &body, close, head.is_head());
-                return self.respond_local(t, 500, bytes, body.len() as u64, head.framing != Framing::None);
+                // The filter in front of these files is not loaded.
+                return self.fail_closed(t, &head, &script_name, middleware.first().map_or("", String::as_str));
             }
             let close = self.conns[t].close_after || head.framing != Framing::None;
             let r = self.statics.not_found(head.version.as_str(), head.is_head(), close);
@@ -796,15 +788,7 @@ impl Reactor {
         for m in middleware.iter() {
             match plugins.get(m).filter(|p| p.is_middleware()) {
                 Some(p) => pipeline.push(Arc::clone(p)),
-                None => {
-                    tracing::error!(plugin = %m, "mount {script_name:?}: middleware {m:?} is not loaded; answering 500");
-                    let body = response::error_body(500);
-                    let close = self.conns[t].close_after || head.framing != Framing::None;
-                    let v = head.version.as_str();
-                    let bytes =
-                        response::simple(v, 500, &[], "text/plain; charset=utf-8", &body, close, head.is_head());
-                    return self.respond_local(t, 500, bytes, body.len() as u64, head.framing != Framing::None);
-                }
+                None => return self.fail_closed(t, &head, &script_name, m),
             }
         }
         let conn = &mut self.conns[t];
@@ -896,6 +880,26 @@ impl Reactor {
         conn.body_bytes = r.body_len;
         conn.close_after |= close;
         self.flush(t);
+    }
+
+    /// Answers 500 for a mount whose middleware `missing` is not loaded: the filter in front of
+    /// an application (or of static files) is never skipped.
+    fn fail_closed(&mut self, t: usize, head: &RequestHead, mount: &str, missing: &str) {
+        tracing::error!(plugin = %missing, "mount {mount:?}: middleware {missing:?} is not loaded; answering 500");
+        let has_body = head.framing != Framing::None;
+        let close = self.conns[t].close_after || has_body;
+        let body = response::error_body(500);
+        let bytes = response::simple(
+            head.version.as_str(),
+            500,
+            &[],
+            "text/plain; charset=utf-8",
+            &body,
+            close,
+            head.is_head(),
+        );
+        let sent = if head.is_head() { 0 } else { body.len() as u64 };
+        self.respond_local(t, 500, bytes, sent, has_body);
     }
 
     /// Queues a response produced on this thread.

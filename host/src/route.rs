@@ -56,33 +56,30 @@ pub fn route(head: &RequestHead, mounts: &Mounts, status: Option<&Paths>) -> Res
         TargetForm::Origin | TargetForm::Absolute => {}
     }
     let parts = target::split(head.target(), head.form);
-    if let Some(paths) = status
-        && let Ok(path) = target::decode_path(parts.path)
-        && let Some(page) = paths.page(&path)
-    {
+    // Decoded once: the status pages, the mounts and the static path all match on it.
+    let decoded = target::decode_path(parts.path)?;
+    if let Some(page) = status.and_then(|paths| paths.page(&decoded)) {
         return Ok(Route::Status(page));
     }
-    if !mounts.list().is_empty() {
-        let decoded = target::decode_path(parts.path)?;
-        if let Some((m, n)) = mounts.find(&decoded) {
-            if m.app == crate::mount::STATIC_APP && m.middleware.is_empty() {
-                return Ok(Route::Static { path: decoded.into_owned() });
-            }
-            // PEP 3333: an application mounted at the root has an empty SCRIPT_NAME.
-            let script_name = if m.prefix == "/" { String::new() } else { m.prefix.clone() };
-            return Ok(Route::Plugin {
-                name: m.app.clone(),
-                middleware: Arc::clone(&m.middleware),
-                script_name,
-                path_info: decoded[n..].to_vec(),
-            });
+    if let Some((m, n)) = mounts.find(&decoded) {
+        if m.app == crate::mount::STATIC_APP && m.middleware.is_empty() {
+            return Ok(Route::Static { path: decoded.into_owned() });
         }
+        // PEP 3333: an application mounted at the root has an empty SCRIPT_NAME.
+        let script_name = if m.prefix == "/" { String::new() } else { m.prefix.clone() };
+        return Ok(Route::Plugin {
+            name: m.app.clone(),
+            middleware: Arc::clone(&m.middleware),
+            script_name,
+            path_info: decoded[n..].to_vec(),
+        });
     }
-    match split_path(parts.path)? {
-        Route::Plugin { name, .. } if mounts.is_mounted(&name) => {
-            Ok(Route::Static { path: target::decode_path(parts.path)?.into_owned() })
+    match name_py(parts.path)? {
+        Some(Route::Plugin { name, .. }) if mounts.is_mounted(&name) => {
+            Ok(Route::Static { path: decoded.into_owned() })
         }
-        r => Ok(r),
+        Some(r) => Ok(r),
+        None => Ok(Route::Static { path: decoded.into_owned() }),
     }
 }
 
@@ -96,6 +93,18 @@ pub fn raw_path(head: &RequestHead) -> Vec<u8> {
 /// # Errors
 /// [`RequestError::BadRequest`] for a malformed percent-encoding.
 pub fn split_path(raw: &[u8]) -> Result<Route, RequestError> {
+    match name_py(raw)? {
+        Some(r) => Ok(r),
+        None => Ok(Route::Static { path: target::decode_path(raw)?.into_owned() }),
+    }
+}
+
+/// The `/NAME.py[/rest]` route of a raw path, if it is one (matched on the raw path, so a
+/// `%2F` in a name never splits it).
+///
+/// # Errors
+/// [`RequestError::BadRequest`] for a malformed percent-encoding in the rest.
+fn name_py(raw: &[u8]) -> Result<Option<Route>, RequestError> {
     let rest = raw.strip_prefix(b"/").unwrap_or(raw);
     let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
     let first = &rest[..end];
@@ -104,10 +113,15 @@ pub fn split_path(raw: &[u8]) -> Result<Route, RequestError> {
         if valid {
             let name = String::from_utf8_lossy(stem).into_owned();
             let path_info = target::decode_path(&rest[end..])?.into_owned();
-            return Ok(Route::Plugin { script_name: format!("/{name}.py"), name, path_info, middleware: Arc::new([]) });
+            return Ok(Some(Route::Plugin {
+                script_name: format!("/{name}.py"),
+                name,
+                path_info,
+                middleware: Arc::new([]),
+            }));
         }
     }
-    Ok(Route::Static { path: target::decode_path(raw)?.into_owned() })
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -532,34 +532,39 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Fmt {
     e.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, u64>(&v, None)
 }
 
+/// One counter family labelled by `plugin`, the value of each row from `value`.
+fn plugin_counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[PluginRow],
+    value: fn(&PluginRow) -> u64,
+) -> Fmt {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for p in rows {
+        m.encode_family(&[("plugin", p.name.as_str())])?.encode_counter::<NoLabelSet, _, u64>(&value(p), None)?;
+    }
+    Ok(())
+}
+
 impl Collector for Collect {
     fn encode(&self, mut e: DescriptorEncoder) -> Fmt {
         let s = &self.0;
         let seconds = Unit::Seconds;
-        {
-            let mut m = e.encode_descriptor(
-                "portico_plugin_requests",
-                "Requests answered by a plugin (a mount's count under its application).",
-                None,
-                MetricType::Counter,
-            )?;
-            for p in &s.plugins {
-                m.encode_family(&[("plugin", p.name.as_str())])?
-                    .encode_counter::<NoLabelSet, _, u64>(&p.requests, None)?;
-            }
-        }
-        {
-            let mut m = e.encode_descriptor(
-                "portico_plugin_responses_5xx",
-                "Plugin responses with a status of 500 or more.",
-                None,
-                MetricType::Counter,
-            )?;
-            for p in &s.plugins {
-                m.encode_family(&[("plugin", p.name.as_str())])?
-                    .encode_counter::<NoLabelSet, _, u64>(&p.responses_5xx, None)?;
-            }
-        }
+        plugin_counter(
+            &mut e,
+            "portico_plugin_requests",
+            "Requests answered by a plugin (a mount's count under its application).",
+            &s.plugins,
+            |p| p.requests,
+        )?;
+        plugin_counter(
+            &mut e,
+            "portico_plugin_responses_5xx",
+            "Plugin responses with a status of 500 or more.",
+            &s.plugins,
+            |p| p.responses_5xx,
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "portico_plugin_in_flight",

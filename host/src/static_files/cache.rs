@@ -22,7 +22,6 @@
 //! One cache per I/O thread: no locks.
 
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::num::NonZeroUsize;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,6 +73,10 @@ pub struct FileEntry {
     pub br: Option<Representation>,
     /// `NAME.gz`, likewise.
     pub gzip: Option<Representation>,
+    /// The field lines every answer about this file carries, 304 included (RFC 9110
+    /// §15.4.5): `Cache-Control` when configured, `Vary: Accept-Encoding` when it has
+    /// variants. Made once, at load.
+    pub common_fields: String,
 }
 
 impl FileEntry {
@@ -140,16 +143,24 @@ struct Slot {
 pub struct FileCache {
     root: PathBuf,
     allow_outside: bool,
+    cache_control: Option<String>,
     valid: Duration,
     map: LruCache<Vec<u8>, Slot>,
     inline_bytes: usize,
 }
 
 impl FileCache {
-    /// A cache over canonical docroot `root` trusting entries for `valid`, holding at most
-    /// `entries` paths.
-    pub fn new(root: PathBuf, allow_outside: bool, valid: Duration, entries: NonZeroUsize) -> FileCache {
-        FileCache { root, allow_outside, valid, map: LruCache::new(entries), inline_bytes: 0 }
+    /// A cache over canonical docroot `root` with `options` (symlink policy, validity, size,
+    /// `Cache-Control`).
+    pub fn new(root: PathBuf, options: &super::Options) -> FileCache {
+        FileCache {
+            root,
+            allow_outside: options.allow_symlinks_outside,
+            cache_control: options.cache_control.clone(),
+            valid: options.cache_valid,
+            map: LruCache::new(options.cache_entries),
+            inline_bytes: 0,
+        }
     }
 
     /// The resolution of `decoded` (a percent-decoded request path), from the cache when fresh.
@@ -211,7 +222,14 @@ impl FileCache {
         };
         let br = sibling(Coding::Br, "-br");
         let gzip = sibling(Coding::Gzip, "-gz");
-        let entry = FileEntry { content_type: content_type(&asked), identity, br, gzip };
+        let mut common_fields = String::new();
+        if let Some(cc) = &self.cache_control {
+            common_fields = format!("Cache-Control: {cc}\r\n");
+        }
+        if br.is_some() || gzip.is_some() {
+            common_fields.push_str("Vary: Accept-Encoding\r\n");
+        }
+        let entry = FileEntry { content_type: content_type(&asked), identity, br, gzip, common_fields };
         Slot { keep: true, lookup: Lookup::File(Arc::new(entry)), checked: Instant::now(), watch, inline_bytes }
     }
 }

@@ -154,7 +154,6 @@ impl<'a> Fields<'a> {
 
 /// Static file serving for one I/O thread.
 pub struct StaticFiles {
-    root: PathBuf,
     options: Options,
     cache: FileCache,
 }
@@ -162,9 +161,8 @@ pub struct StaticFiles {
 impl StaticFiles {
     /// Serving from `root`, the canonical docroot.
     pub fn new(root: PathBuf, options: Options) -> StaticFiles {
-        let cache =
-            FileCache::new(root.clone(), options.allow_symlinks_outside, options.cache_valid, options.cache_entries);
-        StaticFiles { root, options, cache }
+        let cache = FileCache::new(root, &options);
+        StaticFiles { options, cache }
     }
 
     /// Answers a request for the static path `decoded` (percent-decoded). `close` says the
@@ -229,11 +227,6 @@ impl StaticFiles {
         StaticResponse::simple(404, bytes, body.len() as u64, head_only)
     }
 
-    /// The docroot (canonical).
-    pub fn root(&self) -> &std::path::Path {
-        &self.root
-    }
-
     fn file(&self, head: &RequestHead, entry: &FileEntry, close: bool) -> StaticResponse {
         let version = head.version.as_str();
         let head_only = head.is_head();
@@ -251,15 +244,7 @@ impl StaticFiles {
             if_unmodified_since: fields.if_unmodified_since,
         };
         // Fields every answer about this representation carries (RFC 9110 §15.4.5 for 304).
-        let mut shared = String::new();
-        if let Some(cc) = &self.options.cache_control {
-            shared.push_str("Cache-Control: ");
-            shared.push_str(cc);
-            shared.push_str("\r\n");
-        }
-        if entry.has_variants() {
-            shared.push_str("Vary: Accept-Encoding\r\n");
-        }
+        let shared = &entry.common_fields;
         match conditional::evaluate(&conditions, &rep.etag, rep.modified) {
             Precondition::Proceed => {}
             Precondition::NotModified => {
