@@ -15,7 +15,7 @@ fuzz_target!(|input: (u16, &[u8])| {
         for (n, v) in &head.fields {
             assert!(n.end <= head.buf.len() && v.end <= head.buf.len());
         }
-        let _ = portico::route::route(head, &portico::mount::Mounts::default(), None);
+        let _ = portico::routing::route(head, &portico::routing::Table::default(), None);
     }
     // The same bytes in two reads.
     let split = (split as usize).min(data.len());

@@ -6,10 +6,10 @@
 //! prints nanoseconds per call (median of 5 runs of N calls, default 1 000 000), and the
 //! same for a loop that only parses nothing and builds nothing, for scale.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use portico::exchange::Peer;
 use portico::http::request::{self, HeadLimits, Parsed};
 use portico::plugin::call::{self, CallInfo};
 use portico::plugin::loader;
@@ -26,23 +26,15 @@ fn main() {
 Accept: */*\r\nAccept-Language: en\r\nAccept-Encoding: gzip\r\nConnection: keep-alive\r\n\
 Cookie: a=b\r\nX-Request-Id: 42\r\nX-Forwarded-For: 10.0.0.1\r\nCache-Control: no-cache\r\n\r\n";
     let Ok(Parsed::Complete(head, _)) = request::parse(raw, &HeadLimits::default()) else { panic!("bad request") };
-    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let local: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-    let info = CallInfo {
-        script_name: "/hello.py",
-        path_info: b"/x",
-        peer,
-        local,
-        peer_ip: "127.0.0.1",
-        local_ip: "127.0.0.1",
-    };
+    let peer = Peer::new("127.0.0.1:40000".parse().unwrap(), "127.0.0.1:8000".parse().unwrap());
+    let info = CallInfo { script_name: "/hello.py", path_info: b"/x", peer: &peer };
 
     let mut runs = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
         for _ in 0..n {
             let out = call::call(&plugin, call::Final::Plugin(&plugin), &[], &head, &info, None);
-            assert_eq!(out.start.status, Some(200));
+            assert_eq!(out.start.head.as_ref().map(|h| h.code), Some(200));
             drop(std::hint::black_box(out.body));
         }
         runs.push(t.elapsed().as_nanos() as f64 / n as f64);

@@ -15,9 +15,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config_file;
-use crate::mount::Mounts;
 use crate::plugin::{loader, registry};
+use crate::routing::mount::Mounts;
+use crate::settings::file as config_file;
 
 /// How long one plugin may take to load in its child process.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(30);

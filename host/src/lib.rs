@@ -3,41 +3,48 @@
 //! A web server for static files and compiled plugins that speak Portico's gateway interface
 //! (`portico-api`, modelled on PEP 3333). Data flow, one request:
 //!
-//! 1. [`reactor`] (an I/O thread running a mio loop; `--io-threads` of them) accepts the
-//!    connection and reads bytes.
+//! 1. An event loop ([`io`]; `--io-threads` of them, mio) accepts the connection and reads
+//!    bytes; the connection's state machine ([`io::conn`]) drives the exchange.
 //! 2. [`http::request`] parses the head (httparse) and decides the body's framing
-//!    (RFC 9112 §6.3); [`route`] picks a plugin (`/NAME.py/...`) or a static file.
-//! 3. Static files are answered on the I/O thread by [`static_files`]. Plugin requests wait
-//!    for their body (up to 64 KiB; larger ones stream through [`body_pipe`]) and go to the
-//!    [`worker`] pool over a crossbeam channel.
+//!    (RFC 9112 §6.3); [`routing`] picks, from one table of mounts and plugins, a plugin
+//!    (`/NAME.py/...` or a mount), a static file or an admin page.
+//! 3. Static files ([`static_files`]) and admin pages ([`admin`]) are answered on the event
+//!    loop. Application requests wait for their body (up to 64 KiB; larger ones stream
+//!    through a [`exchange::body_pipe`]) and go to the [`worker`] pool as an
+//!    [`exchange::Job`].
 //! 4. A worker calls the application through [`plugin::call`] with an `Environ` of borrowed
-//!    views, and turns what it returns into response bytes; streamed bodies are pulled a chunk
-//!    at a time as the socket drains.
-//! 5. The I/O thread writes the response and goes back to reading the connection
-//!    (keep-alive, pipelining) or closes it.
+//!    views, and turns what it returns into a response ([`http::outgoing`]); streamed bodies
+//!    are pulled a chunk at a time as the socket drains.
+//! 5. The event loop writes the response ([`io::write`]) and goes back to reading the
+//!    connection (keep-alive, pipelining) or closes it.
 //!
-//! [`plugin::registry`] holds the loaded plugins behind an `ArcSwap`; SIGHUP ([`server`])
-//! rescans the plugins directory without stopping requests.
+//! SIGHUP ([`server`]) reloads plugins and mounts ([`reload`]) without stopping requests.
 //!
-//! The library target exists for the binary, the tests and the fuzz targets; it is not a
-//! stable API.
+//! Layers, each using only those above it in this list (checked by `tests/layers.rs`):
+//! `html`, `http` · `settings`, `access_log` · `plugin::{loader, registry}` · `routing`,
+//! `static_files`, `metrics` · `exchange` · `plugin::call` · `worker`, `admin`, `reload`,
+//! `check` · `io` · `server`.
+//!
+//! The library target exists for the binary, the tests, the examples and the fuzz targets;
+//! it is not a stable API. What they use is `pub`; the rest is `pub(crate)`.
 
 #![forbid(unsafe_code)]
+// The docs are for maintainers and built with `--document-private-items` (scripts/test), where
+// links from public items to crate-private ones resolve.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod access_log;
-pub mod body_pipe;
+pub(crate) mod admin;
 pub mod check;
-pub mod config;
-pub mod config_file;
-pub mod html;
+pub mod exchange;
+pub(crate) mod html;
 pub mod http;
-pub mod mount;
+pub(crate) mod io;
+pub(crate) mod metrics;
 pub mod plugin;
-pub mod reactor;
-pub mod route;
+pub(crate) mod reload;
+pub mod routing;
 pub mod server;
-pub mod static_app;
+pub mod settings;
 pub mod static_files;
-pub mod stats;
-pub mod status;
-pub mod worker;
+pub(crate) mod worker;

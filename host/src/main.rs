@@ -6,7 +6,7 @@ use std::fs::OpenOptions;
 
 use anyhow::Context;
 use portico::access_log;
-use portico::config_file;
+use portico::settings::{file as config_file, print};
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if args.print_config {
-        print!("{}", config_file::render(&args, config.as_ref()));
+        print!("{}", print::render(&args, config.as_ref()));
         return Ok(());
     }
 

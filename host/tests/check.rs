@@ -103,3 +103,55 @@ fn the_annotated_example_configuration_checks_clean() {
     assert_eq!(out.status.code(), Some(0), "portico.example.toml must stay valid:\n{text}");
     assert!(text.contains("ok: mount /api → dispatch (middleware: ip_filter, headers)"), "{text}");
 }
+
+#[test]
+fn print_config_output_is_a_configuration_check_accepts() {
+    // Nested plugin tables, mounts, a static mount, an unset setting: all must survive the
+    // round trip, and the printed file must mean the same wherever it is saved.
+    let dir = TempDir::new("portico-check");
+    let config = setup(
+        &dir,
+        &["dispatch", "ip_filter", "headers", "hello"],
+        &format!(
+            "{PIPELINE}\n[[mount]]\nprefix = \"/files\"\nstatic = true\nmiddleware = [\"headers\"]\n\n\
+             [plugin.headers]\nadd = {{ X-Frame-Options = \"DENY\", Referrer-Policy = \"no-referrer\" }}\n"
+        ),
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("PORTICO_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd.arg("--config").arg(&config).arg("--print-config").output().expect("running --print-config");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).expect("UTF-8");
+    assert!(printed.contains("[plugin.headers.add]\n"), "a nested table stays inside its plugin's:\n{printed}");
+    assert!(printed.contains("\n# cache_control = \"\"  # unset\n"), "an unset setting is a comment:\n{printed}");
+    assert!(printed.contains("prefix = \"/files\"\nstatic = true\n"), "{printed}");
+    // Every long flag but --config and --print-config is a line, set or commented.
+    let help = Command::new(env!("CARGO_BIN_EXE_portico")).arg("--help").output().expect("running --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-'))
+        .filter(|w| !w.is_empty() && !["config", "print-config", "help", "version"].contains(w))
+        .collect();
+    assert!(flags.len() > 15, "{help}");
+    for flag in flags {
+        let key = flag.replace('-', "_");
+        let listed =
+            printed.lines().any(|l| l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key} = ")));
+        assert!(listed, "--{flag} is missing from --print-config:\n{printed}");
+    }
+    // Saved elsewhere, it is read back as the same configuration.
+    let other = TempDir::new("portico-check-printed");
+    let copy = other.path().join("printed.toml");
+    support::install_bytes(printed.as_bytes(), &copy);
+    let (code, text) = check(&copy);
+    assert_eq!(code, 0, "the printed configuration is refused:\n{text}\n---\n{printed}");
+    for needle in ["ok: mount /api → dispatch", "ok: mount /files → the docroot", "all good"] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}

@@ -64,7 +64,7 @@ fn flag_beats_environment_beats_file_beats_default() {
 fn an_invalid_file_at_start_names_line_and_column_and_exits_2() {
     let dir = TempDir::new("portico-config");
     for (text, needle) in [
-        ("[server]\nkeep_alive_timeout = \"soon\"\n", "line 2"),
+        ("[server]\nkeep_alive_timeout = \"soon\"\n", ":2:22"),
         ("[server]\nno_such_setting = 1\n", "no_such_setting"),
         ("[[mount]]\nprefix = \"api/\"\napp = \"hello\"\n", ":2:10"),
         ("[[mount]]\nprefix = \"/api\"\napp = \"hello\"\nmiddleware = [\"no/such\"]\n", ":4:15"),

@@ -65,7 +65,8 @@ fn json_counts_what_was_sent() {
     let json = r.json();
 
     let hello = plugin(&json, "hello");
-    assert_eq!((u(&hello["requests"]), u(&hello["responses_5xx"]), u(&hello["in_flight"])), (5, 0, 0), "{hello:#}");
+    assert_eq!((u(&hello["requests"]), u(&hello["responses"]["5xx"]), u(&hello["in_flight"])), (5, 0, 0), "{hello:#}");
+    assert_eq!(u(&hello["responses"]["2xx"]), 5, "responses are counted by status class: {hello:#}");
     assert_eq!(hello["version"], WORKSPACE_VERSION);
     assert_eq!(hello["loaded"], true);
     assert!(hello["loaded_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{hello:#}");
@@ -73,9 +74,9 @@ fn json_counts_what_was_sent() {
     let p99 = hello["p99_seconds"].as_f64().expect("a p99 after 5 requests");
     assert!(mean > 0.0 && mean < 5.0 && p99 > 0.0 && p99 <= 25.0, "{hello:#}");
     let echo = plugin(&json, "echo");
-    assert_eq!((u(&echo["requests"]), u(&echo["responses_5xx"])), (3, 0), "{echo:#}");
+    assert_eq!((u(&echo["requests"]), u(&echo["responses"]["5xx"])), (3, 0), "{echo:#}");
     let fixture = plugin(&json, "fixture");
-    assert_eq!((u(&fixture["requests"]), u(&fixture["responses_5xx"])), (2, 2), "the panics are 5xx: {fixture:#}");
+    assert_eq!((u(&fixture["requests"]), u(&fixture["responses"]["5xx"])), (2, 2), "the panics are 5xx: {fixture:#}");
     // Every loaded plugin has a row, with its own generation.
     let mut generations: Vec<u64> = STANDARD_PLUGINS.iter().map(|n| u(&plugin(&json, n)["generation"])).collect();
     generations.sort_unstable();
@@ -88,7 +89,7 @@ fn json_counts_what_was_sent() {
     // This connection is open and being answered on the (only) I/O loop.
     let c = &json["connections"];
     assert!(u(&c["open"]) >= 1 && u(&c["writing"]) >= 1, "{c:#}");
-    let states = ["idle", "reading", "waiting", "writing", "closing"].iter().map(|s| u(&c[s])).sum::<u64>();
+    let states = ["idle", "reading", "processing", "writing", "closing"].iter().map(|s| u(&c[s])).sum::<u64>();
     assert_eq!(states, u(&c["open"]), "the states add up to open: {c:#}");
     let w = &json["workers"];
     assert!(u(&w["threads"]) >= 4, "{w:#}");
@@ -245,7 +246,7 @@ fn metrics_parse_and_count_per_plugin() {
 
     for (family, t) in [
         ("portico_plugin_requests", "counter"),
-        ("portico_plugin_responses_5xx", "counter"),
+        ("portico_plugin_responses", "counter"),
         ("portico_plugin_in_flight", "gauge"),
         ("portico_plugin_request_duration_seconds", "histogram"),
         ("portico_plugin", "info"),
@@ -253,7 +254,8 @@ fn metrics_parse_and_count_per_plugin() {
         ("portico_workers_busy", "gauge"),
         ("portico_worker_queue_depth", "gauge"),
         ("portico_reloads", "counter"),
-        ("portico_uptime_seconds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+        ("portico_reload_last_success_timestamp_seconds", "gauge"),
         ("process_resident_memory_bytes", "gauge"),
     ] {
         assert_eq!(types.get(family).map(String::as_str), Some(t), "{family}\n{text}");
@@ -261,9 +263,12 @@ fn metrics_parse_and_count_per_plugin() {
     let hello = [("plugin", "hello")];
     let fixture = [("plugin", "fixture")];
     assert_eq!(sample(&samples, "portico_plugin_requests_total", &hello), 4.0, "{text}");
-    assert_eq!(sample(&samples, "portico_plugin_responses_5xx_total", &hello), 0.0, "{text}");
+    let class = |plugin: &'static str, class: &'static str| [("plugin", plugin), ("class", class)];
+    assert_eq!(sample(&samples, "portico_plugin_responses_total", &class("hello", "5xx")), 0.0, "{text}");
+    assert_eq!(sample(&samples, "portico_plugin_responses_total", &class("hello", "2xx")), 4.0, "{text}");
     assert_eq!(sample(&samples, "portico_plugin_requests_total", &fixture), 1.0, "{text}");
-    assert_eq!(sample(&samples, "portico_plugin_responses_5xx_total", &fixture), 1.0, "{text}");
+    assert_eq!(sample(&samples, "portico_plugin_responses_total", &class("fixture", "5xx")), 1.0, "{text}");
+    assert!(!types.contains_key("portico_uptime_seconds"), "process_start_time_seconds says it: {text}");
     assert_eq!(sample(&samples, "portico_plugin_request_duration_seconds_count", &hello), 4.0, "{text}");
     assert!(sample(&samples, "portico_plugin_request_duration_seconds_sum", &hello) > 0.0, "{text}");
     // Buckets are cumulative and end at +Inf with the count.
@@ -477,7 +482,7 @@ fn the_page_answers_while_every_worker_is_busy() {
     });
     assert!(seen.is_some(), "never saw 1 busy worker, 1 queued job, 1 in flight: {last:#}");
     assert_eq!(u(&last["workers"]["threads"]), 1);
-    assert_eq!(u(&last["connections"]["waiting"]), 2, "two connections wait on the application: {last:#}");
+    assert_eq!(u(&last["connections"]["processing"]), 2, "two connections wait on the application: {last:#}");
     assert_eq!(running.read_response().status, 200);
     assert_eq!(queued.read_response().status, 200);
 
@@ -524,7 +529,13 @@ fn reloads_are_reported_with_their_error() {
     assert!(r["last"]["summary"].as_str().is_some_and(|s| s.starts_with("1 loaded")), "{r:#}");
     assert_eq!(plugin(&last, "hello2")["loaded"], true);
     let metrics = get_ok(&server, "/_portico/metrics").text();
-    assert!(metrics.contains("portico_reloads_total 2\n") && metrics.contains("portico_reload_last_success 1\n"));
+    assert!(metrics.contains("portico_reloads_total 2\n"), "{metrics}");
+    // The last reload succeeded: its time is the last success's.
+    assert_eq!(r["last_success_at_unix"], r["last"]["at_unix"], "{r:#}");
+    let (samples, _) = parse_openmetrics(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
+    let success = sample(&samples, "portico_reload_last_success_timestamp_seconds", &[]);
+    let last_reload = sample(&samples, "portico_reload_last_timestamp_seconds", &[]);
+    assert_eq!(success, last_reload, "{metrics}");
 
     // One file refused, another loaded: partial.
     server.install_plugin_bytes("broken2.so", b"still not a shared library");

@@ -17,17 +17,19 @@ pub enum RequestError {
         /// The limit, in bytes.
         limit: usize,
     },
-    /// Header section over the byte or field-count limit (RFC 6585 §5): 431.
+    /// Header section over the byte or field-count limit (RFC 6585 §5, "Request Header Fields
+    /// Too Large"): 431.
     #[error("header section over the limit of {limit_bytes} bytes or {limit_fields} fields")]
-    HeaderTooLarge {
+    HeaderFieldsTooLarge {
         /// The byte limit.
         limit_bytes: usize,
         /// The field-count limit.
         limit_fields: usize,
     },
-    /// Declared or received body over the limit (RFC 9110 §15.5.14): 413.
+    /// Declared or received content over the limit (RFC 9110 §15.5.14, "Content Too Large"):
+    /// 413.
     #[error("request body over the limit of {limit} bytes")]
-    BodyTooLarge {
+    ContentTooLarge {
         /// The limit, in bytes.
         limit: u64,
     },
@@ -55,8 +57,8 @@ impl RequestError {
         match self {
             RequestError::BadRequest(_) => 400,
             RequestError::UriTooLong { .. } => 414,
-            RequestError::HeaderTooLarge { .. } => 431,
-            RequestError::BodyTooLarge { .. } => 413,
+            RequestError::HeaderFieldsTooLarge { .. } => 431,
+            RequestError::ContentTooLarge { .. } => 413,
             RequestError::UnknownTransferCoding => 501,
             RequestError::VersionNotSupported => 505,
             RequestError::ExpectationFailed => 417,

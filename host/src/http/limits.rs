@@ -1,5 +1,6 @@
 //! Size and time limits of the HTTP layer: each a named constant with its unit and what
-//! happens past it. Every one can be changed on the command line (see `crate::config`).
+//! happens past it. The time limits and the body limit can be changed on the command line
+//! (see `crate::settings`).
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ pub const MAX_FIELDS: usize = 100;
 /// Largest request body, in bytes (1 GiB). Over it: 413 and close, before reading when
 /// `Content-Length` shows it.
 pub const MAX_BODY: u64 = 1 << 30;
-/// Bodies up to this many bytes are read completely by the I/O thread before the
+/// Bodies up to this many bytes are read completely by the event loop before the
 /// application runs; larger ones are streamed to it. 64 KiB.
 pub const BODY_BUFFER: usize = 64 * 1024;
 /// Time to receive a whole request head, from its first byte (and from accept for a new

@@ -161,7 +161,7 @@ const MAX_LEADING_EMPTY_LINES: usize = 16;
 
 /// How far a partial head has been scanned, kept across reads so that each byte is examined
 /// once however the head is split into packets (a slow client sending one byte at a time
-/// must not make the I/O thread rescan its whole buffer per byte).
+/// must not make the event loop rescan its whole buffer per byte).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HeadScan {
     /// Bytes (after leading empty lines) already checked.
@@ -216,13 +216,16 @@ pub fn parse_resume(buf: &[u8], scan: &mut HeadScan, limits: &HeadLimits) -> Res
     }
     let Some(end) = head_end else {
         if data.len() > limits.head_bytes {
-            return Err(RequestError::HeaderTooLarge { limit_bytes: limits.head_bytes, limit_fields: limits.fields });
+            return Err(RequestError::HeaderFieldsTooLarge {
+                limit_bytes: limits.head_bytes,
+                limit_fields: limits.fields,
+            });
         }
         scan.checked = data.len();
         return Ok(Parsed::Partial);
     };
     if end > limits.head_bytes {
-        return Err(RequestError::HeaderTooLarge { limit_bytes: limits.head_bytes, limit_fields: limits.fields });
+        return Err(RequestError::HeaderFieldsTooLarge { limit_bytes: limits.head_bytes, limit_fields: limits.fields });
     }
     let head = &data[..end];
 
@@ -232,7 +235,10 @@ pub fn parse_resume(buf: &[u8], scan: &mut HeadScan, limits: &HeadLimits) -> Res
         Ok(httparse::Status::Complete(n)) if n == end => {}
         Ok(_) => return Err(RequestError::BadRequest("malformed header section")),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(RequestError::HeaderTooLarge { limit_bytes: limits.head_bytes, limit_fields: limits.fields });
+            return Err(RequestError::HeaderFieldsTooLarge {
+                limit_bytes: limits.head_bytes,
+                limit_fields: limits.fields,
+            });
         }
         Err(httparse::Error::Version) => {
             let line_end = head.windows(2).position(|w| w == b"\r\n").unwrap_or(head.len());
@@ -370,7 +376,7 @@ pub fn parse_resume(buf: &[u8], scan: &mut HeadScan, limits: &HeadLimits) -> Res
     } else if let Some(len) = content_length {
         // (5) A valid Content-Length.
         if len > limits.body {
-            return Err(RequestError::BodyTooLarge { limit: limits.body });
+            return Err(RequestError::ContentTooLarge { limit: limits.body });
         }
         if len == 0 { Framing::None } else { Framing::Length(len) }
     } else {

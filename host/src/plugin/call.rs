@@ -1,8 +1,9 @@
-//! Calling a plugin's application: building the [`Environ`] from a parsed request (borrowed
-//! views, no per-field copies), the host's `start_response`, `wsgi.input` and `wsgi.errors`,
-//! and checking what the application handed back.
+//! Calling an application through its pipeline: building the [`Environ`] from a parsed
+//! request (borrowed views, no per-field copies), the host's `start_response` (which checks
+//! what the application hands it and keeps it as a [`ResponseHead`]), `wsgi.input` and
+//! `wsgi.errors`, and the host's [`NextApplication`] that lets middleware call the rest of the
+//! pipeline.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -14,34 +15,31 @@ use portico_api::abi::{
 };
 
 use super::loader::Plugin;
-use crate::body_pipe::BodyPipe;
+use crate::exchange::Peer;
+use crate::exchange::body_pipe::BodyPipe;
 use crate::http::request::RequestHead;
-use crate::http::response::{validate_field, validate_status};
+use crate::http::response::{ResponseHead, validate_field, validate_status};
 use crate::http::target;
 use crate::static_files::StaticFiles;
 
-/// The host's `start_response`: validates and encodes the status and fields as they come.
+/// The host's `start_response`: validates the status and fields as they come and keeps them
+/// as a [`ResponseHead`] (whose framing the worker decides from the body).
 #[derive(Default)]
 pub struct HostStartResponse {
-    /// Status code, once called.
-    pub status: Option<u16>,
-    /// Status line text after the code (`"200 OK"` whole).
-    pub status_line: String,
-    /// Encoded field lines, `Name: value\r\n` each.
-    pub fields: Vec<u8>,
-    /// `Content-Length` the application declared, if any.
+    /// The head, once `start_response` was called with a valid status and fields.
+    pub head: Option<ResponseHead>,
+    /// `Content-Length` the application declared, if any (not among the head's fields: it
+    /// becomes the head's framing).
     pub content_length: Option<u64>,
     /// Why the response is invalid (then the host answers 500).
     pub error: Option<String>,
-    /// The application set `Date` itself (the host then adds none).
-    pub has_date: bool,
-    /// The application set `Server` itself.
-    pub has_server: bool,
 }
 
 impl HostStartResponse {
     fn set(&mut self, status: &str, headers: &[Field<'_>]) -> Result<(), String> {
         let code = validate_status(status).map_err(|e| format!("invalid status {status:?}: {e}"))?;
+        let mut head = ResponseHead::new(code);
+        head.reason = Some(status[4..].to_owned());
         for f in headers {
             let Ok(name) = std::str::from_utf8(f.name.as_slice()) else {
                 return Err("field name is not a token".to_owned());
@@ -55,24 +53,18 @@ impl HostStartResponse {
                 match self.content_length {
                     Some(l) if l != len => return Err("conflicting Content-Length fields".to_owned()),
                     // The same value twice is sent once.
-                    Some(_) => continue,
+                    Some(_) => {}
+                    // RFC 9110 §8.6: never on a 204.
+                    None if code == 204 => {}
                     None => self.content_length = Some(len),
                 }
-                // RFC 9110 §8.6: never on a 204.
-                if code == 204 {
-                    self.content_length = None;
-                    continue;
-                }
+                continue;
             }
-            self.has_date |= name.eq_ignore_ascii_case("date");
-            self.has_server |= name.eq_ignore_ascii_case("server");
-            self.fields.extend_from_slice(name.as_bytes());
-            self.fields.extend_from_slice(b": ");
-            self.fields.extend_from_slice(value);
-            self.fields.extend_from_slice(b"\r\n");
+            head.own_date |= name.eq_ignore_ascii_case("date");
+            head.own_server |= name.eq_ignore_ascii_case("server");
+            head.fields.push(name, value);
         }
-        self.status = Some(code);
-        self.status_line = status.to_owned();
+        self.head = Some(head);
         Ok(())
     }
 }
@@ -84,7 +76,7 @@ impl StartResponse for HostStartResponse {
         headers: RSlice<'_, Field<'_>>,
         exc_info: ROption<RStr<'_>>,
     ) -> RResult<(), RString> {
-        if (self.status.is_some() || self.error.is_some()) && exc_info.is_none() {
+        if (self.head.is_some() || self.error.is_some()) && exc_info.is_none() {
             let msg = "start_response called a second time without exc_info".to_owned();
             self.error = Some(msg.clone());
             return RResult::RErr(msg.into());
@@ -94,7 +86,8 @@ impl StartResponse for HostStartResponse {
         match self.set(status.as_str(), headers.as_slice()) {
             Ok(()) => RResult::ROk(()),
             Err(msg) => {
-                self.status = None;
+                self.head = None;
+                self.content_length = None;
                 self.error = Some(msg.clone());
                 RResult::RErr(msg.into())
             }
@@ -141,14 +134,8 @@ pub struct CallInfo<'a> {
     pub script_name: &'a str,
     /// `PATH_INFO`, decoded.
     pub path_info: &'a [u8],
-    /// The peer.
-    pub peer: SocketAddr,
-    /// The local (listening) address.
-    pub local: SocketAddr,
-    /// The peer's IP as text (`REMOTE_ADDR`), formatted once per connection.
-    pub peer_ip: &'a str,
-    /// The local IP as text, the `SERVER_NAME` fallback, formatted once per connection.
-    pub local_ip: &'a str,
+    /// The connection's addresses.
+    pub peer: &'a Peer,
 }
 
 /// What the application answered.
@@ -185,7 +172,7 @@ pub enum Final<'p> {
     /// A plugin's application.
     Plugin(&'p Plugin),
     /// The docroot (a mount with `static = true`): the file at `path` (decoded).
-    Static {
+    Docroot {
         /// Static serving, shared by the workers.
         statics: &'p Mutex<StaticFiles>,
         /// The request.
@@ -235,8 +222,8 @@ fn run_pipeline(
             Final::Plugin(p) => (p.module.application())(environ, start_response),
             // Host code called from inside a plugin (through HostNext): a panic must not unwind
             // into it. Caught, it leaves start_response uncalled, so the worker answers 500.
-            Final::Static { statics, head, path } => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                crate::static_app::call(statics, head, path, start_response)
+            Final::Docroot { statics, head, path } => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::static_files::app::call(statics, head, path, start_response)
             }))
             .unwrap_or_else(|_| {
                 tracing::error!("static files behind middleware panicked; answering 500");
@@ -257,8 +244,8 @@ pub fn call(
     pipe: Option<&BodyPipe>,
 ) -> AppOutcome {
     let parts = target::split(head.target(), head.form);
-    let remote_addr = info.peer_ip;
-    let local_ip = info.local_ip;
+    let remote_addr = info.peer.ips.0.as_str();
+    let local_ip = info.peer.ips.1.as_str();
     let to_field = |(n, v): &(std::ops::Range<usize>, std::ops::Range<usize>)| Field {
         name: RSlice::from_slice(head.slice(n)),
         value: RSlice::from_slice(head.slice(v)),
@@ -290,9 +277,9 @@ pub fn call(
             request_target: RSlice::from_slice(head.target()),
             server_protocol: RStr::from_str(head.version.as_str()),
             server_name: RStr::from_str(server_name(head, parts.authority, local_ip)),
-            server_port: info.local.port(),
+            server_port: info.peer.local.port(),
             remote_addr: RStr::from_str(remote_addr),
-            remote_port: info.peer.port(),
+            remote_port: info.peer.remote.port(),
             url_scheme: RStr::from_str("http"),
             content_type: RSlice::from_slice(head.content_type.as_ref().map_or(&b""[..], |r| head.slice(r))),
             content_length,

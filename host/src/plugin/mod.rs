@@ -10,4 +10,4 @@
 
 pub mod call;
 pub mod loader;
-pub mod registry;
+pub(crate) mod registry;

@@ -1,17 +1,17 @@
-//! The set of plugins serving now, and its hot reload on SIGHUP.
+//! The plugins directory and building a plugin set from it, for the start and for each
+//! SIGHUP.
 //!
-//! The set is an immutable map behind an [`ArcSwap`]: a request takes an `Arc` of the plugin
-//! it needs with one atomic load (no lock on the request path), a reload builds a new map and
-//! swaps it in atomically. Requests in flight keep the version they started on; new requests
-//! get the new one; no request waits for a reload.
+//! [`Registry::stage`] builds a new, immutable [`PluginSet`] from the directory, reusing every
+//! plugin whose file and settings did not change; it publishes nothing. The set that serves
+//! is part of the routing table (`crate::routing::Table`), swapped in whole by the reload
+//! (`crate::reload`) together with the mounts it was checked against. Requests in flight keep
+//! the version they started on; new requests get the new one; no request waits for a reload.
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-
-use arc_swap::ArcSwap;
 
 use super::loader::{self, Fingerprint, LoadError, Plugin};
 
@@ -31,11 +31,10 @@ pub struct ReloadReport {
     pub failed: Vec<(PathBuf, LoadError)>,
 }
 
-/// The plugins directory and the set loaded from it.
+/// The plugins directory, and what loading from it remembers between scans.
 pub struct Registry {
     dir: PathBuf,
     cache_dir: PathBuf,
-    current: ArcSwap<PluginSet>,
     generation: AtomicU64,
     /// Files that failed to load, by fingerprint, so an unchanged bad file is not retried
     /// (and re-logged) on every SIGHUP.
@@ -54,7 +53,6 @@ impl Registry {
         Registry {
             dir,
             cache_dir,
-            current: ArcSwap::from_pointee(HashMap::new()),
             generation: AtomicU64::new(0),
             failed: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
@@ -62,34 +60,13 @@ impl Registry {
         }
     }
 
-    /// The plugin serving `name` now.
-    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
-        self.current.load().get(name).cloned()
-    }
-
-    /// A snapshot of the whole set.
-    pub fn snapshot(&self) -> Arc<PluginSet> {
-        self.current.load_full()
-    }
-
-    /// Rescans the directory: loads new files, reloads changed ones, drops removed ones, and
-    /// swaps the result in. A file that fails to load keeps its previous version, if any.
-    pub fn scan(&self) -> ReloadReport {
-        let (next, report) = self.stage();
-        self.publish(next);
-        report
-    }
-
-    /// Swaps in a set built by [`Registry::stage`].
-    pub fn publish(&self, set: PluginSet) {
-        self.current.store(Arc::new(set));
-    }
-
-    /// What [`Registry::scan`] would swap in, without swapping it in (the caller checks it
-    /// first, then [`Registry::publish`]es it or drops it).
-    pub fn stage(&self) -> (PluginSet, ReloadReport) {
+    /// A new plugin set from the directory, given the set serving now (`current`): loads new
+    /// files, reloads changed ones (file or `[plugin.NAME]` settings), drops removed ones. A
+    /// file that fails to load keeps its version from `current`, if any. Nothing is
+    /// published: the caller checks the set and swaps it in, or drops it.
+    pub fn stage(&self, current: &PluginSet) -> (PluginSet, ReloadReport) {
         let _guard = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.current.load_full();
+        let old = current;
         let mut next: PluginSet = HashMap::new();
         let mut report = ReloadReport::default();
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());

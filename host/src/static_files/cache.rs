@@ -14,12 +14,12 @@
 //! validity of zero every request revalidates, so a rewritten file is seen by the next
 //! request.
 //!
-//! Bounds, per I/O thread: at most `entries` entries (least recently used evicted; each may
+//! Bounds, per event loop: at most `entries` entries (least recently used evicted; each may
 //! hold up to three descriptors), and at most [`INLINE_BUDGET`] bytes of file contents.
 //! A failure that may be transient (open failed, out of descriptors) is answered but not
 //! kept.
 //!
-//! One cache per I/O thread: no locks.
+//! One cache per event loop: no locks.
 
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -32,10 +32,11 @@ use lru::LruCache;
 use super::conditional;
 use super::encoding::Coding;
 use super::resolve::{self, Resolved};
+use crate::http::response::Fields;
 
 /// Files up to this many bytes are kept in memory and sent with the head in one write. 64 KiB.
 pub const INLINE_MAX: u64 = 64 * 1024;
-/// Most file bytes one cache (one I/O thread) keeps in memory. 32 MiB.
+/// Most file bytes one cache (one event loop) keeps in memory. 32 MiB.
 pub const INLINE_BUDGET: usize = 32 * 1024 * 1024;
 
 /// A file's bytes, or an open descriptor to send them from.
@@ -57,7 +58,7 @@ pub struct Representation {
     /// Modification time in whole seconds (what `Last-Modified` says).
     pub modified: SystemTime,
     /// `Last-Modified` and `ETag` field lines, ready to copy into a head.
-    pub validator_fields: String,
+    pub validator_fields: Fields,
     /// The bytes or the descriptor.
     pub content: Content,
 }
@@ -76,7 +77,7 @@ pub struct FileEntry {
     /// The field lines every answer about this file carries, 304 included (RFC 9110
     /// §15.4.5): `Cache-Control` when configured, `Vary: Accept-Encoding` when it has
     /// variants. Made once, at load.
-    pub common_fields: String,
+    pub common_fields: Fields,
 }
 
 impl FileEntry {
@@ -222,12 +223,12 @@ impl FileCache {
         };
         let br = sibling(Coding::Br, "-br");
         let gzip = sibling(Coding::Gzip, "-gz");
-        let mut common_fields = String::new();
+        let mut common_fields = Fields::new();
         if let Some(cc) = &self.cache_control {
-            common_fields = format!("Cache-Control: {cc}\r\n");
+            common_fields.push("Cache-Control", cc.as_bytes());
         }
         if br.is_some() || gzip.is_some() {
-            common_fields.push_str("Vary: Accept-Encoding\r\n");
+            common_fields.push("Vary", b"Accept-Encoding");
         }
         let entry = FileEntry { content_type: content_type(&asked), identity, br, gzip, common_fields };
         Slot { keep: true, lookup: Lookup::File(Arc::new(entry)), checked: Instant::now(), watch, inline_bytes }
@@ -235,7 +236,7 @@ impl FileCache {
 }
 
 /// Opens a regular file and describes it. Non-blocking open, so a file swapped for a FIFO
-/// between `stat` and `open` cannot stall the I/O thread; the descriptor is checked again.
+/// between `stat` and `open` cannot stall the event loop; the descriptor is checked again.
 /// `None` when it cannot be opened or changed since `meta` was taken.
 fn open(real: &Path, meta: &Metadata, suffix: &str, budget: &mut usize, used: &mut usize) -> Option<Representation> {
     let file =
@@ -247,7 +248,9 @@ fn open(real: &Path, meta: &Metadata, suffix: &str, budget: &mut usize, used: &m
     let len = fmeta.len();
     let etag = conditional::etag(fmeta.mtime(), fmeta.mtime_nsec(), len, suffix);
     let modified = conditional::last_modified(fmeta.mtime());
-    let validator_fields = format!("Last-Modified: {}\r\nETag: {etag}\r\n", httpdate::fmt_http_date(modified));
+    let mut validator_fields = Fields::new();
+    validator_fields.push("Last-Modified", httpdate::fmt_http_date(modified).as_bytes());
+    validator_fields.push("ETag", etag.as_bytes());
     let content = if len <= INLINE_MAX && (len as usize) <= *budget {
         let mut bytes = vec![0u8; len as usize];
         std::io::Read::read_exact(&mut &file, &mut bytes).ok()?;

@@ -1,6 +1,6 @@
 //! Static files under the docroot: resolution that never leaves it, validators and
-//! conditional requests, ranges, precompressed siblings, directory indexes, and the response
-//! (head plus body parts) the I/O thread writes.
+//! conditional requests, ranges, precompressed siblings, directory indexes, and the
+//! [`Response`] (head plus body pieces) the event loop writes.
 //!
 //! | module | owns |
 //! |---|---|
@@ -10,37 +10,38 @@
 //! | [`ranges`] | RFC 9110 §14 range plans and `multipart/byteranges` framing |
 //! | [`encoding`] | `Accept-Encoding` negotiation for `.br`/`.gz` siblings |
 //! | [`listing`] | directory listings (only with `--dir-listing`) |
+//! | [`app`] | the docroot as an application, for mounts that put middleware in front of it |
 //!
-//! [`StaticFiles::serve`] runs on the I/O thread; every file system call it makes is a
+//! [`StaticFiles::serve`] runs on the event loop; every file system call it makes is a
 //! metadata call or a read of at most [`cache::INLINE_MAX`] bytes, and a hot file costs none
 //! while its cache entry is fresh. Large bodies are sent later, as the socket drains, with
-//! `sendfile` from the cached descriptor ([`Part::File`]).
+//! `sendfile` from the cached descriptor ([`Piece::File`]).
 
-pub mod cache;
+pub(crate) mod app;
+pub(crate) mod cache;
 pub mod conditional;
 pub mod encoding;
-pub mod listing;
+pub(crate) mod listing;
 pub mod ranges;
-pub mod resolve;
+pub(crate) mod resolve;
 
 use std::borrow::Cow;
-use std::fs::File;
-use std::io::Write;
 use std::num::NonZeroUsize;
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::http::outgoing::{Piece, Response};
 use crate::http::request::RequestHead;
-use crate::http::response;
+use crate::http::response::{Framing, ResponseHead};
+use crate::settings::Args;
 use cache::{Content, FileCache, FileEntry, Lookup, Representation};
 use conditional::{Conditions, Precondition};
 use ranges::Plan;
 
 /// How static files are served (from the command line).
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// `Cache-Control` value for file responses (200, 206, 304), if any.
     pub cache_control: Option<String>,
     /// Serve an HTML listing for a directory without `index.html` (otherwise 404).
@@ -49,46 +50,20 @@ pub struct Options {
     pub allow_symlinks_outside: bool,
     /// How long a cache entry is trusted before the file system is asked again.
     pub cache_valid: Duration,
-    /// Most cache entries per I/O thread.
+    /// Most cache entries per event loop.
     pub cache_entries: NonZeroUsize,
 }
 
-/// A piece of a response body.
-#[derive(Debug)]
-pub enum Part {
-    /// A range of shared bytes (a cached file).
-    Shared(Arc<[u8]>, Range<usize>),
-    /// Bytes made for this response (multipart delimiters, a listing).
-    Owned(Vec<u8>),
-    /// `len` bytes of an open file from byte `offset`.
-    File {
-        /// The file (shared with the cache and other responses; read with explicit offsets).
-        file: Arc<File>,
-        /// First byte to send.
-        offset: u64,
-        /// Bytes to send.
-        len: u64,
-    },
-}
-
-/// What to send for a static request.
-#[derive(Debug)]
-pub struct StaticResponse {
-    /// Status code.
-    pub status: u16,
-    /// The head (for responses the server makes up, such as errors, the body too).
-    pub head: Vec<u8>,
-    /// Body parts still to send after the head.
-    pub body: Vec<Part>,
-    /// Payload length in bytes, for the access log.
-    pub body_len: u64,
-}
-
-impl StaticResponse {
-    /// A response made whole by [`response::simple`]; `body_len` is what it carries unless
-    /// `head_only` (then 0, for the access log).
-    fn simple(status: u16, bytes: Vec<u8>, body_len: u64, head_only: bool) -> StaticResponse {
-        StaticResponse { status, head: bytes, body: Vec::new(), body_len: if head_only { 0 } else { body_len } }
+impl Options {
+    /// The options the command line asks for.
+    pub fn from_args(args: &Args) -> Options {
+        Options {
+            cache_control: args.cache_control.clone().filter(|v| !v.is_empty()),
+            dir_listing: args.dir_listing,
+            allow_symlinks_outside: args.allow_symlinks_outside,
+            cache_valid: Duration::from_millis(args.file_cache_valid_ms),
+            cache_entries: NonZeroUsize::new(args.file_cache_entries).unwrap_or(NonZeroUsize::MIN),
+        }
     }
 }
 
@@ -152,33 +127,31 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// Static file serving for one I/O thread.
+/// Static file serving for one event loop (or, behind a mount's middleware, for the workers).
 pub struct StaticFiles {
     options: Options,
     cache: FileCache,
 }
 
+/// `Content-Type` of the pages the server writes itself.
+const TEXT: &str = "text/plain; charset=utf-8";
+
 impl StaticFiles {
     /// Serving from `root`, the canonical docroot.
-    pub fn new(root: PathBuf, options: Options) -> StaticFiles {
+    pub(crate) fn new(root: PathBuf, options: Options) -> StaticFiles {
         let cache = FileCache::new(root, &options);
         StaticFiles { options, cache }
     }
 
-    /// Answers a request for the static path `decoded` (percent-decoded). `close` says the
-    /// connection closes after this response.
-    pub fn serve(&mut self, head: &RequestHead, decoded: &[u8], close: bool) -> StaticResponse {
-        let version = head.version.as_str();
-        let head_only = head.is_head();
+    /// Answers a request for the static path `decoded` (percent-decoded). For a `HEAD` request
+    /// the body is left out (the head is what `GET` would get).
+    pub fn serve(&mut self, head: &RequestHead, decoded: &[u8]) -> Response {
         let method = head.method();
         if method != "GET" && method != "HEAD" {
-            let body = response::error_body(405);
-            let fields: [(&str, &[u8]); 1] = [("Allow", b"GET, HEAD")];
-            let bytes = response::simple(version, 405, &fields, "text/plain; charset=utf-8", &body, close, false);
-            return StaticResponse::simple(405, bytes, body.len() as u64, head_only);
+            return Response::error(405).field("Allow", "GET, HEAD");
         }
         match self.cache.lookup(decoded) {
-            Lookup::File(entry) => self.file(head, &entry, close),
+            Lookup::File(entry) => file(head, &entry),
             Lookup::DirRedirect => {
                 let parts = crate::http::target::split(head.target(), head.form);
                 let mut location = parts.path.to_vec();
@@ -187,31 +160,23 @@ impl StaticFiles {
                     location.push(b'?');
                     location.extend_from_slice(parts.query);
                 }
-                let body = b"301 Moved Permanently\n";
-                let fields = [("Location", &location[..])];
-                let bytes =
-                    response::simple(version, 301, &fields, "text/plain; charset=utf-8", body, close, head_only);
-                StaticResponse::simple(301, bytes, body.len() as u64, head_only)
+                Response::page(301, TEXT, b"301 Moved Permanently\n".to_vec()).field("Location", location)
             }
             Lookup::DirNoIndex(dir) if self.options.dir_listing => {
                 match listing::render(&dir, &String::from_utf8_lossy(decoded)) {
-                    Ok(page) => {
-                        let bytes =
-                            response::simple(version, 200, &[], "text/html; charset=utf-8", &page, close, head_only);
-                        StaticResponse::simple(200, bytes, page.len() as u64, head_only)
-                    }
+                    Ok(page) => Response::page(200, "text/html; charset=utf-8", page),
                     Err(e) => {
                         tracing::warn!("listing {}: {e}", dir.display());
-                        self.not_found(version, head_only, close)
+                        self.not_found()
                     }
                 }
             }
-            Lookup::DirNoIndex(_) | Lookup::Missing => self.not_found(version, head_only, close),
+            Lookup::DirNoIndex(_) | Lookup::Missing => self.not_found(),
         }
     }
 
     /// A 404 whose body is the docroot's `404.html` when there is one (through the cache).
-    pub fn not_found(&mut self, version: &str, head_only: bool, close: bool) -> StaticResponse {
+    pub fn not_found(&mut self) -> Response {
         let page = match self.cache.lookup(b"/404.html") {
             Lookup::File(entry) => match &entry.identity.content {
                 Content::Inline(bytes) => Some(Arc::clone(bytes)),
@@ -219,129 +184,102 @@ impl StaticFiles {
             },
             _ => None,
         };
-        let (body, ctype): (&[u8], _) = match &page {
-            Some(bytes) => (bytes, "text/html; charset=utf-8"),
-            None => (b"404 Not Found\n", "text/plain; charset=utf-8"),
-        };
-        let bytes = response::simple(version, 404, &[], ctype, body, close, head_only);
-        StaticResponse::simple(404, bytes, body.len() as u64, head_only)
-    }
-
-    fn file(&self, head: &RequestHead, entry: &FileEntry, close: bool) -> StaticResponse {
-        let version = head.version.as_str();
-        let head_only = head.is_head();
-        let fields = Fields::of(head);
-        let coding = if entry.has_variants() {
-            encoding::negotiate(fields.accept_encoding.as_deref(), entry.br.is_some(), entry.gzip.is_some())
-        } else {
-            None
-        };
-        let rep = entry.variant(coding);
-        let conditions = Conditions {
-            if_match: fields.if_match.as_deref(),
-            if_none_match: fields.if_none_match.as_deref(),
-            if_modified_since: fields.if_modified_since,
-            if_unmodified_since: fields.if_unmodified_since,
-        };
-        // Fields every answer about this representation carries (RFC 9110 §15.4.5 for 304).
-        let shared = &entry.common_fields;
-        match conditional::evaluate(&conditions, &rep.etag, rep.modified) {
-            Precondition::Proceed => {}
-            Precondition::NotModified => {
-                let mut out = Vec::with_capacity(256);
-                response::start_head(&mut out, version, 304);
-                out.extend_from_slice(rep.validator_fields.as_bytes());
-                out.extend_from_slice(shared.as_bytes());
-                response::finish_head(&mut out, version, close);
-                return StaticResponse::simple(304, out, 0, true);
+        match page {
+            Some(bytes) => {
+                let len = bytes.len();
+                let head = ResponseHead::new(404)
+                    .field("Content-Type", "text/html; charset=utf-8")
+                    .framing(Framing::Length(len as u64));
+                Response { head, body: vec![Piece::Shared(bytes, 0..len)] }
             }
-            Precondition::Failed => {
-                let body = response::error_body(412);
-                let bytes = response::simple(version, 412, &[], "text/plain; charset=utf-8", &body, close, head_only);
-                return StaticResponse::simple(412, bytes, body.len() as u64, head_only);
-            }
-        }
-        // Range handling is defined for GET only (RFC 9110 §14.2).
-        let plan = match fields.range {
-            Some(range) if !head_only => match fields.if_range {
-                Some(v) if !conditional::if_range(v, &rep.etag, rep.modified) => Plan::Full,
-                _ => ranges::plan(range, rep.len),
-            },
-            _ => Plan::Full,
-        };
-        let mut out = Vec::with_capacity(320);
-        let encoding_field = coding.map(|c| format!("Content-Encoding: {}\r\n", c.token()));
-        let representation_fields = |out: &mut Vec<u8>| {
-            out.extend_from_slice(rep.validator_fields.as_bytes());
-            out.extend_from_slice(b"Accept-Ranges: bytes\r\n");
-            out.extend_from_slice(shared.as_bytes());
-            if let Some(e) = &encoding_field {
-                out.extend_from_slice(e.as_bytes());
-            }
-        };
-        match plan {
-            Plan::Full => {
-                response::start_head(&mut out, version, 200);
-                let _ = write!(out, "Content-Type: {}\r\nContent-Length: {}\r\n", entry.content_type, rep.len);
-                representation_fields(&mut out);
-                response::finish_head(&mut out, version, close);
-                let body = if head_only { Vec::new() } else { vec![slice(rep, 0, rep.len)] };
-                StaticResponse { status: 200, head: out, body, body_len: if head_only { 0 } else { rep.len } }
-            }
-            Plan::Single(r) => {
-                let n = r.end() - r.start() + 1;
-                response::start_head(&mut out, version, 206);
-                let _ = write!(
-                    out,
-                    "Content-Type: {}\r\nContent-Length: {n}\r\nContent-Range: bytes {}-{}/{}\r\n",
-                    entry.content_type,
-                    r.start(),
-                    r.end(),
-                    rep.len
-                );
-                representation_fields(&mut out);
-                response::finish_head(&mut out, version, close);
-                StaticResponse { status: 206, head: out, body: vec![slice(rep, *r.start(), n)], body_len: n }
-            }
-            Plan::Multi(list) => {
-                let boundary = ranges::boundary();
-                let mut body = Vec::with_capacity(list.len() * 2 + 1);
-                let mut total = 0u64;
-                for (i, r) in list.iter().enumerate() {
-                    let part_head = ranges::part_head(&boundary, i == 0, &entry.content_type, r, rep.len);
-                    let n = r.end() - r.start() + 1;
-                    total += part_head.len() as u64 + n;
-                    body.push(Part::Owned(part_head));
-                    body.push(slice(rep, *r.start(), n));
-                }
-                let end = ranges::closing(&boundary);
-                total += end.len() as u64;
-                body.push(Part::Owned(end));
-                response::start_head(&mut out, version, 206);
-                let _ = write!(
-                    out,
-                    "Content-Type: multipart/byteranges; boundary={boundary}\r\nContent-Length: {total}\r\n"
-                );
-                representation_fields(&mut out);
-                response::finish_head(&mut out, version, close);
-                StaticResponse { status: 206, head: out, body, body_len: total }
-            }
-            Plan::Unsatisfiable => {
-                let body = response::error_body(416);
-                let content_range = format!("bytes */{}", rep.len);
-                let fields = [("Content-Range", content_range.as_bytes())];
-                let bytes =
-                    response::simple(version, 416, &fields, "text/plain; charset=utf-8", &body, close, head_only);
-                StaticResponse::simple(416, bytes, body.len() as u64, head_only)
-            }
+            None => Response::error(404),
         }
     }
 }
 
-/// `len` bytes of `rep` from `offset`, as a body part.
-fn slice(rep: &Representation, offset: u64, len: u64) -> Part {
+/// The answer for a regular file: validators and preconditions (RFC 9110 §13), then the
+/// whole file, one range, several ranges or a 416 (§14).
+fn file(head: &RequestHead, entry: &FileEntry) -> Response {
+    let head_only = head.is_head();
+    let fields = Fields::of(head);
+    let coding = if entry.has_variants() {
+        encoding::negotiate(fields.accept_encoding.as_deref(), entry.br.is_some(), entry.gzip.is_some())
+    } else {
+        None
+    };
+    let rep = entry.variant(coding);
+    let conditions = Conditions {
+        if_match: fields.if_match.as_deref(),
+        if_none_match: fields.if_none_match.as_deref(),
+        if_modified_since: fields.if_modified_since,
+        if_unmodified_since: fields.if_unmodified_since,
+    };
+    match conditional::evaluate(&conditions, &rep.etag, rep.modified) {
+        Precondition::Proceed => {}
+        Precondition::NotModified => {
+            // The fields every answer about this representation carries (RFC 9110 §15.4.5).
+            let mut h = ResponseHead::new(304);
+            h.fields.append(&rep.validator_fields);
+            h.fields.append(&entry.common_fields);
+            return Response { head: h, body: Vec::new() };
+        }
+        Precondition::Failed => return Response::error(412),
+    }
+    // Range handling is defined for GET only (RFC 9110 §14.2).
+    let plan = match fields.range {
+        Some(range) if !head_only => match fields.if_range {
+            Some(v) if !conditional::if_range(v, &rep.etag, rep.modified) => Plan::Full,
+            _ => ranges::plan(range, rep.len),
+        },
+        _ => Plan::Full,
+    };
+    // Content-Type first, then the representation's fields, as every answer below has them.
+    let representation = |code: u16, content_type: &str, len: u64| {
+        let mut h = ResponseHead::new(code).field("Content-Type", content_type).framing(Framing::Length(len));
+        h.fields.append(&rep.validator_fields);
+        h.fields.push("Accept-Ranges", b"bytes");
+        h.fields.append(&entry.common_fields);
+        if let Some(c) = coding {
+            h.fields.push("Content-Encoding", c.token().as_bytes());
+        }
+        h
+    };
+    match plan {
+        Plan::Full => {
+            let body = if head_only { Vec::new() } else { vec![slice(rep, 0, rep.len)] };
+            Response { head: representation(200, &entry.content_type, rep.len), body }
+        }
+        Plan::Single(r) => {
+            let n = r.end() - r.start() + 1;
+            let mut h = representation(206, &entry.content_type, n);
+            h.fields.push("Content-Range", format!("bytes {}-{}/{}", r.start(), r.end(), rep.len).as_bytes());
+            Response { head: h, body: vec![slice(rep, *r.start(), n)] }
+        }
+        Plan::Multi(list) => {
+            let boundary = ranges::boundary();
+            let mut body = Vec::with_capacity(list.len() * 2 + 1);
+            let mut total = 0u64;
+            for (i, r) in list.iter().enumerate() {
+                let part_head = ranges::part_head(&boundary, i == 0, &entry.content_type, r, rep.len);
+                let n = r.end() - r.start() + 1;
+                total += part_head.len() as u64 + n;
+                body.push(Piece::Owned(part_head));
+                body.push(slice(rep, *r.start(), n));
+            }
+            let end = ranges::closing(&boundary);
+            total += end.len() as u64;
+            body.push(Piece::Owned(end));
+            let content_type = format!("multipart/byteranges; boundary={boundary}");
+            Response { head: representation(206, &content_type, total), body }
+        }
+        Plan::Unsatisfiable => Response::error(416).field("Content-Range", format!("bytes */{}", rep.len)),
+    }
+}
+
+/// `len` bytes of `rep` from `offset`, as a body piece.
+fn slice(rep: &Representation, offset: u64, len: u64) -> Piece {
     match &rep.content {
-        Content::Inline(bytes) => Part::Shared(Arc::clone(bytes), offset as usize..(offset + len) as usize),
-        Content::File(file) => Part::File { file: Arc::clone(file), offset, len },
+        Content::Inline(bytes) => Piece::Shared(Arc::clone(bytes), offset as usize..(offset + len) as usize),
+        Content::File(file) => Piece::File { file: Arc::clone(file), offset, len },
     }
 }

@@ -82,7 +82,7 @@ pub fn resolve(root: &Path, decoded: &[u8], allow_outside: bool) -> Resolved {
         };
     }
     if !meta.is_file() || decoded.ends_with(b"/") {
-        // FIFOs, sockets, devices: never opened (opening a FIFO would block the I/O thread).
+        // FIFOs, sockets, devices: never opened (opening a FIFO would block the event loop).
         // `/file.txt/` is not the file (its relative links would resolve elsewhere), as
         // open(2) says with ENOTDIR.
         return Resolved::Missing;

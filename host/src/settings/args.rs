@@ -1,44 +1,49 @@
-//! Command-line options (clap) and the settings the server runs with.
+//! The command line (clap): every server setting, spelled once. The configuration file's
+//! `[server]` keys ([`super::file`]) and `--print-config` ([`super::print`]) are derived from
+//! this definition — a key is a long flag with `_` for `-`, typed by the flag's own parser —
+//! so a new flag is a new file key with no other change.
 //!
 //! Every option has a default, so `portico` with no arguments serves `html/` and `plugins/`
 //! on 127.0.0.1:8000. Each can also be set through a `PORTICO_*` environment variable.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueHint};
+use serde::Serialize;
 
 use crate::http::limits;
 
 /// Portico: static files and hot-reloadable compiled plugins over HTTP/1.1.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, Serialize)]
 #[command(name = "portico", version, about, long_about = None)]
 pub struct Args {
     /// Configuration file (TOML): server settings, mounts, plugin settings. Flags and
     /// `PORTICO_*` variables override its `[server]` settings.
-    #[arg(long, env = "PORTICO_CONFIG")]
+    #[arg(long, env = "PORTICO_CONFIG", value_hint = ValueHint::FilePath)]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Print the effective configuration (flags, environment, file, defaults) as TOML and exit.
     #[arg(long)]
+    #[serde(skip)]
     pub print_config: bool,
     /// Address to listen on; repeat for several. Port 0 picks a free port.
     #[arg(long = "bind", env = "PORTICO_BIND", value_delimiter = ',', default_value = "127.0.0.1:8000")]
     pub bind: Vec<SocketAddr>,
     /// Directory of static files (the docroot).
-    #[arg(long, env = "PORTICO_DOCROOT", default_value = "html")]
+    #[arg(long, env = "PORTICO_DOCROOT", default_value = "html", value_hint = ValueHint::DirPath)]
     pub docroot: PathBuf,
     /// Directory of plugins (`NAME.so` or `libNAME.so` serve `/NAME.py`).
-    #[arg(long, env = "PORTICO_PLUGINS", default_value = "plugins")]
+    #[arg(long, env = "PORTICO_PLUGINS", default_value = "plugins", value_hint = ValueHint::DirPath)]
     pub plugins: PathBuf,
     /// Where private copies of plugin libraries are made before loading
     /// [default: PLUGINS/.cache].
-    #[arg(long, env = "PORTICO_CACHE_DIR")]
+    #[arg(long, env = "PORTICO_CACHE_DIR", value_hint = ValueHint::DirPath)]
     pub cache_dir: Option<PathBuf>,
     /// Worker threads that run applications [default: 2 × cores, at least 4].
     #[arg(long, env = "PORTICO_THREADS")]
     pub threads: Option<usize>,
-    /// I/O threads (event loops): each accepts connections, reads requests, serves static
+    /// Event loops, one thread each: each accepts connections, reads requests, serves static
     /// files and writes responses. `--max-connections` is shared out between them.
     #[arg(long, env = "PORTICO_IO_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub io_threads: u16,
@@ -47,7 +52,7 @@ pub struct Args {
     #[arg(long, env = "PORTICO_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// Access log destination: a file path, `-` for stdout, or `off`.
-    #[arg(long, env = "PORTICO_ACCESS_LOG", default_value = "-")]
+    #[arg(long, env = "PORTICO_ACCESS_LOG", default_value = "-", value_hint = ValueHint::FilePath)]
     pub access_log: String,
     /// Seconds a keep-alive connection may stay idle between requests; then it is closed.
     #[arg(long, env = "PORTICO_KEEP_ALIVE_TIMEOUT", default_value_t = limits::KEEP_ALIVE_TIMEOUT.as_secs())]
@@ -84,7 +89,7 @@ pub struct Args {
     /// checked again (one stat per file); 0 checks on every request.
     #[arg(long, env = "PORTICO_FILE_CACHE_VALID_MS", default_value_t = 1000)]
     pub file_cache_valid_ms: u64,
-    /// Most paths in the open-file cache (per I/O thread).
+    /// Most paths in the open-file cache (per event loop).
     #[arg(long, env = "PORTICO_FILE_CACHE_ENTRIES", default_value_t = 1024)]
     pub file_cache_entries: usize,
     /// Path of the status page (HTML; JSON with `?format=json`). The Prometheus metrics are
@@ -98,9 +103,9 @@ pub struct Args {
     pub status_public: bool,
 }
 
-/// A `--status-path` must be `off` or a plain absolute path (see [`crate::status::Paths::parse`]).
+/// A `--status-path` must be `off` or a plain absolute path (see [`super::AdminPaths::parse`]).
 fn parse_status_path(v: &str) -> Result<String, String> {
-    crate::status::Paths::parse(v)?;
+    super::AdminPaths::parse(v)?;
     Ok(v.to_owned())
 }
 
@@ -108,75 +113,4 @@ fn parse_status_path(v: &str) -> Result<String, String> {
 fn parse_field_value(v: &str) -> Result<String, String> {
     crate::http::response::validate_field("Cache-Control", v.as_bytes()).map_err(str::to_owned)?;
     Ok(v.trim().to_owned())
-}
-
-/// The settings the running server uses, derived from [`Args`].
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Longest request line, bytes.
-    pub max_request_line: usize,
-    /// Largest header section, bytes.
-    pub max_head_bytes: usize,
-    /// Most fields.
-    pub max_fields: usize,
-    /// Largest body, bytes.
-    pub max_body: u64,
-    /// Head timeout.
-    pub head_timeout: Duration,
-    /// Keep-alive idle timeout.
-    pub keep_alive_timeout: Duration,
-    /// Body inactivity timeout.
-    pub body_timeout: Duration,
-    /// Send inactivity timeout.
-    pub send_timeout: Duration,
-    /// Drain time on SIGTERM.
-    pub graceful_timeout: Duration,
-    /// Connection cap.
-    pub max_connections: usize,
-    /// Whether access lines are produced at all.
-    pub access_log: bool,
-    /// The status page and metrics paths; `None` when `--status-path off`.
-    pub status: Option<crate::status::Paths>,
-    /// Answer them to every client, not only loopback ones.
-    pub status_public: bool,
-}
-
-impl Args {
-    /// Worker threads: the flag, or 2 × cores with a minimum of 4 (Waitress uses 4).
-    pub fn worker_threads(&self) -> usize {
-        self.threads.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-            (2 * cores).max(4)
-        })
-    }
-
-    /// How static files are served.
-    pub fn static_options(&self) -> crate::static_files::Options {
-        crate::static_files::Options {
-            cache_control: self.cache_control.clone().filter(|v| !v.is_empty()),
-            dir_listing: self.dir_listing,
-            allow_symlinks_outside: self.allow_symlinks_outside,
-            cache_valid: Duration::from_millis(self.file_cache_valid_ms),
-            cache_entries: std::num::NonZeroUsize::new(self.file_cache_entries).unwrap_or(std::num::NonZeroUsize::MIN),
-        }
-    }
-
-    /// The settings for the server.
-    pub fn config(&self) -> Config {
-        Config {
-            max_request_line: limits::MAX_REQUEST_LINE,
-            max_head_bytes: limits::MAX_HEAD_BYTES,
-            max_fields: limits::MAX_FIELDS,
-            max_body: self.max_body,
-            head_timeout: Duration::from_secs(self.header_timeout),
-            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
-            body_timeout: Duration::from_secs(self.body_timeout),
-            send_timeout: Duration::from_secs(self.send_timeout),
-            graceful_timeout: Duration::from_secs(self.graceful_timeout),
-            max_connections: self.max_connections.max(1),
-            access_log: self.access_log != "off",
-            status: crate::status::Paths::parse(&self.status_path).unwrap_or(None),
-            status_public: self.status_public,
-        }
-    }
 }

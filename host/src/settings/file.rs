@@ -2,10 +2,11 @@
 //! settings, in TOML (serde).
 //!
 //! Precedence, per setting: command-line flag > `PORTICO_*` environment variable > file >
-//! built-in default. The file's `[server]` keys are the long flag names with `_` for `-`
-//! (`keep_alive_timeout = 10` is `--keep-alive-timeout 10`); they are merged by handing clap
-//! the file's values as arguments for every setting the command line and the environment
-//! left at its default, so the file is validated by the same parsers as the flags.
+//! built-in default. The `[server]` keys are not a second list of settings: each is checked
+//! against the command line's definition ([`Args`]) — a key is a long flag with `_` for `-`
+//! (`keep_alive_timeout = 10` is `--keep-alive-timeout 10`), its value is checked by that
+//! flag's own parser, and the file's values are merged by handing clap the file's values as
+//! arguments for every setting the command line and the environment left at its default.
 //!
 //! ```toml
 //! [server]
@@ -24,15 +25,16 @@
 //! Every error names the file, and the line and column (toml's spans).
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches};
-use serde::{Deserialize, Serialize};
+use clap::{Arg, ArgAction, ArgMatches, Command, CommandFactory, FromArgMatches, ValueHint};
+use serde::Deserialize;
+use toml::Spanned;
 
-use crate::config::Args;
+use super::Args;
 
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +47,8 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// Not valid TOML, or a key or value Portico does not accept (the message has the line
-    /// and column).
+    /// Not valid TOML, or a table Portico does not know (the message has the line and
+    /// column).
     #[error("{path}: {message}")]
     Parse {
         /// The file.
@@ -54,7 +56,8 @@ pub enum ConfigError {
         /// toml's message, with line, column and the offending text.
         message: String,
     },
-    /// A setting is valid TOML but not a valid value (`--bind nonsense`, a bad mount).
+    /// A setting is valid TOML but not a valid value (`bind = ["nonsense"]`, a bad mount, an
+    /// unknown `[server]` key).
     #[error("{path}:{line}:{column}: {message}")]
     Invalid {
         /// The file.
@@ -76,58 +79,33 @@ pub enum ConfigError {
     },
 }
 
-/// The `[server]` table: the command-line settings, all optional.
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSection {
-    bind: Option<Vec<String>>,
-    docroot: Option<PathBuf>,
-    plugins: Option<PathBuf>,
-    cache_dir: Option<PathBuf>,
-    threads: Option<usize>,
-    io_threads: Option<u16>,
-    log_level: Option<String>,
-    access_log: Option<String>,
-    keep_alive_timeout: Option<u64>,
-    header_timeout: Option<u64>,
-    body_timeout: Option<u64>,
-    send_timeout: Option<u64>,
-    graceful_timeout: Option<u64>,
-    max_body: Option<u64>,
-    max_connections: Option<usize>,
-    cache_control: Option<String>,
-    dir_listing: Option<bool>,
-    allow_symlinks_outside: Option<bool>,
-    file_cache_valid_ms: Option<u64>,
-    file_cache_entries: Option<usize>,
-    status_path: Option<String>,
-    status_public: Option<bool>,
-}
-
 /// One `[[mount]]`: a URL prefix served by an application behind middleware.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MountSpec {
     /// The URL path prefix (`SCRIPT_NAME`): starts with `/`, no trailing `/` except `/` itself.
-    pub prefix: toml::Spanned<String>,
+    pub prefix: Spanned<String>,
     /// The plugin that answers (exactly one of `app` and `static = true`).
-    pub app: Option<toml::Spanned<String>>,
+    pub app: Option<Spanned<String>>,
     /// The docroot answers, behind the middleware: `/prefix/x` is the file it would be without
     /// the mount.
     #[serde(default, rename = "static")]
     pub static_files: bool,
     /// Middleware plugins, outermost first.
     #[serde(default)]
-    pub middleware: Vec<toml::Spanned<String>>,
+    pub middleware: Vec<Spanned<String>>,
 }
+
+/// The `[server]` table as written: keys and values with their positions in the file.
+pub type ServerTable = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 /// The whole file.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Server settings.
+    /// Server settings: long flag names with `_` for `-` (checked against [`Args`]).
     #[serde(default)]
-    pub server: ServerSection,
+    pub server: ServerTable,
     /// Mounts.
     #[serde(default)]
     pub mount: Vec<MountSpec>,
@@ -147,8 +125,8 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Reads and parses `path`, and checks the mounts' shapes (plugin names are checked
-    /// against the plugins directory by the caller, see [`crate::mount`]).
+    /// Reads and parses `path`, and checks the `[server]` keys and the mounts' shapes (plugin
+    /// names are checked against the loaded plugins by the caller, see `crate::routing`).
     ///
     /// # Errors
     /// [`ConfigError::Read`], [`ConfigError::Parse`] or [`ConfigError::Invalid`].
@@ -158,6 +136,7 @@ impl Loaded {
         let file: FileConfig =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
         let loaded = Loaded { path: path.to_owned(), text, file };
+        loaded.server_arguments(&Args::command())?;
         loaded.check_mounts()?;
         Ok(loaded)
     }
@@ -218,6 +197,100 @@ impl Loaded {
         let start = self.text.find(&header).unwrap_or(0);
         self.error_at(start..start, message)
     }
+
+    /// The `[server]` table as command-line arguments (`--flag=value`, `--flag` for `true`),
+    /// in the file's key order, each checked by its flag's parser. Relative paths (flags whose
+    /// value is a path) are taken relative to the file's directory.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] at the key (unknown, or not a setting) or at the value (wrong
+    /// type, or refused by the flag's parser).
+    fn server_arguments(&self, cmd: &Command) -> Result<Vec<(String, OsString)>, ConfigError> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let mut out = Vec::new();
+        for (key, value) in &self.file.server {
+            let arg = setting(cmd, key.get_ref()).ok_or_else(|| {
+                self.error_at(
+                    key.span(),
+                    format!(
+                        "unknown setting {:?} in [server] (its keys are the long flags of `portico --help` \
+                         with `_` for `-`, except config and print_config)",
+                        key.get_ref()
+                    ),
+                )
+            })?;
+            let flag = format!("--{}", arg.get_long().unwrap_or_default());
+            let is_switch = matches!(arg.get_action(), ArgAction::SetTrue);
+            let is_list = matches!(arg.get_action(), ArgAction::Append);
+            let items: Vec<&toml::Value> = match value.get_ref() {
+                toml::Value::Array(items) if is_list => items.iter().collect(),
+                toml::Value::Array(_) => {
+                    return Err(self.error_at(value.span(), format!("{}: takes one value, not a list", key.get_ref())));
+                }
+                v => vec![v],
+            };
+            for item in items {
+                let text = match (item, is_switch) {
+                    (toml::Value::Boolean(b), true) => {
+                        if *b {
+                            out.push((key.get_ref().clone(), OsString::from(&flag)));
+                        }
+                        continue;
+                    }
+                    (_, true) => {
+                        return Err(self.error_at(value.span(), format!("{}: must be true or false", key.get_ref())));
+                    }
+                    (toml::Value::String(s), false) => s.clone(),
+                    (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_), false) => {
+                        item.to_string()
+                    }
+                    (_, false) => {
+                        return Err(
+                            self.error_at(value.span(), format!("{}: must be a string or a number", key.get_ref()))
+                        );
+                    }
+                };
+                let path_like = matches!(arg.get_value_hint(), ValueHint::DirPath | ValueHint::FilePath);
+                let text = if path_like && !matches!(text.as_str(), "-" | "off") && Path::new(&text).is_relative() {
+                    base.join(&text).to_string_lossy().into_owned()
+                } else {
+                    text
+                };
+                // The flag's own parser, alone on a command line without environment.
+                let alone = cmd.clone().mut_args(|a| a.env(clap::builder::Resettable::Reset));
+                if let Err(e) =
+                    alone.try_get_matches_from([OsStr::new("portico"), OsStr::new(&format!("{flag}={text}"))])
+                {
+                    let why = e.to_string();
+                    let why = why.trim().trim_start_matches("error: ");
+                    let why = why.lines().next().unwrap_or_default();
+                    return Err(self.error_at(value.span(), format!("{} ({flag}): {why}", key.get_ref())));
+                }
+                // `--flag=value`, so a value starting with `-` is not read as a flag.
+                out.push((key.get_ref().clone(), OsString::from(format!("{flag}={text}"))));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The command-line argument a `[server]` key stands for: a long flag, not `--config`,
+/// `--print-config`, `--help` or `--version`.
+fn setting<'c>(cmd: &'c Command, key: &str) -> Option<&'c Arg> {
+    let long = key.replace('_', "-");
+    cmd.get_arguments().find(|a| a.get_long() == Some(long.as_str()) && is_setting(a))
+}
+
+/// Whether `arg` is a server setting (a `[server]` key): every long flag but the file itself,
+/// `--print-config`, `--help` and `--version`.
+pub fn is_setting(arg: &Arg) -> bool {
+    let not_settings = ["config", "print_config", "help", "version"];
+    arg.get_long().is_some() && !not_settings.contains(&arg.get_id().as_str())
+}
+
+/// The `[server]` key for a setting's argument: its long flag with `_` for `-`.
+pub fn key_of(arg: &Arg) -> String {
+    arg.get_long().unwrap_or_default().replace('-', "_")
 }
 
 /// Parses the command line and, when `--config` (or `PORTICO_CONFIG`) names a file, merges its
@@ -245,96 +318,35 @@ where
     Ok((args, Some(loaded)))
 }
 
-/// The file's `[server]` settings as flags, for every setting the command line and the
-/// environment did not give. Relative paths are taken relative to the file's directory.
+/// The file's `[server]` settings as arguments, for every setting the command line and the
+/// environment did not give.
 fn file_arguments(loaded: &Loaded, matches: &ArgMatches) -> Result<Vec<OsString>, ConfigError> {
-    let base = loaded.path.parent().unwrap_or(Path::new("."));
-    let table = toml::Table::try_from(&loaded.file.server)
-        .map_err(|e| ConfigError::Parse { path: loaded.path.clone(), message: e.to_string() })?;
-    let mut out = Vec::new();
-    for (key, value) in table {
-        let given = matches!(matches.value_source(&key), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
-        if given {
-            continue;
-        }
-        // `--flag=value`, so a value starting with `-` is not read as a flag.
-        let flag = format!("--{}", key.replace('_', "-"));
-        let path_like = matches!(key.as_str(), "docroot" | "plugins" | "cache_dir" | "access_log");
-        let text = |v: &toml::Value| -> String {
-            let s = match v {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            if path_like && !matches!(s.as_str(), "-" | "off") && Path::new(&s).is_relative() {
-                base.join(&s).to_string_lossy().into_owned()
-            } else {
-                s
-            }
-        };
-        match &value {
-            toml::Value::Boolean(true) => out.push(flag.into()),
-            toml::Value::Boolean(false) => {}
-            toml::Value::Array(items) => {
-                for item in items {
-                    out.push(format!("{flag}={}", text(item)).into());
-                }
-            }
-            v => out.push(format!("{flag}={}", text(v)).into()),
-        }
-    }
-    Ok(out)
+    let cmd = Args::command();
+    Ok(loaded
+        .server_arguments(&cmd)?
+        .into_iter()
+        .filter(|(key, _)| {
+            !matches!(matches.value_source(key), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+        })
+        .map(|(_, arg)| arg)
+        .collect())
 }
 
-/// The effective configuration, as a TOML document (`portico --print-config`).
-pub fn render(args: &Args, loaded: Option<&Loaded>) -> String {
-    let mut out =
-        String::from("# portico --print-config: the effective settings (flag > environment > file > default)\n");
-    if let Some(l) = loaded {
-        out.push_str(&format!("# from {}\n", l.path.display()));
-    }
-    let server = ServerSection {
-        bind: Some(args.bind.iter().map(ToString::to_string).collect()),
-        docroot: Some(args.docroot.clone()),
-        plugins: Some(args.plugins.clone()),
-        cache_dir: Some(args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"))),
-        threads: Some(args.worker_threads()),
-        io_threads: Some(args.io_threads),
-        log_level: Some(args.log_level.clone()),
-        access_log: Some(args.access_log.clone()),
-        keep_alive_timeout: Some(args.keep_alive_timeout),
-        header_timeout: Some(args.header_timeout),
-        body_timeout: Some(args.body_timeout),
-        send_timeout: Some(args.send_timeout),
-        graceful_timeout: Some(args.graceful_timeout),
-        max_body: Some(args.max_body),
-        max_connections: Some(args.max_connections),
-        cache_control: args.cache_control.clone(),
-        dir_listing: Some(args.dir_listing),
-        allow_symlinks_outside: Some(args.allow_symlinks_outside),
-        file_cache_valid_ms: Some(args.file_cache_valid_ms),
-        file_cache_entries: Some(args.file_cache_entries),
-        status_path: Some(args.status_path.clone()),
-        status_public: Some(args.status_public),
-    };
-    #[derive(Serialize)]
-    struct Doc<'a> {
-        server: &'a ServerSection,
-    }
-    out.push_str(&toml::to_string(&Doc { server: &server }).unwrap_or_default());
-    if let Some(l) = loaded {
-        for m in &l.file.mount {
-            out.push_str("\n[[mount]]\n");
-            out.push_str(&format!("prefix = {:?}\n", m.prefix.get_ref()));
-            match &m.app {
-                Some(app) => out.push_str(&format!("app = {:?}\n", app.get_ref())),
-                None => out.push_str("static = true\n"),
-            }
-            let mw: Vec<&String> = m.middleware.iter().map(|s| s.get_ref()).collect();
-            out.push_str(&format!("middleware = {mw:?}\n"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_long_flag_but_four_is_a_server_key() {
+        let cmd = Args::command();
+        let keys: Vec<String> = cmd.get_arguments().filter(|a| is_setting(a)).map(key_of).collect();
+        assert!(keys.contains(&"keep_alive_timeout".to_owned()) && keys.contains(&"bind".to_owned()), "{keys:?}");
+        for not in ["config", "print_config", "help", "version"] {
+            assert!(setting(&cmd, not).is_none(), "{not} is not a setting");
         }
-        for name in l.file.plugin.keys() {
-            out.push_str(&format!("\n[plugin.{name}]\n{}", l.plugin_config(name)));
+        // The clap id is the key: the merge looks values up by it.
+        for a in cmd.get_arguments().filter(|a| is_setting(a)) {
+            assert_eq!(a.get_id().as_str(), key_of(a), "flag --{:?}", a.get_long());
         }
     }
-    out
 }

@@ -1,8 +1,8 @@
-//! The request body on its way from the I/O thread to an application (`wsgi.input`).
+//! The request body on its way from the event loop to an application (`wsgi.input`).
 //!
-//! The I/O thread decodes body bytes (de-chunked) and pushes them in; the application's
+//! The event loop decodes body bytes (de-chunked) and pushes them in; the application's
 //! worker reads them out, blocking until more arrive, for at most the body timeout between
-//! arrivals. The pipe holds at most [`PIPE_CAPACITY`] bytes: past that the I/O thread stops
+//! arrivals. The pipe holds at most [`PIPE_CAPACITY`] bytes: past that the event loop stops
 //! reading the socket (TCP backpressure on the client) until the application reads.
 //!
 //! `Expect: 100-continue` (RFC 9110 §10.1.1): the interim `100 Continue` is asked for on the
@@ -13,9 +13,9 @@ use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::reactor::{Completion, ConnId, Notifier};
+use super::{Completion, ConnId, Notifier};
 
-/// Bytes buffered in a pipe above which the I/O thread stops reading the body: 256 KiB.
+/// Bytes buffered in a pipe above which the event loop stops reading the body: 256 KiB.
 pub const PIPE_CAPACITY: usize = 256 * 1024;
 
 #[derive(Default)]
@@ -29,7 +29,7 @@ struct State {
     continue_pending: bool,
 }
 
-/// One request body in flight between the I/O thread and a worker.
+/// One request body in flight between the event loop and a worker.
 pub struct BodyPipe {
     state: Mutex<State>,
     ready: Condvar,
@@ -41,7 +41,7 @@ pub struct BodyPipe {
 impl BodyPipe {
     /// An open pipe for connection `conn`. `expect_continue`: ask for `100 Continue` on the
     /// first read.
-    pub fn new(conn: ConnId, notifier: Notifier, timeout: Duration, expect_continue: bool) -> Self {
+    pub(crate) fn new(conn: ConnId, notifier: Notifier, timeout: Duration, expect_continue: bool) -> Self {
         BodyPipe {
             state: Mutex::new(State { continue_pending: expect_continue, ..State::default() }),
             ready: Condvar::new(),
@@ -55,7 +55,7 @@ impl BodyPipe {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// I/O side: appends decoded body bytes.
+    /// Event loop side: appends decoded body bytes.
     pub fn push(&self, data: Vec<u8>) {
         if data.is_empty() {
             return;
@@ -67,13 +67,13 @@ impl BodyPipe {
         self.ready.notify_one();
     }
 
-    /// I/O side: the body is complete.
+    /// Event loop side: the body is complete.
     pub fn finish(&self) {
         self.lock().done = true;
         self.ready.notify_one();
     }
 
-    /// I/O side: the body failed (client gone, timeout, bad chunked framing).
+    /// Event loop side: the body failed (client gone, timeout, bad chunked framing).
     pub fn fail(&self, msg: &str) {
         let mut s = self.lock();
         if !s.done {
@@ -83,8 +83,8 @@ impl BodyPipe {
         self.ready.notify_one();
     }
 
-    /// I/O side: whether the buffer is full; if so, marks the pipe paused so the reader asks
-    /// the I/O thread to resume once it has drained half of it.
+    /// Event loop side: whether the buffer is full; if so, marks the pipe paused so the reader asks
+    /// the event loop to resume once it has drained half of it.
     pub fn full_then_pause(&self) -> bool {
         let mut s = self.lock();
         if s.buffered >= PIPE_CAPACITY {
@@ -95,7 +95,7 @@ impl BodyPipe {
         }
     }
 
-    /// Whether the I/O thread stopped reading because the buffer is full (then the body
+    /// Whether the event loop stopped reading because the buffer is full (then the body
     /// timeout does not run: the wait is ours, not the client's).
     pub fn is_paused(&self) -> bool {
         self.lock().paused
@@ -107,7 +107,7 @@ impl BodyPipe {
         self.lock().continue_pending
     }
 
-    /// Whether the I/O thread has read the whole body off the socket.
+    /// Whether the event loop has read the whole body off the socket.
     pub fn is_complete(&self) -> bool {
         self.lock().done
     }

@@ -9,19 +9,34 @@
 
 use std::collections::HashSet;
 
-use crate::config_file::{ConfigError, Loaded};
 use crate::plugin::registry::PluginSet;
+use crate::settings::file::{ConfigError, Loaded};
 
-/// The application name of a mount with `static = true` (not a valid plugin name).
-pub const STATIC_APP: &str = "@static";
+/// What answers at the end of a mount's pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountApp {
+    /// A plugin's application, by name.
+    Plugin(String),
+    /// The docroot (`static = true`): `/prefix/x` is the file it would be without the mount.
+    Docroot,
+}
+
+impl std::fmt::Display for MountApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountApp::Plugin(name) => f.write_str(name),
+            MountApp::Docroot => f.write_str("the docroot"),
+        }
+    }
+}
 
 /// One mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     /// `SCRIPT_NAME`.
     pub prefix: String,
-    /// The application plugin, or [`STATIC_APP`] for the docroot.
-    pub app: String,
+    /// What answers.
+    pub app: MountApp,
     /// Middleware plugins, outermost first.
     pub middleware: std::sync::Arc<[String]>,
 }
@@ -44,15 +59,20 @@ impl Mounts {
             .iter()
             .map(|m| Mount {
                 prefix: m.prefix.get_ref().clone(),
-                app: m.app.as_ref().map_or_else(|| STATIC_APP.to_owned(), |a| a.get_ref().clone()),
+                app: m.app.as_ref().map_or(MountApp::Docroot, |a| MountApp::Plugin(a.get_ref().clone())),
                 middleware: m.middleware.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>().into(),
             })
             .collect();
         list.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
         let mounted = list
             .iter()
-            .flat_map(|m| std::iter::once(&m.app).chain(m.middleware.iter()))
-            .filter(|n| *n != STATIC_APP)
+            .flat_map(|m| {
+                let app = match &m.app {
+                    MountApp::Plugin(name) => Some(name),
+                    MountApp::Docroot => None,
+                };
+                app.into_iter().chain(m.middleware.iter())
+            })
             .cloned()
             .collect();
         Mounts { list, mounted }
@@ -137,7 +157,7 @@ mod tests {
     fn mounts(prefixes: &[&str]) -> Mounts {
         let mut list: Vec<Mount> = prefixes
             .iter()
-            .map(|p| Mount { prefix: (*p).into(), app: "a".into(), middleware: Vec::new().into() })
+            .map(|p| Mount { prefix: (*p).into(), app: MountApp::Plugin("a".into()), middleware: Vec::new().into() })
             .collect();
         list.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
         Mounts { list, mounted: HashSet::new() }

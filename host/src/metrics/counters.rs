@@ -1,28 +1,32 @@
-//! The server's counters about itself: what [`crate::status`] shows on the status page, as
-//! JSON and as Prometheus metrics. This module owns every counter; it formats nothing.
+//! The server's counters about itself: what the admin pages show (`crate::admin`: the
+//! status page, as HTML and JSON, and the Prometheus metrics). This module owns every
+//! counter; it formats nothing.
 //!
 //! What is measured, where, and what it costs:
 //! - **Per plugin** ([`PluginStats`], by route name; a mount's requests count under its
 //!   application plugin): requests, 5xx responses, requests in flight, and a latency
-//!   histogram. Recorded by the worker (`worker.rs`) around the application call: from the
+//!   histogram. Recorded by the worker (`crate::worker`) around the application call: from the
 //!   moment a worker takes the request's job off the queue until the response head is ready
 //!   (the application has returned and `start_response` was checked). Queue wait, streamed
-//!   body chunks and writing to the socket are **not** in it. A 5xx is a status ≥ 500 in that
-//!   head, the application's own or the host's 500 for a broken response. Cost per request:
+//!   body chunks and writing to the socket are **not** in it. Responses are counted by class
+//!   of their status (`2xx` … `5xx`), the application's own or the host's 500 for a broken
+//!   response. Cost per request:
 //!   two `Instant::now()` and four or five relaxed atomic adds on the plugin's counters; the
 //!   counters are found through a per-worker cache ([`WorkerCache`], keyed by the plugin's
 //!   load generation), so the shared map's lock is taken once per worker per plugin version,
 //!   never per request.
-//! - **Connections by state** ([`LoopConns`], one per I/O loop): each loop recounts its own
+//! - **Connections by state** ([`LoopConns`], one per event loop): each loop recounts its own
 //!   connections on its 250 ms sweep (it walks them all for the timeouts anyway) and stores
 //!   the counts; readers add the loops up. So the figures are at most ~250 ms old, and
 //!   nothing is counted on the request path.
 //! - **Worker pool**: busy workers (an atomic the worker raises and lowers around each job:
 //!   an application call, a stream pull or a stream close) and the job queue's depth
-//!   (crossbeam's `Receiver::len`, read when asked).
-//! - **Reloads** (SIGHUP, recorded by `server.rs`): how many, how many failed, and the last
-//!   one's time, outcome and error.
-//! - **Uptime** from when the server started (`server::run`), and resident memory (VmRSS of
+//!   (read when asked, through a function the server hands over: this module does not know
+//!   the queue's type).
+//! - **Reloads** (SIGHUP, recorded by `crate::reload`): how many, how many failed, the last
+//!   one's time, outcome and error, and when the plugins and configuration serving now were
+//!   last loaded successfully (the start counts as one).
+//! - **Start time** of the server (`server::run`), and resident memory (VmRSS of
 //!   `/proc/self/status`, read when asked).
 
 use std::collections::HashMap;
@@ -30,10 +34,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::Receiver;
-
 use crate::plugin::loader::Plugin;
-use crate::worker::Job;
 
 /// Upper bounds of the latency histogram's buckets, in seconds (a value `v` falls in the first
 /// bucket with `v <= bound`; past the last, in `+Inf`). 25 µs to 10 s, 1-2.5-5 steps.
@@ -68,13 +69,21 @@ const BOUNDS_NS: [u64; 19] = [
 /// Buckets in the histogram: one per bound, plus `+Inf`.
 pub const BUCKETS: usize = LATENCY_BOUNDS.len() + 1;
 
+/// The status classes responses are counted by (RFC 9110 §15), as Prometheus labels.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index in [`CLASSES`] of a status code (out-of-range codes count as `5xx`).
+fn class_of(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
+}
+
 /// One plugin's counters (all since the server started; kept across reloads of the plugin).
 #[derive(Debug, Default)]
 pub struct PluginStats {
     /// Requests whose application call is running now.
     in_flight: AtomicUsize,
-    /// Responses with a status ≥ 500.
-    server_errors: AtomicU64,
+    /// Responses per status class ([`CLASSES`]).
+    responses: [AtomicU64; 5],
     /// Requests per latency bucket (not cumulative); their sum is the request count.
     buckets: [AtomicU64; BUCKETS],
     /// Sum of the latencies, nanoseconds.
@@ -98,8 +107,8 @@ impl Drop for InFlight<'_> {
 pub struct PluginCounts {
     /// Requests answered (the histogram's count).
     pub requests: u64,
-    /// Responses with a status ≥ 500.
-    pub server_errors: u64,
+    /// Responses per status class ([`CLASSES`]).
+    pub responses: [u64; 5],
     /// Application calls running now.
     pub in_flight: u64,
     /// Sum of the latencies, seconds.
@@ -121,9 +130,7 @@ impl PluginStats {
         let bucket = BOUNDS_NS.partition_point(|&bound| bound < ns);
         self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
-        if status >= 500 {
-            self.server_errors.fetch_add(1, Ordering::Relaxed);
-        }
+        self.responses[class_of(status)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters now.
@@ -131,7 +138,7 @@ impl PluginStats {
         let buckets: [u64; BUCKETS] = std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed));
         PluginCounts {
             requests: buckets.iter().sum(),
-            server_errors: self.server_errors.load(Ordering::Relaxed),
+            responses: std::array::from_fn(|i| self.responses[i].load(Ordering::Relaxed)),
             in_flight: self.in_flight.load(Ordering::Relaxed) as u64,
             sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
             buckets,
@@ -168,7 +175,7 @@ impl PluginCounts {
     }
 }
 
-/// One I/O loop's connections by state, as counted on its last sweep. The states add up to
+/// One event loop's connections by state, as counted on its last sweep. The states add up to
 /// `open`.
 #[derive(Debug, Default)]
 pub struct LoopConns {
@@ -179,7 +186,7 @@ pub struct LoopConns {
     /// Receiving a request head, or a body the application has not fully read.
     pub reading: AtomicUsize,
     /// The request is with the application (queued or running); nothing to read or write.
-    pub waiting: AtomicUsize,
+    pub processing: AtomicUsize,
     /// Sending a response.
     pub writing: AtomicUsize,
     /// Lingering close: the response is out, the client's leftover input is being drained.
@@ -195,8 +202,8 @@ pub struct ConnCounts {
     pub idle: usize,
     /// Receiving a request head or body.
     pub reading: usize,
-    /// Waiting for the application.
-    pub waiting: usize,
+    /// The request is with the application (queued or running).
+    pub processing: usize,
     /// Sending a response.
     pub writing: usize,
     /// Closing (lingering).
@@ -209,7 +216,7 @@ impl LoopConns {
         self.open.store(c.open, Ordering::Relaxed);
         self.idle.store(c.idle, Ordering::Relaxed);
         self.reading.store(c.reading, Ordering::Relaxed);
-        self.waiting.store(c.waiting, Ordering::Relaxed);
+        self.processing.store(c.processing, Ordering::Relaxed);
         self.writing.store(c.writing, Ordering::Relaxed);
         self.closing.store(c.closing, Ordering::Relaxed);
     }
@@ -252,7 +259,7 @@ pub struct ReloadRecord {
 }
 
 /// Reload counters.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Reloads {
     /// SIGHUPs handled.
     pub count: u64,
@@ -260,9 +267,15 @@ pub struct Reloads {
     pub failures: u64,
     /// The last one.
     pub last: Option<ReloadRecord>,
+    /// When what serves now was last loaded without refusing anything: the start, or the last
+    /// reload whose outcome was [`ReloadOutcome::Ok`].
+    pub last_success: SystemTime,
 }
 
-/// Every counter of the server (one, shared by `Arc` through [`crate::reactor::Shared`]).
+/// The length of the job queue, read when asked.
+pub type QueueDepth = Box<dyn Fn() -> usize + Send + Sync>;
+
+/// Every counter of the server (one, shared by `Arc`).
 pub struct Stats {
     started: Instant,
     started_at: SystemTime,
@@ -272,8 +285,8 @@ pub struct Stats {
     loops: Box<[LoopConns]>,
     workers: usize,
     busy: AtomicUsize,
-    /// A handle on the job queue, to read its length (it does not keep the queue open).
-    queue: Receiver<Job>,
+    /// Reads the job queue's length.
+    queue: QueueDepth,
     reloads: Mutex<Reloads>,
 }
 
@@ -284,18 +297,19 @@ impl std::fmt::Debug for Stats {
 }
 
 impl Stats {
-    /// Counters for a server with `io_loops` I/O threads and `workers` worker threads, whose
-    /// job queue `queue` reads from. Uptime counts from now.
-    pub fn new(io_loops: usize, workers: usize, queue: Receiver<Job>) -> Stats {
+    /// Counters for a server with `event_loops` event loops and `workers` worker threads, whose
+    /// job queue's length `queue` reads. Uptime counts from now.
+    pub fn new(event_loops: usize, workers: usize, queue: QueueDepth) -> Stats {
+        let now = SystemTime::now();
         Stats {
             started: Instant::now(),
-            started_at: SystemTime::now(),
+            started_at: now,
             plugins: Mutex::new(HashMap::new()),
-            loops: (0..io_loops.max(1)).map(|_| LoopConns::default()).collect(),
+            loops: (0..event_loops.max(1)).map(|_| LoopConns::default()).collect(),
             workers,
             busy: AtomicUsize::new(0),
             queue,
-            reloads: Mutex::new(Reloads::default()),
+            reloads: Mutex::new(Reloads { count: 0, failures: 0, last: None, last_success: now }),
         }
     }
 
@@ -315,7 +329,7 @@ impl Stats {
         v
     }
 
-    /// I/O loop `index`'s connection counts (the loop stores into them on its sweep).
+    /// Event loop `index`'s connection counts (the loop stores into them on its sweep).
     pub fn loop_conns(&self, index: usize) -> &LoopConns {
         &self.loops[index.min(self.loops.len() - 1)]
     }
@@ -327,7 +341,7 @@ impl Stats {
             c.open += l.open.load(Ordering::Relaxed);
             c.idle += l.idle.load(Ordering::Relaxed);
             c.reading += l.reading.load(Ordering::Relaxed);
-            c.waiting += l.waiting.load(Ordering::Relaxed);
+            c.processing += l.processing.load(Ordering::Relaxed);
             c.writing += l.writing.load(Ordering::Relaxed);
             c.closing += l.closing.load(Ordering::Relaxed);
         }
@@ -352,17 +366,20 @@ impl Stats {
 
     /// Jobs waiting for a worker now.
     pub fn queue_depth(&self) -> usize {
-        self.queue.len()
+        (self.queue)()
     }
 
     /// Records a reload.
     pub fn record_reload(&self, outcome: ReloadOutcome, summary: String, error: Option<String>) {
         let mut r = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
         r.count += 1;
-        if outcome != ReloadOutcome::Ok {
+        let at = SystemTime::now();
+        if outcome == ReloadOutcome::Ok {
+            r.last_success = at;
+        } else {
             r.failures += 1;
         }
-        r.last = Some(ReloadRecord { at: SystemTime::now(), outcome, summary, error });
+        r.last = Some(ReloadRecord { at, outcome, summary, error });
     }
 
     /// The reload counters.
@@ -448,7 +465,7 @@ mod tests {
         p.record(Duration::from_secs(60), 503); // +Inf
         let c = p.counts();
         assert_eq!(c.requests, 4);
-        assert_eq!(c.server_errors, 2);
+        assert_eq!(c.responses, [0, 2, 0, 0, 2]);
         assert_eq!((c.buckets[0], c.buckets[1], c.buckets[7], c.buckets[BUCKETS - 1]), (1, 1, 1, 1));
         assert!((c.sum_seconds - 60.003_051).abs() < 1e-9, "{}", c.sum_seconds);
     }
@@ -476,12 +493,15 @@ mod tests {
 
     #[test]
     fn reloads_count_failures() {
-        let (_tx, rx) = crossbeam_channel::unbounded();
-        let s = Stats::new(2, 4, rx);
+        let s = Stats::new(2, 4, Box::new(|| 0));
+        let started = s.reloads().last_success;
+        assert_eq!(started, s.started_at(), "the start is the first successful load");
         s.record_reload(ReloadOutcome::Ok, "nothing changed".into(), None);
+        let ok = s.reloads().last_success;
+        assert!(ok >= started);
         s.record_reload(ReloadOutcome::Failed, "not applied".into(), Some("bad file".into()));
         let r = s.reloads();
-        assert_eq!((r.count, r.failures), (2, 1));
+        assert_eq!((r.count, r.failures, r.last_success), (2, 1, ok), "a failure does not move it");
         assert_eq!(r.last.unwrap().error.as_deref(), Some("bad file"));
         s.loop_conns(1).store(ConnCounts { open: 3, idle: 1, reading: 1, writing: 1, ..ConnCounts::default() });
         assert_eq!(s.connections().open, 3);

@@ -1,0 +1,185 @@
+//! The status page as HTML: one small page, a table per section, numbers right-aligned, no
+//! script and no external asset; every text from outside the host (plugin names, versions,
+//! errors) is escaped. `?refresh=N` (1–3600 s) reloads it every N s.
+
+use std::fmt::Write as _;
+
+use crate::html::escape;
+use crate::metrics::counters::ReloadOutcome;
+use crate::metrics::snapshot::Snapshot;
+use crate::settings::AdminPaths;
+
+/// A duration in seconds for a person: `850 µs`, `12.3 ms`, `1.52 s`; `–` when absent.
+fn human_seconds(s: Option<f64>) -> String {
+    match s {
+        None => "–".to_owned(),
+        Some(s) if s < 0.001 => format!("{:.0} µs", s * 1e6),
+        Some(s) if s < 1.0 => format!("{:.3} ms", s * 1e3),
+        Some(s) => format!("{s:.2} s"),
+    }
+}
+
+/// Seconds as `3 d 4 h`, `2 h 5 min`, `7 min 3 s`, `12 s`.
+fn human_uptime(secs: f64) -> String {
+    let s = secs as u64;
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s} s"),
+        (0, 0, _) => format!("{m} min {s} s"),
+        (0, _, _) => format!("{h} h {m} min"),
+        _ => format!("{d} d {h} h"),
+    }
+}
+
+fn human_bytes(b: Option<u64>) -> String {
+    match b {
+        None => "–".to_owned(),
+        Some(b) if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        Some(b) => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+    }
+}
+
+const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
+h1{font-size:1.3em;margin:0 0 .2em}h2{font-size:1.05em;margin:1.4em 0 .4em}\
+table{border-collapse:collapse}th,td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}\
+th{background:#f3f3f3;font-weight:600}.n{text-align:right;font-variant-numeric:tabular-nums}\
+.bad{color:#b00;font-weight:600}.muted{color:#777}.err{white-space:pre-wrap;font-family:monospace}\
+p.meta{margin:0;color:#555}";
+
+/// The status page.
+pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String {
+    let mut h = String::with_capacity(4096 + 512 * s.plugins.len());
+    h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
+    h.push_str("<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n");
+    if let Some(n) = refresh {
+        let _ = writeln!(h, "<meta http-equiv=\"refresh\" content=\"{n}\">");
+    }
+    let _ = writeln!(h, "<title>portico status</title>\n<style>{STYLE}</style></head><body>");
+    let _ = writeln!(h, "<h1>portico {}</h1>", escape(s.server.version));
+    let refresh_link = match refresh {
+        Some(n) => format!("refreshing every {n} s (<a href=\"{}\">stop</a>)", escape(&paths.status)),
+        None => format!("<a href=\"{}?refresh=5\">refresh every 5 s</a>", escape(&paths.status)),
+    };
+    let _ = writeln!(
+        h,
+        "<p class=\"meta\">up <span id=\"uptime\">{}</span> (since {}) · memory <span id=\"rss\">{}</span> · \
+         <a href=\"{}?format=json\">JSON</a> · <a href=\"{}\">metrics</a> · {refresh_link}</p>",
+        human_uptime(s.server.uptime_seconds),
+        escape(&s.server.started_at),
+        human_bytes(s.server.resident_memory_bytes),
+        escape(&paths.status),
+        escape(&paths.metrics),
+    );
+
+    h.push_str("<h2>Plugins</h2>\n<table id=\"plugins\"><thead><tr><th>plugin</th><th>version</th>");
+    h.push_str("<th class=\"n\">generation</th><th>loaded at</th><th class=\"n\">requests</th>");
+    h.push_str("<th class=\"n\">5xx</th><th class=\"n\">in flight</th><th class=\"n\">mean</th>");
+    h.push_str(
+        "<th class=\"n\" title=\"estimated from the latency histogram's buckets\">p99</th></tr></thead><tbody>\n",
+    );
+    if s.plugins.is_empty() {
+        h.push_str("<tr><td colspan=\"9\" class=\"muted\">no plugins loaded</td></tr>\n");
+    }
+    for p in &s.plugins {
+        let dash = || "–".to_owned();
+        let _ = writeln!(
+            h,
+            "<tr id=\"plugin-{id}\"><td class=\"name\">{name}{removed}</td><td>{version}</td><td class=\"n\">{generation}</td>\
+             <td>{loaded_at}</td><td class=\"n\">{requests}</td><td class=\"n{bad}\">{errors}</td>\
+             <td class=\"n\">{in_flight}</td><td class=\"n\">{mean}</td><td class=\"n\">{p99}</td></tr>",
+            id = escape(&p.name),
+            name = escape(&p.name),
+            removed = if p.loaded { "" } else { " <span class=\"muted\">(removed)</span>" },
+            version = p.version.as_deref().map_or_else(dash, escape),
+            generation = p.generation.map_or_else(dash, |g| g.to_string()),
+            loaded_at = p.loaded_at.as_deref().map_or_else(dash, escape),
+            requests = p.requests,
+            bad = if p.responses["5xx"] > 0 { " bad" } else { "" },
+            errors = p.responses["5xx"],
+            in_flight = p.in_flight,
+            mean = human_seconds(p.mean_seconds),
+            p99 = human_seconds(p.p99_seconds),
+        );
+    }
+    h.push_str("</tbody></table>\n");
+
+    let c = &s.connections;
+    h.push_str("<h2>Connections</h2>\n<table id=\"connections\"><thead><tr>");
+    for (name, title) in [
+        ("open", "open connections"),
+        ("idle", "waiting for a request, nothing received yet"),
+        ("reading", "receiving a request head or body"),
+        ("processing", "the request is with the application (queued or running)"),
+        ("writing", "sending a response"),
+        ("closing", "lingering close"),
+    ] {
+        let _ = write!(h, "<th class=\"n\" title=\"{title}\">{name}</th>");
+    }
+    h.push_str("</tr></thead><tbody><tr>");
+    for n in [c.open, c.idle, c.reading, c.processing, c.writing, c.closing] {
+        let _ = write!(h, "<td class=\"n\">{n}</td>");
+    }
+    h.push_str("</tr></tbody></table>\n");
+
+    let w = &s.workers;
+    let _ = writeln!(
+        h,
+        "<h2>Worker pool</h2>\n<table id=\"workers\"><thead><tr><th class=\"n\">threads</th><th class=\"n\">busy</th>\
+         <th class=\"n\">queue depth</th></tr></thead><tbody><tr><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+         <td class=\"n{}\">{}</td></tr></tbody></table>",
+        w.threads,
+        w.busy,
+        if w.queue_depth > 0 { " bad" } else { "" },
+        w.queue_depth
+    );
+
+    let r = &s.reloads;
+    h.push_str(
+        "<h2>Reloads</h2>\n<table id=\"reloads\"><thead><tr><th class=\"n\">count</th><th class=\"n\">failed</th>",
+    );
+    h.push_str("<th>last</th><th>outcome</th><th>changes</th><th>error</th></tr></thead><tbody><tr>");
+    let _ = write!(h, "<td class=\"n\">{}</td><td class=\"n\">{}</td>", r.count, r.failures);
+    match &r.last {
+        None => h.push_str("<td colspan=\"4\" class=\"muted\">no reload yet (SIGHUP reloads)</td>"),
+        Some(l) => {
+            let _ = write!(
+                h,
+                "<td>{}</td><td class=\"{}\">{}</td><td>{}</td><td class=\"err\">{}</td>",
+                escape(&l.at),
+                if l.outcome == ReloadOutcome::Ok { "" } else { "bad" },
+                l.outcome.as_str(),
+                escape(&l.summary),
+                l.error.as_deref().map_or_else(|| "–".to_owned(), escape)
+            );
+        }
+    }
+    h.push_str("</tr></tbody></table>\n</body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metrics::counters::Stats;
+    use crate::plugin::registry::PluginSet;
+
+    #[test]
+    fn html_escapes_what_comes_from_outside() {
+        let stats = Stats::new(1, 4, Box::new(|| 0));
+        let p = stats.plugin("<script>alert(1)</script>");
+        p.record(Duration::from_micros(300), 200);
+        p.record(Duration::from_millis(2), 500);
+        stats.record_reload(ReloadOutcome::Failed, "0 loaded".into(), Some("bad <b>file</b> & \"quotes\"".into()));
+        let s = Snapshot::take(&stats, &PluginSet::new());
+        let paths = AdminPaths::parse("/_portico/status").unwrap().unwrap();
+        let html = render(&s, &paths, Some(5));
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
+        assert!(html.contains("bad &lt;b&gt;file&lt;/b&gt; &amp; &quot;quotes&quot;"), "{html}");
+        assert!(html.contains("<meta http-equiv=\"refresh\" content=\"5\">"));
+        assert!(html.contains("(removed)"), "a plugin with counters but not loaded is marked");
+        assert!(html.contains("<td class=\"n bad\">1</td>"), "one 5xx: {html}");
+    }
+}

@@ -1,0 +1,237 @@
+//! The metrics as OpenMetrics text (what Prometheus asks for first), written by the
+//! `prometheus-client` crate's encoder from a [`Collector`] over one [`Snapshot`]; the host's
+//! counters stay plain atomics (prometheus-client's own histogram takes a mutex per
+//! observation). Names follow Prometheus's conventions: `_total` counters, `_seconds` and
+//! `_bytes` units, a `class` label for status classes.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+use crate::metrics::counters::LATENCY_BOUNDS;
+use crate::metrics::snapshot::{PluginRow, Snapshot};
+
+/// `Content-Type` of the metrics: the OpenMetrics text format that prometheus-client writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The snapshot as a prometheus-client collector (encoded once, then dropped).
+#[derive(Debug)]
+struct Collect(Snapshot);
+
+type Fmt = Result<(), std::fmt::Error>;
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: impl EncodeGaugeValue) -> Fmt {
+    e.encode_descriptor(name, help, unit, MetricType::Gauge)?.encode_gauge(&v)
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Fmt {
+    e.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+/// One counter family labelled by `plugin`, the value of each row from `value`.
+fn plugin_counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[PluginRow],
+    value: fn(&PluginRow) -> u64,
+) -> Fmt {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for p in rows {
+        m.encode_family(&[("plugin", p.name.as_str())])?.encode_counter::<NoLabelSet, _, u64>(&value(p), None)?;
+    }
+    Ok(())
+}
+
+impl Collector for Collect {
+    fn encode(&self, mut e: DescriptorEncoder) -> Fmt {
+        let s = &self.0;
+        let seconds = Unit::Seconds;
+        plugin_counter(
+            &mut e,
+            "portico_plugin_requests",
+            "Requests answered by a plugin (a mount's count under its application).",
+            &s.plugins,
+            |p| p.requests,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "portico_plugin_responses",
+                "Plugin responses by status class (1xx to 5xx; a mount's under its application).",
+                None,
+                MetricType::Counter,
+            )?;
+            for p in &s.plugins {
+                for (class, n) in &p.responses {
+                    m.encode_family(&[("plugin", p.name.as_str()), ("class", class)])?
+                        .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+                }
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "portico_plugin_in_flight",
+                "Plugin application calls running now.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in &s.plugins {
+                m.encode_family(&[("plugin", p.name.as_str())])?.encode_gauge(&p.in_flight)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "portico_plugin_request_duration",
+                "Time from a worker taking a plugin request off the queue to its response head being ready.",
+                Some(&seconds),
+                MetricType::Histogram,
+            )?;
+            for p in &s.plugins {
+                let buckets: Vec<(f64, u64)> =
+                    LATENCY_BOUNDS.iter().copied().chain([f64::INFINITY]).zip(p.buckets.iter().copied()).collect();
+                m.encode_family(&[("plugin", p.name.as_str())])?.encode_histogram::<NoLabelSet>(
+                    p.sum_seconds,
+                    p.requests,
+                    &buckets,
+                    None,
+                )?;
+            }
+        }
+        {
+            let mut m =
+                e.encode_descriptor("portico_plugin", "The plugin versions loaded now.", None, MetricType::Info)?;
+            for p in s.plugins.iter().filter(|p| p.loaded) {
+                let generation = p.generation.unwrap_or(0).to_string();
+                let labels = [
+                    ("plugin", p.name.as_str()),
+                    ("version", p.version.as_deref().unwrap_or("")),
+                    ("generation", generation.as_str()),
+                ];
+                m.encode_info(&labels)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "portico_plugin_loaded_timestamp",
+                "When the plugin version serving now was loaded, seconds since the Unix epoch.",
+                Some(&seconds),
+                MetricType::Gauge,
+            )?;
+            for p in &s.plugins {
+                if let Some(t) = p.loaded_at_unix {
+                    m.encode_family(&[("plugin", p.name.as_str())])?.encode_gauge(&t)?;
+                }
+            }
+        }
+        let c = &s.connections;
+        gauge(&mut e, "portico_connections_open", "Open client connections.", None, c.open)?;
+        {
+            let mut m = e.encode_descriptor(
+                "portico_connections",
+                "Open client connections by state (recounted by each event loop every 250 ms).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, n) in [
+                ("idle", c.idle),
+                ("reading", c.reading),
+                ("processing", c.processing),
+                ("writing", c.writing),
+                ("closing", c.closing),
+            ] {
+                m.encode_family(&[("state", state)])?.encode_gauge(&n)?;
+            }
+        }
+        let w = &s.workers;
+        gauge(&mut e, "portico_workers", "Worker threads in the pool.", None, w.threads)?;
+        gauge(&mut e, "portico_workers_busy", "Workers running a job now.", None, w.busy)?;
+        gauge(&mut e, "portico_worker_queue_depth", "Jobs waiting for a worker.", None, w.queue_depth)?;
+        let r = &s.reloads;
+        counter(&mut e, "portico_reloads", "SIGHUP reloads handled.", r.count)?;
+        counter(
+            &mut e,
+            "portico_reload_failures",
+            "Reloads that refused a plugin file or the configuration.",
+            r.failures,
+        )?;
+        gauge(
+            &mut e,
+            "portico_reload_last_success_timestamp",
+            "When the plugins and configuration serving now were last loaded without refusing anything \
+             (the start, or the last reload whose outcome was ok), seconds since the Unix epoch.",
+            Some(&seconds),
+            r.last_success_at_unix,
+        )?;
+        if let Some(last) = &r.last {
+            gauge(
+                &mut e,
+                "portico_reload_last_timestamp",
+                "When the last reload finished, whatever its outcome, seconds since the Unix epoch.",
+                Some(&seconds),
+                last.at_unix,
+            )?;
+        }
+        gauge(
+            &mut e,
+            "process_start_time",
+            "When the server started, seconds since the Unix epoch.",
+            Some(&seconds),
+            s.server.started_at_unix,
+        )?;
+        if let Some(rss) = s.server.resident_memory_bytes {
+            gauge(&mut e, "process_resident_memory", "Resident memory (VmRSS).", Some(&Unit::Bytes), rss)?;
+        }
+        Ok(())
+    }
+}
+
+/// The metrics in the OpenMetrics text format (ends with `# EOF`).
+pub fn render(snapshot: Snapshot) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(Collect(snapshot)));
+    let mut out = String::with_capacity(8192);
+    // Writing into a String cannot fail; an encoder error would leave a partial text, which
+    // the missing `# EOF` tells a scraper about.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metrics::counters::{ReloadOutcome, Stats};
+    use crate::plugin::registry::PluginSet;
+
+    fn snapshot_with(name: &str) -> Snapshot {
+        let stats = Stats::new(1, 4, Box::new(|| 0));
+        let p = stats.plugin(name);
+        p.record(Duration::from_micros(300), 200);
+        p.record(Duration::from_millis(2), 500);
+        stats.record_reload(ReloadOutcome::Failed, "0 loaded".into(), None);
+        Snapshot::take(&stats, &PluginSet::new())
+    }
+
+    #[test]
+    fn metrics_are_openmetrics_text() {
+        let text = render(snapshot_with("hello"));
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE portico_plugin_requests counter\n"), "{text}");
+        assert!(text.contains("portico_plugin_requests_total{plugin=\"hello\"} 2\n"), "{text}");
+        assert!(text.contains("portico_plugin_responses_total{plugin=\"hello\",class=\"5xx\"} 1\n"), "{text}");
+        assert!(text.contains("portico_plugin_responses_total{plugin=\"hello\",class=\"2xx\"} 1\n"), "{text}");
+        assert!(text.contains("portico_plugin_request_duration_seconds_count{plugin=\"hello\"} 2\n"), "{text}");
+        assert!(
+            text.contains("portico_plugin_request_duration_seconds_bucket{le=\"+Inf\",plugin=\"hello\"} 2\n")
+                || text.contains("portico_plugin_request_duration_seconds_bucket{plugin=\"hello\",le=\"+Inf\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("portico_reload_last_success_timestamp_seconds "), "{text}");
+        assert!(!text.contains("portico_uptime"), "process_start_time_seconds says it: {text}");
+        // Label values are escaped by the encoder.
+        let text = render(snapshot_with("a\"b"));
+        assert!(text.contains("plugin=\"a\\\"b\""), "{text}");
+    }
+}

@@ -1,0 +1,189 @@
+//! The messages between the event loops and the workers, in a module below both, so neither
+//! knows the other: a loop sends [`Job`]s to the pool's queue; a worker (or a request body's
+//! [`body_pipe::BodyPipe`]) sends [`Completion`]s back through the [`Notifier`], which puts each
+//! on its connection's loop and wakes it.
+//!
+//! ```text
+//!  event loop ── Job::Call(CallJob) ─────────────► worker: runs the application
+//!             ◄─ Completion::Response(Reply) ────  (head encoded, body or a StreamState)
+//!             ── Job::Pull(conn, StreamState) ───► worker: next chunk of a streamed body
+//!             ◄─ Completion::Chunk(Chunk) ───────
+//!             ── Job::Close(StreamState) ────────► worker: drops a stream (PEP 3333 close())
+//!             ◄─ Completion::Continue / ResumeRead ─ BodyPipe (the application reads its body)
+//!  event loop ── Completion::Adopt ──────────────► another event loop (a connection handed over)
+//! ```
+//!
+//! Invariants:
+//! - A [`ConnId`] names one connection for its whole life: a completion for a connection that
+//!   has since closed, or whose slot was reused (another [`ConnId::generation`]), is discarded
+//!   by its loop, and any stream in it is handed back to a worker to be dropped.
+//! - A [`StreamState`] holds the plugin version its stream came from, so the code a stream
+//!   runs stays loaded for as long as it can be pulled.
+
+pub(crate) mod body_pipe;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use abi_stable::std_types::RBox;
+use crossbeam_channel::Sender;
+use mio::Waker;
+use portico_api::abi::BodyStream_TO;
+
+use crate::http::encode::Encoder;
+use crate::http::outgoing::Prepared;
+use crate::http::request::RequestHead;
+use crate::plugin::loader::Plugin;
+use crate::routing::AppRoute;
+use body_pipe::BodyPipe;
+
+/// Identifies a connection across its slot's reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnId {
+    /// The event loop that owns the connection (index into [`Notifier`]'s loops).
+    pub event_loop: usize,
+    /// The slot (mio token) in that loop's connection table.
+    pub token: usize,
+    /// That loop's accept counter when the connection was accepted.
+    pub generation: u64,
+}
+
+/// The addresses of a connection, as an application's environ needs them.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address (`REMOTE_ADDR`, `REMOTE_PORT`).
+    pub remote: SocketAddr,
+    /// The local address it connected to (`SERVER_PORT`; `SERVER_NAME` without `Host`).
+    pub local: SocketAddr,
+    /// `remote`'s and `local`'s IP as text, formatted once per connection.
+    pub ips: Arc<(String, String)>,
+}
+
+impl Peer {
+    /// The addresses of a new connection.
+    pub fn new(remote: SocketAddr, local: SocketAddr) -> Peer {
+        Peer { remote, local, ips: Arc::new((remote.ip().to_string(), local.ip().to_string())) }
+    }
+}
+
+/// A request for an application, ready to run.
+pub(crate) struct CallJob {
+    /// The connection it came on.
+    pub conn: ConnId,
+    /// What answers, with its pipeline and `SCRIPT_NAME` / `PATH_INFO` (plugin versions
+    /// pinned for the request).
+    pub route: AppRoute,
+    /// The parsed head.
+    pub head: Box<RequestHead>,
+    /// The connection's addresses.
+    pub peer: Peer,
+    /// The body, if the request has one.
+    pub pipe: Option<Arc<BodyPipe>>,
+}
+
+/// A streamed response body between pulls: parked at the event loop, or being pulled by a
+/// worker.
+pub(crate) struct StreamState {
+    /// The application's stream; dropping it is PEP 3333's `close()`.
+    pub stream: BodyStream_TO<'static, RBox<()>>,
+    /// Keeps the plugin version alive while its stream is.
+    pub plugin: Arc<Plugin>,
+    /// Frames the chunks as the head said.
+    pub encoder: Encoder,
+}
+
+/// Work for the pool.
+pub(crate) enum Job {
+    /// Run an application.
+    Call(Box<CallJob>),
+    /// Pull the next chunk of a streamed body.
+    Pull(ConnId, Box<StreamState>),
+    /// Drop a stream whose connection went away (runs the plugin's close hook on a worker,
+    /// never on an event loop).
+    Close(Box<StreamState>),
+}
+
+/// An application's response, encoded, for the event loop to send.
+pub(crate) struct Reply {
+    /// The connection.
+    pub conn: ConnId,
+    /// The head and the body (or its first pieces).
+    pub prepared: Prepared,
+    /// A streamed body still to pull.
+    pub stream: Option<Box<StreamState>>,
+}
+
+/// One pulled piece of a streamed body.
+pub(crate) struct Chunk {
+    /// The connection.
+    pub conn: ConnId,
+    /// Framed bytes to write (may be empty).
+    pub data: Vec<u8>,
+    /// Content bytes in `data` (for the access log).
+    pub payload: u64,
+    /// The stream, if there is more to pull.
+    pub stream: Option<Box<StreamState>>,
+    /// The body ended early or wrongly (application error, a short or long
+    /// `Content-Length`, close-delimited): close the connection after `data`.
+    pub close: bool,
+}
+
+/// A connection accepted by one event loop for another (see `crate::io::balance`).
+pub(crate) struct Adopted {
+    /// The event loop that takes it.
+    pub event_loop: usize,
+    /// The socket.
+    pub sock: mio::net::TcpStream,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The local address.
+    pub local: SocketAddr,
+}
+
+/// A message for an event loop.
+pub(crate) enum Completion {
+    /// An application's response.
+    Response(Box<Reply>),
+    /// The next piece of a streamed body.
+    Chunk(Box<Chunk>),
+    /// The application started reading a body sent with `Expect: 100-continue`: send the
+    /// interim `100 Continue`.
+    Continue(ConnId),
+    /// The body pipe has room again: resume reading the socket.
+    ResumeRead(ConnId),
+    /// A connection another event loop accepted for this one.
+    Adopt(Box<Adopted>),
+}
+
+impl Completion {
+    /// The event loop this is for.
+    pub fn event_loop(&self) -> usize {
+        match self {
+            Completion::Response(r) => r.conn.event_loop,
+            Completion::Chunk(c) => c.conn.event_loop,
+            Completion::Continue(id) | Completion::ResumeRead(id) => id.event_loop,
+            Completion::Adopt(a) => a.event_loop,
+        }
+    }
+}
+
+/// Sends completions to the event loop that owns their connection, and wakes it.
+#[derive(Clone)]
+pub(crate) struct Notifier {
+    loops: Arc<[(Sender<Completion>, Arc<Waker>)]>,
+}
+
+impl Notifier {
+    /// A notifier over the event loops' completion channels and wakers, in loop order.
+    pub fn new(loops: Vec<(Sender<Completion>, Arc<Waker>)>) -> Notifier {
+        Notifier { loops: loops.into() }
+    }
+
+    /// Sends `c` to its event loop and wakes the loop. A loop that has stopped drops it.
+    pub fn notify(&self, c: Completion) {
+        let Some((tx, waker)) = self.loops.get(c.event_loop()) else { return };
+        if tx.send(c).is_ok() {
+            let _ = waker.wake();
+        }
+    }
+}

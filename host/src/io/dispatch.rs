@@ -1,0 +1,87 @@
+//! What answers a parsed request, decided on the event loop (the [`Handler`] side of a
+//! connection): routing with one consistent table, then
+//! - a static file, an admin page, `OPTIONS *`, a 404 for a plugin that is not loaded, a 405
+//!   for CONNECT, or a 500 for a mount whose middleware is missing — answered here, at once;
+//! - or an application: a [`CallJob`] for the worker pool.
+
+use std::sync::Arc;
+
+use super::conn::{Decision, Handler};
+use super::event_loop::EventLoop;
+use crate::admin;
+use crate::exchange::body_pipe::BodyPipe;
+use crate::exchange::{CallJob, ConnId, Job, Peer};
+use crate::http::outgoing::Response;
+use crate::http::request::{HeadLimits, RequestHead};
+use crate::http::response::{Framing, ResponseHead};
+use crate::routing::{self, Route};
+use crate::settings::Config;
+
+/// The methods `OPTIONS *` lists (RFC 9110 §9.3.7): what the server as a whole may accept.
+const SERVER_METHODS: &str = "GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE";
+
+impl Handler for EventLoop {
+    fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    fn limits(&self) -> &HeadLimits {
+        &self.limits
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    fn decide(&mut self, id: ConnId, peer: &Peer, head: Box<RequestHead>) -> Decision {
+        let respond = |response| Decision::Respond { response, close: false };
+        let config = &self.shared.config;
+        // The server's own pages, for the clients allowed to see them (the others are routed
+        // as if the pages did not exist).
+        let admin = config.admin.as_ref().filter(|_| config.admin_public || admin::is_loopback(peer.remote.ip()));
+        let table = self.shared.routes.load();
+        let route = match routing::route(&head, &table, admin) {
+            Ok(r) => r,
+            Err(e) => return Decision::Reject(e),
+        };
+        match route {
+            Route::App(route) => {
+                Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), pipe: None }))
+            }
+            Route::Static { path } => respond(self.statics.serve(&head, &path)),
+            Route::NotFound => respond(self.statics.not_found()),
+            Route::Admin(page) => {
+                // This loop's counts fresh (the asking connection as writing), so a person
+                // sees their own connection; the other loops' are from their last sweep.
+                self.shared.stats.loop_conns(self.index).store(self.count_conns());
+                let Some(paths) = &config.admin else { return respond(Response::error(404)) };
+                respond(admin::respond(page, &head, paths, &self.shared.stats, &table.plugins))
+            }
+            Route::ServerOptions => {
+                let head = ResponseHead::new(200).field("Allow", SERVER_METHODS).framing(Framing::Length(0));
+                respond(Response { head, body: Vec::new() })
+            }
+            Route::NotAllowed => Decision::Respond { response: Response::error(405), close: true },
+            Route::FailClosed { mount, missing } => {
+                tracing::error!(plugin = %missing, "mount {mount:?}: middleware {missing:?} is not loaded; answering 500");
+                respond(Response::error(500))
+            }
+        }
+    }
+
+    fn submit(&mut self, job: Job) {
+        self.send_job(job);
+    }
+
+    fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe> {
+        Arc::new(BodyPipe::new(id, self.notifier.clone(), self.shared.config.body_timeout, expect_continue))
+    }
+
+    fn pump_later(&mut self, token: usize) {
+        self.ready.push(token);
+    }
+
+    fn flush_later(&mut self, token: usize) {
+        self.flush_again.push(token);
+    }
+}

@@ -1,0 +1,375 @@
+//! An event loop: a mio readiness loop on its own thread that owns its connections' sockets
+//! (`--io-threads` loops run side by side, sharing the listening sockets; [`Balance`] places
+//! each new connection on the least-loaded one).
+//!
+//! Per turn: wait for readiness (at most until the next 250 ms sweep); accept; hand each
+//! ready connection to its [`Conn`] (read, or write); take the completions workers sent
+//! (responses, stream chunks, 100-continue, resume reading, adopted connections); serve the
+//! connections that asked to come back (fairness, pipelining); every 250 ms, sweep the
+//! timeouts and store the connection counts for the admin pages. On shutdown: stop accepting,
+//! close idle connections, let the others finish, for at most the graceful timeout.
+//!
+//! A connection is taken out of its slot while it runs ([`EventLoop::with_conn`]), so it can
+//! call back into the loop (the [`super::conn::Handler`]) — which can then see every other connection, as
+//! the status page's counts need — and is put back or released in one place.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::balance::Balance;
+use super::conn::{Conn, Step};
+use crate::exchange::{Adopted, Completion, ConnId, Job, Notifier, Peer};
+use crate::http::request::HeadLimits;
+use crate::metrics::counters::{ConnCounts, Stats};
+use crate::routing::Current;
+use crate::settings::Config;
+use crate::static_files::StaticFiles;
+
+/// The waker's token.
+pub const WAKER: Token = Token(usize::MAX);
+/// Listener `i` has token `LISTENER_BASE + i`.
+const LISTENER_BASE: usize = usize::MAX - 1024;
+/// How often deadlines are checked.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The shared, read-only state every event loop needs.
+pub struct Shared {
+    /// Settings.
+    pub config: Config,
+    /// Canonical docroot.
+    pub docroot: PathBuf,
+    /// The mounts and plugins serving now (swapped on SIGHUP).
+    pub routes: Arc<Current>,
+    /// Set by SIGTERM/SIGINT.
+    pub shutting_down: Arc<AtomicBool>,
+    /// How static files are served.
+    pub statics: crate::static_files::Options,
+    /// Connections per event loop.
+    pub balance: Balance,
+    /// The server's counters (admin pages).
+    pub stats: Arc<Stats>,
+}
+
+/// One event loop.
+pub struct EventLoop {
+    /// Which loop this is (0-based).
+    pub(super) index: usize,
+    poll: Poll,
+    listeners: Vec<(TcpListener, SocketAddr)>,
+    /// Connections by token; a slot is `None` while its connection runs.
+    conns: Slab<Option<Box<Conn<TcpStream>>>>,
+    completions: Receiver<Completion>,
+    jobs: Option<Sender<Job>>,
+    pub(super) notifier: Notifier,
+    pub(super) shared: Arc<Shared>,
+    next_gen: u64,
+    pub(super) limits: HeadLimits,
+    pub(super) draining: Option<Instant>,
+    /// Static files, with this loop's open-file cache.
+    pub(super) statics: StaticFiles,
+    /// Connections to read again on the next turn (a finished response with more input
+    /// buffered, or a connection that used its share of a turn). Keeps a connection from
+    /// recursing through pipelined requests.
+    pub(super) ready: Vec<usize>,
+    /// Connections whose write queue still has bytes after their share of a turn: written
+    /// again on the next turn (edge-triggered readiness would not report them again while the
+    /// socket stays writable).
+    pub(super) flush_again: Vec<usize>,
+}
+
+impl EventLoop {
+    /// Event loop `index`: a loop over `listeners` (already bound; every loop accepts from
+    /// the same sockets), receiving its completions from `completions` (whose sender is entry
+    /// `index` of `notifier`), and sending jobs to `jobs`.
+    ///
+    /// # Errors
+    /// Registering a listener failed.
+    pub fn new(
+        index: usize,
+        poll: Poll,
+        listeners: Vec<std::net::TcpListener>,
+        completions: Receiver<Completion>,
+        notifier: Notifier,
+        jobs: Sender<Job>,
+        shared: Arc<Shared>,
+    ) -> io::Result<EventLoop> {
+        let mut ls = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            l.set_nonblocking(true)?;
+            let addr = l.local_addr()?;
+            let mut l = TcpListener::from_std(l);
+            poll.registry().register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            ls.push((l, addr));
+        }
+        let c = &shared.config;
+        let limits = HeadLimits {
+            request_line: c.max_request_line,
+            head_bytes: c.max_head_bytes,
+            fields: c.max_fields,
+            body: c.max_body,
+        };
+        Ok(EventLoop {
+            index,
+            poll,
+            listeners: ls,
+            conns: Slab::with_capacity(1024),
+            completions,
+            jobs: Some(jobs),
+            notifier,
+            next_gen: 0,
+            limits,
+            draining: None,
+            ready: Vec::new(),
+            flush_again: Vec::new(),
+            statics: StaticFiles::new(shared.docroot.clone(), shared.statics.clone()),
+            shared,
+        })
+    }
+
+    /// Runs until shutdown has drained every connection (returns `true`) or the graceful
+    /// timeout passed (returns `false`: requests are still running on workers).
+    ///
+    /// # Errors
+    /// `poll` itself failed.
+    pub fn run(mut self) -> io::Result<bool> {
+        let mut drained = true;
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let timeout = if self.ready.is_empty() && self.flush_again.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(t) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.with_conn(t, |c, h| c.on_readable(h));
+                        }
+                        if ev.is_writable() {
+                            self.with_conn(t, |c, h| c.on_writable(h));
+                        }
+                    }
+                }
+            }
+            self.drain_completions();
+            for t in std::mem::take(&mut self.flush_again) {
+                self.with_conn(t, |c, h| c.on_writable(h));
+            }
+            for t in std::mem::take(&mut self.ready) {
+                self.with_conn(t, |c, h| c.on_readable(h));
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.sweep(now);
+                next_tick = now + TICK;
+            }
+            if self.shared.shutting_down.load(Ordering::Relaxed) && self.draining.is_none() {
+                self.start_drain();
+            }
+            if let Some(deadline) = self.draining {
+                if self.conns.is_empty() {
+                    tracing::info!("all connections drained");
+                    break;
+                }
+                if now >= deadline {
+                    tracing::warn!(
+                        open = self.conns.len(),
+                        "graceful timeout passed; closing the remaining connections"
+                    );
+                    drained = false;
+                    break;
+                }
+            }
+        }
+        // Dropping the job sender lets the workers finish their queue and exit.
+        self.jobs = None;
+        Ok(drained)
+    }
+
+    /// Runs `f` on connection `t` (if there is one), taken out of its slot so `f` can use the
+    /// loop as its handler; puts it back, or releases it when `f` closed it.
+    fn with_conn(&mut self, t: usize, f: impl FnOnce(&mut Conn<TcpStream>, &mut EventLoop) -> Step) {
+        let Some(mut conn) = self.conns.get_mut(t).and_then(Option::take) else { return };
+        match f(&mut conn, self) {
+            Step::Open => self.conns[t] = Some(conn),
+            Step::Close => self.release(t, conn),
+        }
+    }
+
+    /// Forgets a closed connection; resumes accepting if the cap had paused it.
+    fn release(&mut self, t: usize, mut conn: Box<Conn<TcpStream>>) {
+        self.conns.remove(t);
+        let _ = self.poll.registry().deregister(conn.socket_mut());
+        drop(conn);
+        self.shared.balance.remove(self.index);
+        if self.draining.is_none() && self.shared.balance.take_paused() {
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+
+    /// Whether `id` is a connection this loop holds now (not one that closed, nor a reused
+    /// slot).
+    fn live(&self, id: ConnId) -> bool {
+        self.conns.get(id.token).and_then(Option::as_ref).is_some_and(|c| c.id() == id)
+    }
+
+    /// Sends a job to the pool (dropped once shutdown has stopped the pool's queue).
+    pub(super) fn send_job(&self, job: Job) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(job);
+        }
+    }
+
+    fn start_drain(&mut self) {
+        let grace = self.shared.config.graceful_timeout;
+        tracing::info!(
+            in_flight = self.conns.len(),
+            "shutting down: no longer accepting; draining for up to {} s",
+            grace.as_secs()
+        );
+        self.draining = Some(Instant::now() + grace);
+        for (mut l, _) in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+        for t in tokens {
+            self.with_conn(t, |c, h| c.drain(h));
+        }
+    }
+
+    fn accept(&mut self, i: usize) {
+        if self.draining.is_some() {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let balance = &shared.balance;
+        loop {
+            if shared.shutting_down.load(Ordering::Relaxed) {
+                return; // this loop starts draining at the end of the turn
+            }
+            if !balance.room(shared.config.max_connections) {
+                // Leave the rest in the kernel's backlog until a connection closes.
+                return;
+            }
+            let Some((listener, addr)) = self.listeners.get(i) else { return };
+            match listener.accept() {
+                Ok((sock, remote)) => {
+                    let _ = sock.set_nodelay(true);
+                    let local = sock.local_addr().unwrap_or(*addr);
+                    let event_loop = balance.pick(self.index);
+                    balance.add(event_loop);
+                    if event_loop == self.index {
+                        self.adopt(sock, remote, local);
+                    } else {
+                        let a = Adopted { event_loop, sock, remote, local };
+                        self.notifier.notify(Completion::Adopt(Box::new(a)));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: back off until a connection closes.
+                    tracing::warn!("accept failed: {e}");
+                    balance.pause();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes up an accepted connection (counted in this loop's load already).
+    fn adopt(&mut self, mut sock: TcpStream, remote: SocketAddr, local: SocketAddr) {
+        if self.draining.is_some() {
+            self.shared.balance.remove(self.index);
+            return;
+        }
+        let entry = self.conns.vacant_entry();
+        let token = entry.key();
+        if self.poll.registry().register(&mut sock, Token(token), Interest::READABLE | Interest::WRITABLE).is_err() {
+            self.shared.balance.remove(self.index);
+            return;
+        }
+        self.next_gen += 1;
+        let id = ConnId { event_loop: self.index, token, generation: self.next_gen };
+        entry.insert(Some(Box::new(Conn::new(id, sock, Peer::new(remote, local)))));
+        self.with_conn(token, |c, h| c.on_readable(h));
+    }
+
+    fn drain_completions(&mut self) {
+        while let Ok(c) = self.completions.try_recv() {
+            match c {
+                Completion::Response(reply) => {
+                    if self.live(reply.conn) {
+                        self.with_conn(reply.conn.token, |c, h| c.on_reply(*reply, h));
+                    } else if let Some(s) = reply.stream {
+                        self.send_job(Job::Close(s));
+                    }
+                }
+                Completion::Chunk(chunk) => {
+                    if self.live(chunk.conn) {
+                        self.with_conn(chunk.conn.token, |c, h| c.on_chunk(*chunk, h));
+                    } else if let Some(s) = chunk.stream {
+                        self.send_job(Job::Close(s));
+                    }
+                }
+                Completion::Continue(id) if self.live(id) => self.with_conn(id.token, |c, h| c.on_continue(h)),
+                Completion::ResumeRead(id) if self.live(id) => self.with_conn(id.token, |c, h| c.on_resume(h)),
+                Completion::Continue(_) | Completion::ResumeRead(_) => {}
+                Completion::Adopt(a) => {
+                    let Adopted { sock, remote, local, .. } = *a;
+                    self.adopt(sock, remote, local);
+                }
+            }
+        }
+    }
+
+    /// This loop's connections by state; a connection taken out of its slot (the one asking
+    /// for the status page) counts as writing.
+    pub(super) fn count_conns(&self) -> ConnCounts {
+        let mut counts = ConnCounts::default();
+        for (_, c) in self.conns.iter() {
+            match c {
+                Some(c) => c.count(&mut counts),
+                None => {
+                    counts.open += 1;
+                    counts.writing += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Enforces the timeouts, and recounts the connections by state for the admin pages (one
+    /// more walk over the connections every 250 ms).
+    fn sweep(&mut self, now: Instant) {
+        let expired: Vec<_> = self
+            .conns
+            .iter()
+            .filter_map(|(t, c)| c.as_ref().and_then(|c| c.expired(now, &self.shared.config)).map(|e| (t, e)))
+            .collect();
+        for (t, e) in expired {
+            self.with_conn(t, |c, h| c.expire(e, h));
+        }
+        self.shared.stats.loop_conns(self.index).store(self.count_conns());
+    }
+}

@@ -1,0 +1,68 @@
+//! The event loops: the only code that touches client sockets.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`event_loop`] | one mio loop per `--io-threads`: accept, the connection table, completions from workers, timeouts' sweep, drain on shutdown |
+//! | [`balance`] | placing each accepted connection on the least-loaded event loop; the `--max-connections` count |
+//! | [`dispatch`] | what answers a parsed request: a static file, an admin page or a server-made answer here, or a job for a worker |
+//! | [`conn`] | the per-connection state machine (HTTP/1.1 keep-alive, pipelining, request bodies, 100-continue, lingering close, timeouts) |
+//! | [`write`](mod@write) | a connection's write queue: `writev` of in-memory pieces, `sendfile` of file pieces |
+//!
+//! Invariants:
+//! - **A worker never waits on a socket**: a request reaches the pool only once its head (and
+//!   its body up to [`crate::http::limits::BODY_BUFFER`]) has arrived; larger bodies flow
+//!   through a [`crate::exchange::body_pipe::BodyPipe`] that the event loop fills.
+//! - A connection lives on one event loop for its whole life ([`crate::exchange::ConnId`]).
+//! - One request at a time per connection: a pipelined request is parsed only after the
+//!   previous response has been written, so responses go out in order (RFC 9112 §9.3.2).
+//! - After any framing error the connection is closed once the error response is written.
+
+pub mod balance;
+pub mod conn;
+pub mod dispatch;
+pub mod event_loop;
+pub mod write;
+
+use std::io;
+use std::os::fd::AsFd;
+
+/// What a connection runs over: a stream socket the event loop polls. TCP in production; a
+/// Unix stream socket pair in the state machine's unit tests (and for `unix:` listeners).
+pub trait Transport: AsFd + mio::event::Source {
+    /// Reads into `buf` (`Ok(0)` at end of input).
+    ///
+    /// # Errors
+    /// As `read(2)`; `WouldBlock` when nothing is there.
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+
+    /// Writes `bufs` with one `writev(2)`.
+    ///
+    /// # Errors
+    /// As `writev(2)`; `WouldBlock` when the socket buffer is full.
+    fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Shuts down the writing half (a FIN to the peer).
+    ///
+    /// # Errors
+    /// As `shutdown(2)`.
+    fn shutdown_write(&self) -> io::Result<()>;
+}
+
+/// mio's stream sockets read and write through `&Self`; `shutdown` takes `&self`.
+macro_rules! transport {
+    ($($stream:ty),*) => {$(
+        impl Transport for $stream {
+            fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+                io::Read::read(&mut &*self, buf)
+            }
+            fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                io::Write::write_vectored(&mut &*self, bufs)
+            }
+            fn shutdown_write(&self) -> io::Result<()> {
+                self.shutdown(std::net::Shutdown::Write)
+            }
+        }
+    )*};
+}
+
+transport!(mio::net::TcpStream, mio::net::UnixStream);

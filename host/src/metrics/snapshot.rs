@@ -1,0 +1,209 @@
+//! One consistent read of the counters ([`Snapshot`]): what the admin pages render three
+//! ways (`crate::admin`: HTML, JSON, OpenMetrics), so the three agree within one request.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::counters::{BUCKETS, CLASSES, ConnCounts, ReloadOutcome, Stats, resident_memory_bytes};
+use crate::plugin::registry::PluginSet;
+
+/// The server in one snapshot: what all three renderings show.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// The process.
+    pub server: ServerInfo,
+    /// Every plugin loaded now, and any that served requests before being removed; by name.
+    pub plugins: Vec<PluginRow>,
+    /// Connections by state (each event loop's figures are from its last 250 ms sweep).
+    pub connections: ConnCounts,
+    /// The worker pool.
+    pub workers: WorkerInfo,
+    /// SIGHUP reloads.
+    pub reloads: ReloadInfo,
+}
+
+/// The process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    /// Portico's version.
+    pub version: &'static str,
+    /// When the server started, RFC 3339 UTC.
+    pub started_at: String,
+    /// The same, seconds since the Unix epoch.
+    pub started_at_unix: f64,
+    /// Seconds since the server started.
+    pub uptime_seconds: f64,
+    /// Resident memory (VmRSS) in bytes; absent where `/proc/self/status` is not.
+    pub resident_memory_bytes: Option<u64>,
+}
+
+/// One plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginRow {
+    /// Route name.
+    pub name: String,
+    /// Loaded now (`false`: removed, its counters kept).
+    pub loaded: bool,
+    /// The version the plugin reports.
+    pub version: Option<String>,
+    /// Load generation (unique in the process; a reload gives a new one).
+    pub generation: Option<u64>,
+    /// When this version was loaded, RFC 3339 UTC.
+    pub loaded_at: Option<String>,
+    /// The same, seconds since the Unix epoch.
+    pub loaded_at_unix: Option<f64>,
+    /// Requests answered since the server started.
+    pub requests: u64,
+    /// Responses by status class: `{"1xx": 0, "2xx": 12, …, "5xx": 1}`.
+    pub responses: BTreeMap<&'static str, u64>,
+    /// Application calls running now.
+    pub in_flight: u64,
+    /// Mean latency in seconds (worker picks the job up → response head ready).
+    pub mean_seconds: Option<f64>,
+    /// 99th percentile of the latency in seconds, estimated from the histogram's buckets.
+    pub p99_seconds: Option<f64>,
+    /// Sum of latencies, seconds (for the histogram).
+    #[serde(skip)]
+    pub sum_seconds: f64,
+    /// Requests per latency bucket (for the histogram).
+    #[serde(skip)]
+    pub buckets: [u64; BUCKETS],
+}
+
+/// The worker pool.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WorkerInfo {
+    /// Worker threads.
+    pub threads: usize,
+    /// Running a job now.
+    pub busy: usize,
+    /// Jobs waiting for a worker.
+    pub queue_depth: usize,
+}
+
+/// SIGHUP reloads.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadInfo {
+    /// Reloads since the server started.
+    pub count: u64,
+    /// Reloads that refused something.
+    pub failures: u64,
+    /// The last one, if any.
+    pub last: Option<LastReload>,
+    /// When what serves now was last loaded without refusing anything (the start, or the
+    /// last reload whose outcome was `ok`), RFC 3339 UTC.
+    pub last_success_at: String,
+    /// The same, seconds since the Unix epoch.
+    pub last_success_at_unix: f64,
+}
+
+/// The last reload.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// The same, seconds since the Unix epoch.
+    pub at_unix: f64,
+    /// `ok`, `partial` or `failed`.
+    pub outcome: ReloadOutcome,
+    /// What changed.
+    pub summary: String,
+    /// What was refused, and why.
+    pub error: Option<String>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// RFC 3339, UTC, whole seconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from(t).format(&fmt).unwrap_or_default()
+}
+
+impl Snapshot {
+    /// Reads the counters now. Every loaded plugin gets a row (its counters are created at
+    /// zero), so a plugin that has served nothing yet still shows.
+    pub fn take(stats: &Stats, plugins: &PluginSet) -> Snapshot {
+        for name in plugins.keys() {
+            stats.plugin(name);
+        }
+        let rows = stats
+            .plugins()
+            .into_iter()
+            .map(|(name, c)| {
+                let p = plugins.get(&name);
+                PluginRow {
+                    loaded: p.is_some(),
+                    version: p.map(|p| p.version.clone()),
+                    generation: p.map(|p| p.generation),
+                    loaded_at: p.map(|p| rfc3339(p.loaded_at)),
+                    loaded_at_unix: p.map(|p| unix(p.loaded_at)),
+                    requests: c.requests,
+                    responses: CLASSES.iter().copied().zip(c.responses).collect(),
+                    in_flight: c.in_flight,
+                    mean_seconds: c.mean_seconds(),
+                    p99_seconds: c.quantile_seconds(0.99),
+                    sum_seconds: c.sum_seconds,
+                    buckets: c.buckets,
+                    name,
+                }
+            })
+            .collect();
+        let reloads = stats.reloads();
+        Snapshot {
+            server: ServerInfo {
+                version: env!("CARGO_PKG_VERSION"),
+                started_at: rfc3339(stats.started_at()),
+                started_at_unix: unix(stats.started_at()),
+                uptime_seconds: stats.uptime().as_secs_f64(),
+                resident_memory_bytes: resident_memory_bytes(),
+            },
+            plugins: rows,
+            connections: stats.connections(),
+            workers: WorkerInfo {
+                threads: stats.workers(),
+                busy: stats.busy_workers(),
+                queue_depth: stats.queue_depth(),
+            },
+            reloads: ReloadInfo {
+                count: reloads.count,
+                failures: reloads.failures,
+                last: reloads.last.map(|r| LastReload {
+                    at: rfc3339(r.at),
+                    at_unix: unix(r.at),
+                    outcome: r.outcome,
+                    summary: r.summary,
+                    error: r.error,
+                }),
+                last_success_at: rfc3339(reloads.last_success),
+                last_success_at_unix: unix(reloads.last_success),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_row_per_plugin_with_its_responses_by_class() {
+        let stats = Stats::new(1, 4, Box::new(|| 3));
+        let p = stats.plugin("hello");
+        p.record(Duration::from_micros(300), 200);
+        p.record(Duration::from_millis(2), 503);
+        let s = Snapshot::take(&stats, &PluginSet::new());
+        let row = &s.plugins[0];
+        assert_eq!((row.name.as_str(), row.loaded, row.requests), ("hello", false, 2));
+        assert_eq!((row.responses["2xx"], row.responses["5xx"], row.responses["4xx"]), (1, 1, 0));
+        assert_eq!((s.workers.threads, s.workers.queue_depth), (4, 3));
+        assert!(s.reloads.last.is_none() && s.reloads.last_success_at_unix > 0.0);
+    }
+}

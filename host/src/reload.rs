@@ -1,0 +1,144 @@
+//! Loading what serves: the plugins and the mounts, at start ([`initial`]) and on SIGHUP
+//! ([`reload`]), published as one [`Table`] so a request never sees mounts and plugins that do
+//! not belong together.
+//!
+//! A reload is all or nothing for what the configuration names: the file is re-read; the
+//! plugins are loaded into a staged set (a changed file or `[plugin.NAME]` table gives a fresh
+//! copy; a file that fails keeps its old version); if a plugin the configuration names failed,
+//! or the mounts do not check out against the staged set, nothing is applied and the old table
+//! keeps serving. `[server]` settings need a restart (a warning says so). The outcome is
+//! recorded in [`Stats`] for the admin pages.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::metrics::counters::{ReloadOutcome, Stats};
+use crate::plugin::loader;
+use crate::plugin::registry::{self, PluginSet, Registry};
+use crate::routing::mount::Mounts;
+use crate::routing::{Current, Table};
+use crate::settings::file::{ConfigError, Loaded};
+
+/// Each `[plugin.NAME]` table as TOML text, by plugin name.
+fn plugin_configs(c: &Loaded) -> HashMap<String, String> {
+    c.file.plugin.keys().map(|name| (name.clone(), c.plugin_config(name))).collect()
+}
+
+/// The table to start with: every plugin of the directory (with its settings), and the mounts
+/// of `config`, checked against them.
+///
+/// # Errors
+/// A mount names a plugin that did not load, or an application where middleware belongs.
+pub fn initial(registry: &Registry, config: Option<&Loaded>) -> Result<Table, ConfigError> {
+    if let Some(c) = config {
+        registry.set_configs(plugin_configs(c));
+    }
+    let (plugins, report) = registry.stage(&PluginSet::new());
+    registry::log_report(&report, true);
+    let mounts = match config {
+        Some(c) => {
+            Mounts::validate(c, &plugins)?;
+            Mounts::from_config(c)
+        }
+        None => Mounts::default(),
+    };
+    for m in mounts.list() {
+        tracing::info!("mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
+    }
+    Ok(Table { mounts, plugins })
+}
+
+/// SIGHUP: re-reads the configuration file (if any), stages the plugins with their new
+/// settings, and publishes the new table if everything the configuration names checks out.
+pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut Option<Loaded>) {
+    let next = match config.as_ref().map(|c| Loaded::read(&c.path)) {
+        None => None,
+        Some(Ok(next)) => Some(next),
+        Some(Err(e)) => {
+            tracing::error!("SIGHUP: configuration not reloaded, the previous one keeps serving: {e}");
+            let summary = "nothing applied: the configuration file was refused".to_owned();
+            stats.record_reload(ReloadOutcome::Failed, summary, Some(e.to_string()));
+            return;
+        }
+    };
+    tracing::info!("SIGHUP: rescanning {}", registry.dir().display());
+    let old_configs = registry.configs();
+    if let Some(next) = &next {
+        if let Some(old) = config.as_ref()
+            && old.file.server != next.file.server
+        {
+            tracing::warn!("SIGHUP: [server] settings changed in {}; they take effect on restart", next.path.display());
+        }
+        registry.set_configs(plugin_configs(next));
+    }
+    let current = routes.load_full();
+    let (staged, report) = registry.stage(&current.plugins);
+    let Some(next) = next else {
+        registry::log_report(&report, false);
+        routes.store(Table { mounts: current.mounts.clone(), plugins: staged });
+        record(stats, &report, false, None);
+        return;
+    };
+    // A plugin the configuration names (in a mount or a [plugin.NAME] table) that failed to
+    // load refuses the whole reload: its old version with the new mounts, or the new mounts
+    // without it, could serve what the operator meant to filter.
+    let named: HashSet<&str> = next
+        .file
+        .plugin
+        .keys()
+        .map(String::as_str)
+        .chain(next.file.mount.iter().flat_map(|m| m.app.iter().chain(&m.middleware).map(|n| n.get_ref().as_str())))
+        .collect();
+    let refused: Vec<String> = report
+        .failed
+        .iter()
+        .filter(|(path, _)| {
+            path.file_name().and_then(|n| n.to_str()).and_then(loader::route_name).is_some_and(|n| named.contains(n))
+        })
+        .map(|(path, e)| format!("{}: {e}", path.display()))
+        .collect();
+    let checked = if refused.is_empty() {
+        Mounts::validate(&next, &staged).map_err(|e| e.to_string())
+    } else {
+        Err(format!("a plugin the configuration names did not load: {}", refused.join("; ")))
+    };
+    registry::log_report(&report, false);
+    match checked {
+        Ok(()) => {
+            routes.store(Table { mounts: Mounts::from_config(&next), plugins: staged });
+            tracing::info!("SIGHUP: configuration {} reloaded", next.path.display());
+            *config = Some(next);
+            record(stats, &report, true, None);
+        }
+        Err(e) => {
+            registry.set_configs(old_configs);
+            tracing::error!("SIGHUP: reload refused, the previous configuration and plugins keep serving: {e}");
+            let nothing = registry::ReloadReport { failed: report.failed, ..Default::default() };
+            record(stats, &nothing, false, Some(format!("reload refused: {e}")));
+        }
+    }
+}
+
+/// Records a reload's outcome: `ok` when nothing was refused; `partial` when something was
+/// refused and something else applied; `failed` when nothing new was applied.
+fn record(stats: &Stats, report: &registry::ReloadReport, config_applied: bool, refusal: Option<String>) {
+    let mut errors: Vec<String> = report.failed.iter().map(|(path, e)| format!("{}: {e}", path.display())).collect();
+    errors.extend(refusal);
+    let changed = !(report.added.is_empty() && report.reloaded.is_empty() && report.removed.is_empty());
+    let outcome = match (errors.is_empty(), changed || config_applied) {
+        (true, _) => ReloadOutcome::Ok,
+        (false, true) => ReloadOutcome::Partial,
+        (false, false) => ReloadOutcome::Failed,
+    };
+    let mut summary = format!(
+        "{} loaded, {} reloaded, {} removed, {} refused",
+        report.added.len(),
+        report.reloaded.len(),
+        report.removed.len(),
+        report.failed.len()
+    );
+    if config_applied {
+        summary.push_str("; configuration reloaded");
+    }
+    let error = (!errors.is_empty()).then(|| errors.join("\n"));
+    stats.record_reload(outcome, summary, error);
+}

@@ -1,0 +1,158 @@
+//! Settings: where they come from and what the server runs with.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`args`] | the command line ([`Args`], clap): every server setting, spelled once |
+//! | [`file`](mod@file) | the configuration file: `[server]` keys checked against [`Args`], `[[mount]]`, `[plugin.NAME]`; merging under flags and environment |
+//! | [`print`](mod@print) | `--print-config`: every setting, in the file's own format |
+//!
+//! This module turns the parsed [`Args`] into the values the running server reads: [`Config`]
+//! (limits and timeouts, with units) and [`AdminPaths`] (where the server's own pages are).
+
+pub mod args;
+pub mod file;
+pub mod print;
+
+use std::time::Duration;
+
+pub use args::Args;
+
+use crate::http::limits;
+
+/// The settings the event loops and workers use, derived from [`Args`].
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// Longest request line, bytes (414 beyond).
+    pub max_request_line: usize,
+    /// Largest header section, bytes (431 beyond).
+    pub max_head_bytes: usize,
+    /// Most field lines (431 beyond).
+    pub max_fields: usize,
+    /// Largest request body, bytes (413 beyond).
+    pub max_body: u64,
+    /// Time to receive a request head from its first byte (and from accept for a new
+    /// connection); then 408.
+    pub head_timeout: Duration,
+    /// Idle time allowed between keep-alive requests; then the connection closes silently.
+    pub keep_alive_timeout: Duration,
+    /// Longest pause between reads of a request body; then 408.
+    pub body_timeout: Duration,
+    /// Longest pause between writes that make progress; then the connection closes.
+    pub send_timeout: Duration,
+    /// How long SIGTERM waits for requests in flight.
+    pub graceful_timeout: Duration,
+    /// Most open connections over all event loops.
+    pub max_connections: usize,
+    /// Whether access lines are produced at all.
+    pub access_log: bool,
+    /// The server's own pages; `None` with `--status-path off`.
+    pub admin: Option<AdminPaths>,
+    /// Answer them to every client, not only loopback ones.
+    pub admin_public: bool,
+}
+
+impl Args {
+    /// Worker threads: the flag, or 2 × cores with a minimum of 4 (Waitress uses 4).
+    pub fn worker_threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            (2 * cores).max(4)
+        })
+    }
+
+    /// The settings for the server.
+    pub(crate) fn config(&self) -> Config {
+        Config {
+            max_request_line: limits::MAX_REQUEST_LINE,
+            max_head_bytes: limits::MAX_HEAD_BYTES,
+            max_fields: limits::MAX_FIELDS,
+            max_body: self.max_body,
+            head_timeout: Duration::from_secs(self.header_timeout),
+            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
+            body_timeout: Duration::from_secs(self.body_timeout),
+            send_timeout: Duration::from_secs(self.send_timeout),
+            graceful_timeout: Duration::from_secs(self.graceful_timeout),
+            max_connections: self.max_connections.max(1),
+            access_log: self.access_log != "off",
+            admin: AdminPaths::parse(&self.status_path).unwrap_or(None),
+            admin_public: self.status_public,
+        }
+    }
+}
+
+/// Which of the server's own pages (answered on the event loop, see `crate::admin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminPage {
+    /// The status page (HTML, or JSON with `?format=json`).
+    Status,
+    /// The Prometheus metrics.
+    Metrics,
+}
+
+/// Where the server's own pages are (`--status-path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminPaths {
+    /// The status page's path.
+    pub status: String,
+    /// The metrics' path: the status path's parent + `/metrics`.
+    pub metrics: String,
+}
+
+impl AdminPaths {
+    /// Paths from the `--status-path` value: `off` (no pages), or an absolute path of plain
+    /// segments (no `?`, `#`, `%`, spaces or control characters, no empty, `.` or `..`
+    /// segment, no trailing `/`) whose last segment is not `metrics`.
+    ///
+    /// # Errors
+    /// Why the value is refused.
+    pub fn parse(flag: &str) -> Result<Option<AdminPaths>, String> {
+        if flag == "off" {
+            return Ok(None);
+        }
+        let Some(rest) = flag.strip_prefix('/') else {
+            return Err(format!("{flag:?} must start with '/' (or be `off`)"));
+        };
+        if flag.bytes().any(|b| b.is_ascii_control() || b" ?#%\\".contains(&b)) {
+            return Err(format!("{flag:?} must be a plain path (no spaces, ?, #, % or \\)"));
+        }
+        if rest.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            return Err(format!("{flag:?} has an empty, `.` or `..` segment (or ends with '/')"));
+        }
+        let (parent, last) = flag.rsplit_once('/').unwrap_or(("", flag));
+        if last == "metrics" {
+            return Err(format!("{flag:?} would be the metrics path (its parent + /metrics): choose another name"));
+        }
+        Ok(Some(AdminPaths { status: flag.to_owned(), metrics: format!("{parent}/metrics") }))
+    }
+
+    /// The page at decoded path `path`, if any.
+    pub fn page(&self, path: &[u8]) -> Option<AdminPage> {
+        if path == self.status.as_bytes() {
+            Some(AdminPage::Status)
+        } else if path == self.metrics.as_bytes() {
+            Some(AdminPage::Metrics)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_from_the_flag() {
+        let p = AdminPaths::parse("/_portico/status").unwrap().unwrap();
+        assert_eq!((p.status.as_str(), p.metrics.as_str()), ("/_portico/status", "/_portico/metrics"));
+        let p = AdminPaths::parse("/status").unwrap().unwrap();
+        assert_eq!(p.metrics, "/metrics");
+        assert_eq!(p.page(b"/status"), Some(AdminPage::Status));
+        assert_eq!(p.page(b"/metrics"), Some(AdminPage::Metrics));
+        assert_eq!(p.page(b"/status/"), None);
+        assert_eq!(AdminPaths::parse("off"), Ok(None));
+        for bad in ["", "status", "/", "/a/", "/a//b", "/a/../b", "/a?b", "/a b", "/a%2f", "/x/metrics", "/a/./b"] {
+            assert!(AdminPaths::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
