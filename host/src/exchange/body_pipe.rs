@@ -169,3 +169,65 @@ impl BodyPipe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe(expect_continue: bool) -> (BodyPipe, crossbeam_channel::Receiver<Completion>, mio::Poll) {
+        let poll = mio::Poll::new().unwrap();
+        let waker = std::sync::Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let id = ConnId { event_loop: 0, token: 3, generation: 9 };
+        let p = BodyPipe::new(id, Notifier::new(vec![(tx, waker)]), Duration::from_millis(200), expect_continue);
+        (p, rx, poll)
+    }
+
+    #[test]
+    fn bytes_come_out_in_order_then_the_end() {
+        let (p, rx, _poll) = pipe(false);
+        p.push(b"hel".to_vec());
+        p.push(b"lo".to_vec());
+        p.finish();
+        let mut buf = [0u8; 4];
+        assert_eq!(p.read(&mut buf), Ok(4));
+        assert_eq!(&buf, b"hell");
+        assert_eq!(p.read(&mut buf), Ok(1));
+        assert_eq!(p.read(&mut buf), Ok(0));
+        assert!(p.is_complete() && rx.try_recv().is_err(), "no 100 without the expectation");
+    }
+
+    #[test]
+    fn the_first_read_asks_for_100_continue_once() {
+        let (p, rx, _poll) = pipe(true);
+        assert!(p.awaiting_continue());
+        p.finish();
+        assert_eq!(p.read(&mut [0u8; 8]), Ok(0));
+        assert!(matches!(rx.try_recv(), Ok(Completion::Continue(id)) if id.token == 3));
+        assert_eq!(p.read(&mut [0u8; 8]), Ok(0));
+        assert!(rx.try_recv().is_err() && !p.awaiting_continue());
+    }
+
+    #[test]
+    fn a_full_pipe_pauses_reading_until_half_is_read() {
+        let (p, rx, _poll) = pipe(false);
+        p.push(vec![1u8; PIPE_CAPACITY]);
+        assert!(p.full_then_pause() && p.is_paused());
+        let mut buf = vec![0u8; PIPE_CAPACITY / 4];
+        assert_eq!(p.read(&mut buf), Ok(PIPE_CAPACITY / 4));
+        assert!(rx.try_recv().is_err(), "three quarters still buffered");
+        assert_eq!(p.read(&mut buf), Ok(PIPE_CAPACITY / 4));
+        assert!(matches!(rx.try_recv(), Ok(Completion::ResumeRead(_))), "half read: resume");
+        assert!(!p.is_paused());
+    }
+
+    #[test]
+    fn a_failed_or_silent_body_is_a_read_error() {
+        let (p, _rx, _poll) = pipe(false);
+        p.fail("client disconnected");
+        assert_eq!(p.read(&mut [0u8; 8]), Err("client disconnected".to_owned()));
+        let (p, _rx, _poll) = pipe(false);
+        let e = p.read(&mut [0u8; 8]).unwrap_err();
+        assert!(e.starts_with("no request body bytes for"), "the body timeout between arrivals: {e}");
+    }
+}

@@ -293,3 +293,62 @@ pub fn call(
     };
     AppOutcome { start, body, input_failed: input.failed }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(sr: &mut HostStartResponse, status: &str, fields: &[(&str, &str)], exc: bool) -> Result<(), String> {
+        let fields: Vec<Field<'_>> = fields.iter().map(|(n, v)| Field::new(n, v)).collect();
+        let exc_info = if exc { ROption::RSome(RStr::from_str("boom")) } else { ROption::RNone };
+        sr.start_response(RStr::from_str(status), RSlice::from_slice(&fields), exc_info)
+            .into_result()
+            .map_err(Into::into)
+    }
+
+    #[test]
+    fn start_response_keeps_a_checked_head() {
+        let mut sr = HostStartResponse::default();
+        start(&mut sr, "201 Made It", &[("Content-Type", "text/plain"), ("Content-Length", "5"), ("Date", "x")], false)
+            .unwrap();
+        let head = sr.head.as_ref().unwrap();
+        assert_eq!(
+            (head.code, head.reason.as_deref(), head.own_date, head.own_server),
+            (201, Some("Made It"), true, false)
+        );
+        assert_eq!(sr.content_length, Some(5));
+        let names: Vec<&str> = head.fields.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["Content-Type", "Date"], "Content-Length becomes the framing");
+    }
+
+    #[test]
+    fn start_response_refuses_what_would_break_the_response() {
+        for (status, fields) in [
+            ("200", &[][..]),
+            ("100 Continue", &[]),
+            ("200 OK", &[("X-Split", "a\r\nb")]),
+            ("200 OK", &[("Connection", "close")]),
+            ("200 OK", &[("Content-Length", "5"), ("Content-Length", "6")]),
+            ("200 OK", &[("Content-Length", "-1")]),
+        ] {
+            let mut sr = HostStartResponse::default();
+            assert!(start(&mut sr, status, fields, false).is_err(), "{status} {fields:?}");
+            assert!(sr.head.is_none() && sr.error.is_some());
+        }
+        let mut sr = HostStartResponse::default();
+        start(&mut sr, "204 No Content", &[("Content-Length", "0")], false).unwrap();
+        assert_eq!(sr.content_length, None, "never a Content-Length on a 204 (RFC 9110 §8.6)");
+    }
+
+    #[test]
+    fn a_second_call_needs_exc_info_and_replaces_the_first() {
+        let mut sr = HostStartResponse::default();
+        start(&mut sr, "200 OK", &[("X-A", "1")], false).unwrap();
+        assert!(start(&mut sr, "500 Oops", &[], false).is_err(), "PEP 3333: only with exc_info");
+        start(&mut sr, "500 Oops", &[("X-B", "2")], true).unwrap();
+        let head = sr.head.as_ref().unwrap();
+        assert_eq!(head.code, 500);
+        assert_eq!(head.fields.iter().map(|(n, _)| n).collect::<Vec<_>>(), ["X-B"]);
+        assert!(sr.error.is_none());
+    }
+}

@@ -336,6 +336,65 @@ fn file_arguments(loaded: &Loaded, matches: &ArgMatches) -> Result<Vec<OsString>
 mod tests {
     use super::*;
 
+    /// `text` as a configuration file in a fresh directory.
+    fn read(text: &str) -> (Result<Loaded, ConfigError>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("portico-file-{}-{:x}", std::process::id(), text.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        (Loaded::read(&path), dir)
+    }
+
+    fn invalid_at(text: &str) -> (usize, usize, String) {
+        match read(text).0 {
+            Err(ConfigError::Invalid { line, column, message, .. }) => (line, column, message),
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn server_keys_are_flags_checked_by_their_own_parsers() {
+        let (line, column, message) = invalid_at("[server]\nthreads = 4\nno_such = 1\n");
+        assert_eq!((line, column), (3, 1), "{message}");
+        assert!(message.contains("unknown setting \"no_such\""), "{message}");
+        let (line, column, message) = invalid_at("[server]\nkeep_alive_timeout = \"soon\"\n");
+        assert_eq!((line, column), (2, 22));
+        assert!(message.contains("--keep-alive-timeout") && message.contains("soon"), "{message}");
+        let (_, _, message) = invalid_at("[server]\nstatus_path = \"/a/../b\"\n");
+        assert!(message.contains("--status-path"), "{message}");
+        let (_, _, message) = invalid_at("[server]\ndir_listing = \"yes\"\n");
+        assert!(message.contains("true or false"), "{message}");
+        let (_, _, message) = invalid_at("[server]\nheader_timeout = [1, 2]\n");
+        assert!(message.contains("not a list"), "{message}");
+        let (_, _, message) = invalid_at("[server]\nprint_config = true\n");
+        assert!(message.contains("unknown setting"), "{message}");
+    }
+
+    #[test]
+    fn file_values_become_arguments_with_paths_relative_to_the_file() {
+        let (loaded, dir) = read(
+            "[server]\nbind = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\ndocroot = \"site\"\naccess_log = \"-\"\ndir_listing = true\n",
+        );
+        let args: Vec<String> = loaded
+            .unwrap()
+            .server_arguments(&Args::command())
+            .unwrap()
+            .into_iter()
+            .map(|(_, a)| a.to_string_lossy().into_owned())
+            .collect();
+        let site = dir.join("site");
+        assert_eq!(
+            args,
+            [
+                "--access-log=-".to_owned(),
+                "--bind=127.0.0.1:1".to_owned(),
+                "--bind=127.0.0.1:2".to_owned(),
+                "--dir-listing".to_owned(),
+                format!("--docroot={}", site.display()),
+            ]
+        );
+    }
+
     #[test]
     fn every_long_flag_but_four_is_a_server_key() {
         let cmd = Args::command();
