@@ -120,6 +120,35 @@ fn small_chunked_body_over_the_limit_is_413_from_the_server() {
 }
 
 #[test]
+fn a_4_mib_chunk_extension_is_400_not_read_for_free() {
+    // Node's CVE-2024-22019: extensions after one chunk size were read without limit.
+    let server = hello_server(&[]);
+    let mut req = b"POST /echo.py HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
+    req.extend(std::iter::repeat_n(b'x', 4 << 20));
+    req.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+    assert_refused_and_closed(&server, &req, "HTTP/1.1 400 Bad Request");
+    // Leading zeros cannot pad a size line either.
+    let req = format!(
+        "POST /echo.py HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{}1\r\na\r\n0\r\n\r\n",
+        "0".repeat(64)
+    );
+    assert_refused_and_closed(&server, req.as_bytes(), "HTTP/1.1 400 Bad Request");
+}
+
+#[test]
+fn chunked_framing_counts_toward_the_body_limit() {
+    // 600 one-byte chunks: 600 bytes of content, 3,600 bytes on the wire.
+    let server = hello_server(&["--max-body", "2000"]);
+    let body: String = "1\r\nq\r\n".repeat(600) + "0\r\n\r\n";
+    let req = format!("POST /echo.py HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+    assert_refused_and_closed(&server, req.as_bytes(), "HTTP/1.1 413 Content Too Large");
+    let body: String = "1\r\nq\r\n".repeat(200) + "0\r\n\r\n";
+    let req =
+        format!("POST /echo.py HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}");
+    assert_served(&server, &req);
+}
+
+#[test]
 fn stalled_request_head_is_408_then_closed() {
     let server = hello_server(&["--header-timeout", "1"]);
     let mut conn = server.connect();

@@ -12,8 +12,12 @@
 //! ```
 //!
 //! Strict: whitespace after a size or an extension must lead to `;` or `=`; CR must be followed
-//! by LF; sizes may not overflow 64 bits. Extensions are parsed and ignored; trailer fields are
-//! validated and dropped (they never reach the environ's headers).
+//! by LF; a size has at most 16 hex digits, leading zeros included (so it cannot overflow 64
+//! bits, and zeros cannot pad a line); a chunk-size line, extensions included, is at most
+//! [`MAX_CHUNK_LINE`] bytes (Node's CVE-2024-22019: unbounded extensions were read for free).
+//! Extensions are parsed and ignored; trailer fields are validated and dropped (they never
+//! reach the environ's headers). The framing bytes themselves count toward the body limit:
+//! the connection counts every byte the decoder consumes, not only the content.
 
 use thiserror::Error;
 
@@ -37,7 +41,17 @@ pub enum ChunkedError {
     /// The trailer section is longer than the limit.
     #[error("trailer section too large")]
     TrailerTooLarge,
+    /// A chunk-size line (size and extensions) longer than [`MAX_CHUNK_LINE`].
+    #[error("chunk-size line longer than {MAX_CHUNK_LINE} bytes")]
+    LineTooLong,
 }
+
+/// Longest chunk-size line, in bytes: the size, its extensions and the CRLF. 4 KiB; past it
+/// the body is malformed (400 and close).
+pub const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// Most hex digits in a chunk size, leading zeros included: 16 (64 bits).
+const MAX_SIZE_DIGITS: u32 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -90,6 +104,8 @@ pub struct ChunkedDecoder {
     size: u64,
     size_digits: u32,
     last_chunk: bool,
+    /// Bytes of the current chunk-size line so far.
+    line_bytes: usize,
     trailer_bytes: usize,
     max_trailer: usize,
 }
@@ -101,7 +117,15 @@ fn is_tchar(b: u8) -> bool {
 impl ChunkedDecoder {
     /// A decoder that allows at most `max_trailer` bytes of trailer section.
     pub fn new(max_trailer: usize) -> Self {
-        ChunkedDecoder { state: State::Size, size: 0, size_digits: 0, last_chunk: false, trailer_bytes: 0, max_trailer }
+        ChunkedDecoder {
+            state: State::Size,
+            size: 0,
+            size_digits: 0,
+            last_chunk: false,
+            line_bytes: 0,
+            trailer_bytes: 0,
+            max_trailer,
+        }
     }
 
     /// Whether the whole body, trailer section included, has been decoded.
@@ -135,7 +159,7 @@ impl ChunkedDecoder {
                 State::Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
-                        if self.size > (u64::MAX >> 4) {
+                        if self.size_digits >= MAX_SIZE_DIGITS {
                             return Err(ChunkedError::Size);
                         }
                         self.size = (self.size << 4) | digit;
@@ -205,6 +229,7 @@ impl ChunkedDecoder {
                     if b != b'\n' {
                         return Err(ChunkedError::LineEnding);
                     }
+                    self.line_bytes = 0;
                     if self.size == 0 {
                         self.last_chunk = true;
                         self.state = State::TrailerStart;
@@ -255,6 +280,25 @@ impl ChunkedDecoder {
                     return Ok(i + 1);
                 }
             }
+            if matches!(
+                self.state,
+                State::Size
+                    | State::SizeBws
+                    | State::ExtBws
+                    | State::ExtName
+                    | State::ExtNameBws
+                    | State::ExtValueBws
+                    | State::ExtToken
+                    | State::ExtQuoted
+                    | State::ExtQuotedPair
+                    | State::ExtAfterValue
+                    | State::SizeLf
+            ) {
+                self.line_bytes += 1;
+                if self.line_bytes > MAX_CHUNK_LINE {
+                    return Err(ChunkedError::LineTooLong);
+                }
+            }
             if self.last_chunk {
                 self.trailer_bytes += 1;
                 if self.trailer_bytes > self.max_trailer {
@@ -302,6 +346,31 @@ mod tests {
             let mut d = ChunkedDecoder::new(1024);
             assert!(d.decode(input, &mut Vec::new()).is_err(), "accepted {:?}", String::from_utf8_lossy(input));
         }
+    }
+
+    #[test]
+    fn chunk_lines_and_leading_zeros_are_bounded() {
+        let mut long_ext = b"1;".to_vec();
+        long_ext.extend(std::iter::repeat_n(b'x', MAX_CHUNK_LINE));
+        long_ext.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
+        assert_eq!(ChunkedDecoder::new(1024).decode(&long_ext, &mut Vec::new()), Err(ChunkedError::LineTooLong));
+        // The same extension fed a byte at a time: the count survives across calls.
+        let mut d = ChunkedDecoder::new(1024);
+        let r = long_ext.iter().try_for_each(|b| d.decode(std::slice::from_ref(b), &mut Vec::new()).map(|_| ()));
+        assert_eq!(r, Err(ChunkedError::LineTooLong));
+        // Just under the limit, and again on every line: fine.
+        let mut ok = Vec::new();
+        for _ in 0..3 {
+            ok.extend_from_slice(b"1;");
+            ok.extend(std::iter::repeat_n(b'x', MAX_CHUNK_LINE - 5));
+            ok.extend_from_slice(b"\r\na\r\n");
+        }
+        ok.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(decode_all(&ok).unwrap().0, b"aaa");
+        // Sixteen digits with leading zeros is a size; seventeen is not.
+        assert_eq!(decode_all(b"0000000000000001\r\nz\r\n0\r\n\r\n").unwrap().0, b"z");
+        let mut d = ChunkedDecoder::new(1024);
+        assert_eq!(d.decode(b"00000000000000001\r\nz\r\n", &mut Vec::new()), Err(ChunkedError::Size));
     }
 
     proptest! {

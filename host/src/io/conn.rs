@@ -511,7 +511,9 @@ impl<S: Transport> Conn<S> {
             RequestError::BadRequest("malformed chunked body")
         })?;
         self.rbuf.drain(..used);
-        body.received += data.len() as u64;
+        // Bytes on the wire, framing included: a chunked body's sizes, extensions and CRLFs
+        // count toward the limit too.
+        body.received += used as u64;
         if body.received > max_body {
             return Err(RequestError::ContentTooLarge { limit: max_body });
         }
