@@ -55,7 +55,9 @@ pub fn call(
         return Body::Empty;
     }
     let total: u64 = body.iter().map(Piece::len).sum();
-    if total == 0 {
+    // A HEAD answer has the head GET would have and no body (RFC 9110 §9.3.2), here too: the
+    // middleware sees what a client would.
+    if total == 0 || head.is_head() {
         return Body::Empty;
     }
     if total <= INLINE_BODY {
