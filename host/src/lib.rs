@@ -21,7 +21,7 @@
 //! SIGHUP ([`server`]) reloads plugins and mounts ([`reload`]) without stopping requests.
 //!
 //! Layers, each using only those above it in this list (checked by `tests/layers.rs`):
-//! `html`, `http` · `settings`, `access_log` · `plugin::{loader, registry}` · `routing`,
+//! `escape`, `http` · `settings`, `access_log` · `plugin::{loader, registry}` · `routing`,
 //! `static_files`, `metrics` · `exchange` · `plugin::call` · `worker`, `admin`, `reload`,
 //! `check` · `io` · `server`.
 //!
@@ -36,8 +36,8 @@
 pub mod access_log;
 pub(crate) mod admin;
 pub mod check;
+pub(crate) mod escape;
 pub mod exchange;
-pub(crate) mod html;
 pub mod http;
 pub(crate) mod io;
 pub(crate) mod metrics;

@@ -87,6 +87,24 @@ fn ip_filter_refuses_by_remote_addr_never_by_the_host_field() {
 }
 
 #[test]
+fn ip_filter_refusals_cannot_forge_or_flood_the_log() {
+    let dir = TempDir::new("portico-pipeline");
+    let server = start(&dir, &format!("{STACK}\n[plugin.ip_filter]\ndeny = [\"127.0.0.1/32\"]\n"));
+    let mark = server.log_mark();
+    let r = server.get("/api/x%0A2026-11-29T00:00:00Z%20ERROR%20portico:%20FAKE");
+    assert_eq!(r.status, 403);
+    for _ in 0..50 {
+        assert_eq!(server.get("/api/dog").status, 403);
+    }
+    let line = server.wait_for_line(mark, &["ip_filter: refused"], Duration::from_secs(5));
+    assert!(line.contains(r#""/x\n2026-11-29T00:00:00Z ERROR portico: FAKE""#), "{line:?}");
+    let text = server.stderr_text();
+    assert!(!text.lines().any(|l| l.starts_with("2026-11-29T00:00:00Z ERROR portico: FAKE")), "{text}");
+    let refusals = text.lines().filter(|l| l.contains("ip_filter: refused")).count();
+    assert!(refusals < 5, "51 refusals in well under a second made {refusals} lines:\n{text}");
+}
+
+#[test]
 fn ip_filter_believes_forwarding_fields_only_from_trusted_proxies() {
     let rules = "deny = [\"203.0.113.0/24\", \"2001:db8::/32\"]\ntrusted_proxies = [\"127.0.0.1\"]";
     let dir = TempDir::new("portico-pipeline");

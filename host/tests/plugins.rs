@@ -247,6 +247,20 @@ fn wsgi_errors_reach_the_server_log() {
 }
 
 #[test]
+fn a_plugin_message_cannot_forge_a_log_line() {
+    let server = Server::builder().plugins(&["fixture"]).start();
+    let forged = "x%0A2026-11-29T00:00:00Z%20ERROR%20portico:%20FAKE%0D%1B[31m";
+    assert_eq!(server.get(&format!("/fixture.py/log?msg={forged}")).status, 200);
+    let line = server.wait_for_log("2026-11-29T00:00:00Z ERROR portico: FAKE", Duration::from_secs(5));
+    assert!(line.contains("x\\n2026-11-29T00:00:00Z ERROR portico: FAKE\\r\\x1B[31m"), "{line:?}");
+    let text = server.stderr_text();
+    assert!(
+        !text.lines().any(|l| l.starts_with("2026-11-29T00:00:00Z ERROR portico: FAKE")),
+        "a forged line reached the log:\n{text}"
+    );
+}
+
+#[test]
 fn plugin_requests_run_concurrently_on_the_workers() {
     let server = Server::builder().plugins(&["fixture"]).args(["--threads", "4"]).start();
     let addr = server.addr();

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::html::escape;
+use crate::escape::html as escape;
 use crate::metrics::counters::ReloadOutcome;
 use crate::metrics::snapshot::Snapshot;
 use crate::settings::AdminPaths;

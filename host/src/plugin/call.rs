@@ -114,7 +114,8 @@ impl Input for HostInput<'_> {
     }
 }
 
-/// `wsgi.errors`: each write becomes one log line tagged with the plugin's name.
+/// `wsgi.errors`: each write becomes one log line tagged with the plugin's name, its control
+/// characters escaped (a message cannot end its line and forge one of the server's).
 struct HostErrors<'a> {
     plugin: &'a str,
 }
@@ -123,7 +124,7 @@ impl ErrorStream for HostErrors<'_> {
     fn write(&mut self, msg: RStr<'_>) {
         let msg = msg.as_str().trim_end();
         if !msg.is_empty() {
-            tracing::warn!(plugin = %self.plugin, "{msg}");
+            tracing::warn!(plugin = %self.plugin, "{}", crate::escape::controls(msg));
         }
     }
 }

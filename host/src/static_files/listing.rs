@@ -11,7 +11,7 @@ use std::path::Path;
 
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use crate::html::escape;
+use crate::escape::html as escape;
 
 /// Bytes percent-encoded in a path segment of a link (RFC 3986 §3.3: anything that is not
 /// `pchar`, plus `/` inside a name).

@@ -27,7 +27,9 @@
 //! `deny` wins over `allow`. With `allow` empty, everything not denied passes; otherwise only
 //! addresses in `allow` pass. With neither key given, the default is `allow` loopback only
 //! (`127.0.0.0/8`, `::1/128`), also when the host never called `init`. A refusal is logged
-//! through `wsgi.errors` with the address, how it was found, and the rule.
+//! through `wsgi.errors` with the method, the path (quoted, control characters escaped), the
+//! address, how it was found, and the rule — at most one line a second ([`LOG_EVERY`]): the
+//! refusals in between are counted, and the next line says how many.
 //!
 //! ## Configuration (`[plugin.ip_filter]`)
 //!
@@ -55,7 +57,8 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 use portico_api::{Body, Environ, Next, StartResponse, export_app, status};
@@ -469,25 +472,38 @@ fn toml_error(text: &str, err: &toml::de::Error) -> String {
     format!("line {number} of [plugin.ip_filter] (`{shown}`): {message}")
 }
 
+/// At most one refusal line per this long; the refusals in between are counted and the
+/// next line says how many (a client refused in a loop cannot flood the log). 1 s.
+pub const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// When the last refusal was logged, and how many were refused since without a line.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
 /// The middleware: the rules, and the request handling around them.
 #[derive(Debug, Clone, Default)]
 pub struct IpFilter {
     rules: Rules,
+    throttle: Arc<Mutex<Throttle>>,
 }
 
 impl IpFilter {
     /// A filter with these rules.
     pub fn new(rules: Rules) -> Self {
-        IpFilter { rules }
+        IpFilter { rules, throttle: Arc::default() }
     }
 
-    /// Lets the request through to `next`, or answers `403 Forbidden` and logs why.
+    /// Lets the request through to `next`, or answers `403 Forbidden` and logs why (at most
+    /// one line per [`LOG_EVERY`]; the path is quoted with its control characters escaped).
     pub fn handle(&self, environ: &mut Environ<'_>, sr: &mut StartResponse<'_, '_>, next: &Next<'_>) -> Body {
         let verdict = {
             let request = Request::from_environ(environ);
             self.rules.check(&request).map_err(|refusal| {
                 format!(
-                    "ip_filter: refused {} {}: {refusal} (REMOTE_ADDR {})",
+                    "ip_filter: refused {} {:?}: {refusal} (REMOTE_ADDR {})",
                     environ.method(),
                     environ.path_info(),
                     request.remote_addr
@@ -497,11 +513,30 @@ impl IpFilter {
         match verdict {
             Ok(_) => next.call(environ, sr),
             Err(line) => {
-                environ.log(&line);
+                if let Some(line) = self.log_line(line, Instant::now()) {
+                    environ.log(&line);
+                }
                 sr.start(status::FORBIDDEN, &[("Content-Type", "text/plain; charset=utf-8")]);
                 Body::from("Forbidden\n")
             }
         }
+    }
+
+    /// The line to log for a refusal at `now`, or `None` when one was logged less than
+    /// [`LOG_EVERY`] ago (the refusal is counted for the next line).
+    fn log_line(&self, line: String, now: Instant) -> Option<String> {
+        let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
+        if t.last.is_some_and(|last| now.duration_since(last) < LOG_EVERY) {
+            t.unlogged += 1;
+            return None;
+        }
+        let unlogged = std::mem::take(&mut t.unlogged);
+        let since = t.last.map(|last| now.duration_since(last).as_secs());
+        t.last = Some(now);
+        Some(match (unlogged, since) {
+            (0, _) | (_, None) => line,
+            (n, Some(s)) => format!("{line} (and {n} more refused in the {s} s before, not logged one by one)"),
+        })
     }
 }
 

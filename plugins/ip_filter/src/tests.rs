@@ -340,12 +340,45 @@ fn refusal_is_403_and_logged() {
     assert_eq!(r.log.len(), 1, "{r:?}");
     assert_eq!(
         r.log[0],
-        "ip_filter: refused GET /secret: 203.0.113.9 (from REMOTE_ADDR) is denied by deny[0] = 203.0.113.0/24 \
+        "ip_filter: refused GET \"/secret\": 203.0.113.9 (from REMOTE_ADDR) is denied by deny[0] = 203.0.113.0/24 \
          (REMOTE_ADDR 203.0.113.9)"
     );
     let r = through(&filter, TestRequest::get("/open").remote_addr("192.0.2.1"));
     assert_eq!((r.code(), r.text().as_str()), (200, "app: /open\n"));
     assert!(r.log.is_empty());
+}
+
+#[test]
+fn a_path_cannot_forge_a_log_line() {
+    let filter = IpFilter::new(rules(r#"deny = ["203.0.113.0/24"]"#));
+    let r =
+        through(&filter, TestRequest::get("/x\n2026-11-29T00:00:00Z ERROR portico: FAKE").remote_addr("203.0.113.9"));
+    assert_eq!(r.log.len(), 1);
+    assert!(!r.log[0].contains('\n'), "{:?}", r.log[0]);
+    assert!(
+        r.log[0].starts_with("ip_filter: refused GET \"/x\\n2026-11-29T00:00:00Z ERROR portico: FAKE\": "),
+        "{:?}",
+        r.log[0]
+    );
+}
+
+#[test]
+fn repeated_refusals_are_summarised() {
+    let filter = IpFilter::new(rules(r#"deny = ["203.0.113.0/24"]"#));
+    let t0 = std::time::Instant::now();
+    assert!(filter.log_line("first".into(), t0).is_some());
+    for i in 1..=5 {
+        assert_eq!(filter.log_line(format!("refusal {i}"), t0 + LOG_EVERY / 10 * i), None, "within a second");
+    }
+    let next = filter.log_line("later".into(), t0 + LOG_EVERY * 2).expect("a line after a second");
+    assert_eq!(next, "later (and 5 more refused in the 2 s before, not logged one by one)");
+    assert_eq!(filter.log_line("again".into(), t0 + LOG_EVERY * 4).as_deref(), Some("again"));
+    // Through the middleware: the second refusal right after the first is not a line.
+    let filter = IpFilter::new(rules(r#"deny = ["203.0.113.0/24"]"#));
+    let r1 = through(&filter, TestRequest::get("/a").remote_addr("203.0.113.9"));
+    let r2 = through(&filter, TestRequest::get("/b").remote_addr("203.0.113.9"));
+    assert_eq!((r1.code(), r2.code()), (403, 403));
+    assert_eq!(r1.log.len() + r2.log.len(), 1, "{:?} {:?}", r1.log, r2.log);
 }
 
 #[test]
