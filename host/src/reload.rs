@@ -10,6 +10,7 @@
 //! recorded in [`Stats`] for the admin pages.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 
 use crate::metrics::counters::{ReloadOutcome, Stats};
 use crate::plugin::loader;
@@ -28,7 +29,7 @@ fn plugin_configs(c: &Loaded) -> HashMap<String, String> {
 ///
 /// # Errors
 /// A mount names a plugin that did not load, or an application where middleware belongs.
-pub fn initial(registry: &Registry, config: Option<&Loaded>) -> Result<Table, ConfigError> {
+pub fn initial(registry: &Registry, config: Option<&Loaded>, docroot: &Path) -> Result<Table, ConfigError> {
     if let Some(c) = config {
         registry.set_configs(plugin_configs(c));
     }
@@ -44,12 +45,12 @@ pub fn initial(registry: &Registry, config: Option<&Loaded>) -> Result<Table, Co
     for m in mounts.list() {
         tracing::info!("mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
     }
-    Ok(Table { mounts, plugins })
+    Ok(Table::new(mounts, plugins, docroot))
 }
 
 /// SIGHUP: re-reads the configuration file (if any), stages the plugins with their new
 /// settings, and publishes the new table if everything the configuration names checks out.
-pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut Option<Loaded>) {
+pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut Option<Loaded>, docroot: &Path) {
     let next = match config.as_ref().map(|c| Loaded::read(&c.path)) {
         None => None,
         Some(Ok(next)) => Some(next),
@@ -74,7 +75,7 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
     let (staged, report) = registry.stage(&current.plugins);
     let Some(next) = next else {
         registry::log_report(&report, false);
-        routes.store(Table { mounts: current.mounts.clone(), plugins: staged });
+        routes.store(Table::new(current.mounts.clone(), staged, docroot));
         record(stats, &report, false, None);
         return;
     };
@@ -104,7 +105,7 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
     registry::log_report(&report, false);
     match checked {
         Ok(()) => {
-            routes.store(Table { mounts: Mounts::from_config(&next), plugins: staged });
+            routes.store(Table::new(Mounts::from_config(&next), staged, docroot));
             tracing::info!("SIGHUP: configuration {} reloaded", next.path.display());
             *config = Some(next);
             record(stats, &report, true, None);

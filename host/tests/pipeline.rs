@@ -236,3 +236,36 @@ fn a_static_mount_behind_ip_filter_refuses_before_any_file_is_read() {
     assert!(!r.text().contains("private note"), "{}", r.summary());
     assert_eq!(server.get("/public.txt").text(), "public\n");
 }
+
+#[test]
+fn a_static_mount_protects_its_files_not_only_its_urls() {
+    // html/alias -> private, and private/public -> ../public: the file decides, not the path.
+    let dir = TempDir::new("portico-pipeline");
+    let path = config(
+        &dir,
+        "[[mount]]\nprefix = \"/private\"\nstatic = true\nmiddleware = [\"ip_filter\"]\n\n\
+         [plugin.ip_filter]\ndeny = [\"127.0.0.1/32\"]\n",
+    );
+    let server = Server::builder()
+        .plugins(&["ip_filter"])
+        .docroot_file("private/note.txt", "private note\n")
+        .docroot_file("open/readme.txt", "open\n")
+        .before_start(|root| {
+            let docroot = root.join("docroot");
+            std::os::unix::fs::symlink("private", docroot.join("alias")).expect("alias symlink");
+            std::os::unix::fs::symlink("private/note.txt", docroot.join("note-link.txt")).expect("file symlink");
+            std::os::unix::fs::symlink("../open", docroot.join("private").join("open")).expect("inner symlink");
+        })
+        .args(["--config".as_ref(), path.as_os_str()])
+        .start();
+    assert_eq!(server.get("/private/note.txt").status, 403, "through the mount: ip_filter refuses");
+    for around in ["/alias/note.txt", "/note-link.txt"] {
+        let r = server.get(around);
+        assert_eq!(r.status, 404, "{around} reached a fenced file around its mount: {}", r.summary());
+        assert!(!r.text().contains("private note"), "{}", r.summary());
+    }
+    // A file outside the fence stays public, even when a link inside the fenced directory
+    // leads to it (through the mount it still meets the middleware first).
+    assert_eq!(server.get("/open/readme.txt").text(), "open\n");
+    assert_eq!(server.get("/private/open/readme.txt").status, 403);
+}

@@ -734,7 +734,7 @@ mod tests {
         fn decide(&mut self, id: ConnId, peer: &Peer, head: Box<RequestHead>) -> Decision {
             if head.target().starts_with(b"/app") {
                 let route = crate::routing::AppRoute {
-                    target: crate::routing::Target::Docroot,
+                    target: crate::routing::Target::Docroot { prefix: "/app".into(), fence: Arc::default() },
                     middleware: Vec::new(),
                     script_name: String::new(),
                     path_info: Vec::new(),

@@ -48,7 +48,10 @@ impl Handler for EventLoop {
             Route::App(route) => {
                 Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), pipe: None }))
             }
-            Route::Static { path } => respond(self.statics.serve(&head, &path)),
+            Route::Static { path } => {
+                let fence = &table.fence;
+                respond(self.statics.serve(&head, &path, &|real| fence.allows(real, None)))
+            }
             Route::NotFound => respond(self.statics.not_found()),
             Route::Admin(page) => {
                 // This loop's counts fresh (the asking connection as writing), so a person

@@ -180,6 +180,8 @@ pub enum Final<'p> {
         head: &'p RequestHead,
         /// The full decoded path (SCRIPT_NAME + PATH_INFO).
         path: &'p [u8],
+        /// Whether a resolved file may be served through this mount (its fence).
+        allowed: &'p dyn Fn(&std::path::Path) -> bool,
     },
 }
 
@@ -223,13 +225,15 @@ fn run_pipeline(
             Final::Plugin(p) => (p.module.application())(environ, start_response),
             // Host code called from inside a plugin (through HostNext): a panic must not unwind
             // into it. Caught, it leaves start_response uncalled, so the worker answers 500.
-            Final::Docroot { statics, head, path } => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                crate::static_files::app::call(statics, head, path, start_response)
-            }))
-            .unwrap_or_else(|_| {
-                tracing::error!("static files behind middleware panicked; answering 500");
-                Body::Empty
-            }),
+            Final::Docroot { statics, head, path, allowed } => {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::static_files::app::call(statics, head, path, allowed, start_response)
+                }))
+                .unwrap_or_else(|_| {
+                    tracing::error!("static files behind middleware panicked; answering 500");
+                    Body::Empty
+                })
+            }
         },
     }
 }

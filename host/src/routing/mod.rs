@@ -14,9 +14,14 @@
 //! Invariant: the mounts and the plugins a request is routed with come from the same
 //! [`Table`], loaded with one atomic read of [`Current`]; a reload swaps both at once, so a
 //! request never sees new mounts with old plugins or the reverse.
+//!
+//! A static mount with middleware fences its directory ([`Fence`]): a file under it is served
+//! only through that mount's pipeline, whatever path or symlink reached it — decided by the
+//! file's canonical path, after resolution, not by the URL.
 
 pub(crate) mod mount;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -36,6 +41,52 @@ pub struct Table {
     pub mounts: Mounts,
     /// The plugins serving, by route name.
     pub plugins: PluginSet,
+    /// The directories static mounts with middleware guard.
+    pub fence: Arc<Fence>,
+}
+
+impl Table {
+    /// A table of `mounts` and `plugins` over the canonical `docroot` (for the fence).
+    pub fn new(mounts: Mounts, plugins: PluginSet, docroot: &Path) -> Table {
+        let fence = Arc::new(Fence::of(&mounts, docroot));
+        Table { mounts, plugins, fence }
+    }
+}
+
+/// The directories of the static mounts, each by its canonical path (or, for a directory that
+/// does not exist when the table is built, the docroot-joined path until the next reload). A
+/// file belongs to the innermost of them that holds it: if that mount has middleware, the file
+/// is served only through it; a mount without middleware (or no mount) guards nothing.
+#[derive(Debug, Default)]
+pub struct Fence {
+    /// (directory, the prefix of its mount if that mount has middleware), innermost first.
+    dirs: Vec<(PathBuf, Option<String>)>,
+}
+
+impl Fence {
+    fn of(mounts: &Mounts, docroot: &Path) -> Fence {
+        let mut dirs: Vec<(PathBuf, Option<String>)> = mounts
+            .list()
+            .iter()
+            .filter(|m| m.app == MountApp::Docroot)
+            .map(|m| {
+                let joined = docroot.join(m.prefix.trim_start_matches('/'));
+                let guard = (!m.middleware.is_empty()).then(|| m.prefix.clone());
+                (std::fs::canonicalize(&joined).unwrap_or(joined), guard)
+            })
+            .collect();
+        dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
+        Fence { dirs }
+    }
+
+    /// Whether the file at canonical path `real` may be served on a route that came through
+    /// the static mount `via` (its prefix), or through none (`None`).
+    pub fn allows(&self, real: &Path, via: Option<&str>) -> bool {
+        match self.dirs.iter().find(|(dir, _)| real.starts_with(dir)) {
+            Some((_, Some(guard))) => via == Some(guard.as_str()),
+            Some((_, None)) | None => true,
+        }
+    }
 }
 
 /// The table serving now, swapped whole on SIGHUP (one `ArcSwap`: a request's one atomic load
@@ -69,8 +120,13 @@ impl Current {
 pub enum Target {
     /// A plugin's application (this version, pinned for the request).
     Plugin(Arc<Plugin>),
-    /// The docroot, behind a mount's middleware.
-    Docroot,
+    /// The docroot, behind the middleware of the static mount at `prefix`.
+    Docroot {
+        /// The mount's prefix.
+        prefix: String,
+        /// The fence of the table the request was routed with.
+        fence: Arc<Fence>,
+    },
 }
 
 /// A request for an application: a plugin, or the docroot behind middleware.
@@ -92,7 +148,7 @@ impl AppRoute {
     pub fn named(&self) -> Option<&Arc<Plugin>> {
         match &self.target {
             Target::Plugin(p) => Some(p),
-            Target::Docroot => self.middleware.first(),
+            Target::Docroot { .. } => self.middleware.first(),
         }
     }
 }
@@ -153,7 +209,7 @@ pub fn route(head: &RequestHead, table: &Table, admin: Option<&AdminPaths>) -> R
         }
         let target = match &m.app {
             MountApp::Docroot if middleware.is_empty() => return Ok(Route::Static { path: decoded.into_owned() }),
-            MountApp::Docroot => Target::Docroot,
+            MountApp::Docroot => Target::Docroot { prefix: m.prefix.clone(), fence: Arc::clone(&table.fence) },
             MountApp::Plugin(name) => match table.plugins.get(name) {
                 Some(p) => Target::Plugin(Arc::clone(p)),
                 None => return Ok(Route::NotFound),
@@ -222,6 +278,22 @@ mod tests {
 
     fn name_py(name: &str, path_info: &[u8]) -> Split {
         Split::NamePy { name: name.into(), script_name: format!("/{name}.py"), path_info: path_info.to_vec() }
+    }
+
+    #[test]
+    fn the_innermost_static_mount_decides_who_may_serve_a_file() {
+        let dirs = |d: &[(&str, Option<&str>)]| Fence {
+            dirs: d.iter().map(|(p, g)| (PathBuf::from(p), g.map(str::to_owned))).collect(),
+        };
+        // Innermost first, as Fence::of sorts them.
+        let f = dirs(&[("/root/private/open", None), ("/root/private", Some("/private"))]);
+        let p = Path::new;
+        assert!(f.allows(p("/root/private/a.txt"), Some("/private")));
+        assert!(!f.allows(p("/root/private/a.txt"), None), "around the mount");
+        assert!(!f.allows(p("/root/private/a.txt"), Some("/other")), "through another mount");
+        assert!(f.allows(p("/root/private/open/b.txt"), None), "a mount without middleware guards nothing");
+        assert!(f.allows(p("/root/privateer/c.txt"), None), "whole components only");
+        assert!(f.allows(p("/root/d.txt"), Some("/private")));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -29,14 +30,17 @@ pub const INLINE_BODY: u64 = 256 * 1024;
 /// Bytes read from the file per streamed chunk. 64 KiB.
 pub const CHUNK: usize = 64 * 1024;
 
-/// Serves `decoded` (the request's full decoded path) through `start_response`.
+/// Serves `decoded` (the request's full decoded path) through `start_response`; `allowed` as
+/// for [`StaticFiles::serve`].
 pub fn call(
     statics: &Mutex<StaticFiles>,
     head: &RequestHead,
     decoded: &[u8],
+    allowed: &dyn Fn(&Path) -> bool,
     mut start_response: StartResponse_TO<'_, RMut<'_, ()>>,
 ) -> Body {
-    let Response { head: answer, body } = statics.lock().unwrap_or_else(|e| e.into_inner()).serve(head, decoded);
+    let Response { head: answer, body } =
+        statics.lock().unwrap_or_else(|e| e.into_inner()).serve(head, decoded, allowed);
     let status = format!("{} {}", answer.code, portico_api::status::reason(answer.code));
     let length = match answer.framing {
         Framing::Length(n) => Some(n.to_string()),

@@ -66,6 +66,8 @@ pub struct Representation {
 /// A regular file and its precompressed siblings.
 #[derive(Debug)]
 pub struct FileEntry {
+    /// The file's canonical path (what static mounts are fenced by).
+    pub real: PathBuf,
     /// `Content-Type` value from the name asked for (with `charset=utf-8` for text).
     pub content_type: String,
     /// The file itself.
@@ -230,7 +232,7 @@ impl FileCache {
         if br.is_some() || gzip.is_some() {
             common_fields.push("Vary", b"Accept-Encoding");
         }
-        let entry = FileEntry { content_type: content_type(&asked), identity, br, gzip, common_fields };
+        let entry = FileEntry { real, content_type: content_type(&asked), identity, br, gzip, common_fields };
         Slot { keep: true, lookup: Lookup::File(Arc::new(entry)), checked: Instant::now(), watch, inline_bytes }
     }
 }

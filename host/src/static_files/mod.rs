@@ -27,7 +27,7 @@ pub(crate) mod resolve;
 
 use std::borrow::Cow;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,13 +144,17 @@ impl StaticFiles {
     }
 
     /// Answers a request for the static path `decoded` (percent-decoded). For a `HEAD` request
-    /// the body is left out (the head is what `GET` would get).
-    pub fn serve(&mut self, head: &RequestHead, decoded: &[u8]) -> Response {
+    /// the body is left out (the head is what `GET` would get). `allowed` says whether the
+    /// file (or listed directory) a path resolved to, by its canonical path, may be served on
+    /// this route: a file fenced off for another route is a 404, whatever path or link
+    /// reached it (see `crate::routing::Fence`).
+    pub fn serve(&mut self, head: &RequestHead, decoded: &[u8], allowed: &dyn Fn(&Path) -> bool) -> Response {
         let method = head.method();
         if method != "GET" && method != "HEAD" {
             return Response::error(405).field("Allow", "GET, HEAD");
         }
         match self.cache.lookup(decoded) {
+            Lookup::File(entry) if !allowed(&entry.real) => self.not_found(),
             Lookup::File(entry) => file(head, &entry),
             Lookup::DirRedirect => {
                 let parts = crate::http::target::split(head.target(), head.form);
@@ -162,7 +166,7 @@ impl StaticFiles {
                 }
                 Response::page(301, TEXT, b"301 Moved Permanently\n".to_vec()).field("Location", location)
             }
-            Lookup::DirNoIndex(dir) if self.options.dir_listing => {
+            Lookup::DirNoIndex(dir) if self.options.dir_listing && allowed(&dir) => {
                 match listing::render(&dir, &String::from_utf8_lossy(decoded)) {
                     Ok(page) => Response::page(200, "text/html; charset=utf-8", page),
                     Err(e) => {
