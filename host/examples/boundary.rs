@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use portico::exchange::Peer;
+use portico::exchange::{Peer, RequestBody};
 use portico::http::request::{self, HeadLimits, Parsed};
 use portico::plugin::call::{self, CallInfo};
 use portico::plugin::loader;
@@ -33,7 +33,7 @@ Cookie: a=b\r\nX-Request-Id: 42\r\nX-Forwarded-For: 10.0.0.1\r\nCache-Control: n
     for _ in 0..5 {
         let t = Instant::now();
         for _ in 0..n {
-            let out = call::call(&plugin, call::Final::Plugin(&plugin), &[], &head, &info, None);
+            let out = call::call(&plugin, call::Final::Plugin(&plugin), &[], &head, &info, &mut RequestBody::None);
             assert_eq!(out.start.head.as_ref().map(|h| h.code), Some(200));
             drop(std::hint::black_box(out.body));
         }

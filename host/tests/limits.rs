@@ -273,11 +273,21 @@ fn a_slow_reading_application_does_not_trip_the_body_timeout() {
     assert!(text.ends_with(&format!("\r\n\r\n{}\n", body.len())), "got {}", show(&got));
 }
 
-/// A client that sent `Expect: 100-continue` waits for the 100: the body timeout must not
-/// run before the application asks for the body.
+/// A client that sent `Expect: 100-continue` waits for the 100: on a mount that streams its
+/// bodies (the 100 goes out on the application's first read), the body timeout must not run
+/// before the application asks for the body.
 #[test]
 fn the_body_timeout_waits_for_the_100_continue() {
-    let server = hello_server(&["--body-timeout", "1"]);
+    let dir = support::TempDir::new("portico-limits");
+    let config = dir.path().join("portico.toml");
+    support::install_bytes(
+        b"[[mount]]\nprefix = \"/fixture.py\"\napp = \"fixture\"\nrequest_buffering = false\n",
+        &config,
+    );
+    let server = Server::builder()
+        .plugins(&["fixture"])
+        .args(["--body-timeout".as_ref(), "1".as_ref(), "--config".as_ref(), config.as_os_str()])
+        .start();
     let mut sock = TcpStream::connect(server.addr()).expect("connect");
     sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     sock.write_all(

@@ -21,6 +21,7 @@
 //!   runs stays loaded for as long as it can be pulled.
 
 pub(crate) mod body_pipe;
+pub(crate) mod spool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use crate::http::request::RequestHead;
 use crate::plugin::loader::Plugin;
 use crate::routing::AppRoute;
 use body_pipe::BodyPipe;
+use spool::Buffered;
 
 /// Identifies a connection across its slot's reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +79,30 @@ pub(crate) struct CallJob {
     pub head: Box<RequestHead>,
     /// The connection's addresses.
     pub peer: Peer,
-    /// The body, if the request has one.
-    pub pipe: Option<Arc<BodyPipe>>,
+    /// The request body.
+    pub body: RequestBody,
+}
+
+/// A request's body as its application reads it (`wsgi.input`).
+pub enum RequestBody {
+    /// The request has none.
+    None,
+    /// Read whole by the event loop before the call (request buffering): reading never
+    /// waits on the network.
+    Buffered(Buffered),
+    /// Arriving while the application runs (a mount with `request_buffering = false`).
+    Streamed(Arc<BodyPipe>),
+}
+
+impl RequestBody {
+    /// Whether the whole body has been read off the socket (so the connection can stay open
+    /// after the response).
+    pub fn is_complete(&self) -> bool {
+        match self {
+            RequestBody::None | RequestBody::Buffered(_) => true,
+            RequestBody::Streamed(pipe) => pipe.is_complete(),
+        }
+    }
 }
 
 /// A streamed response body between pulls: parked at the event loop, or being pulled by a

@@ -46,9 +46,14 @@ pub enum RequestError {
     /// The request head did not arrive in time (RFC 9110 §15.5.9): 408.
     #[error("request head timed out")]
     HeadTimeout,
-    /// The request body stalled (RFC 9110 §15.5.9): 408.
+    /// The request body stalled, or arrived slower than the minimum rate (RFC 9110
+    /// §15.5.9): 408.
     #[error("request body timed out")]
     BodyTimeout,
+    /// The server could not keep the request (a request body's temporary file could not be
+    /// written): 500.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl RequestError {
@@ -63,6 +68,7 @@ impl RequestError {
             RequestError::VersionNotSupported => 505,
             RequestError::ExpectationFailed => 417,
             RequestError::HeadTimeout | RequestError::BodyTimeout => 408,
+            RequestError::Internal(_) => 500,
         }
     }
 }

@@ -13,9 +13,14 @@ pub const MAX_FIELDS: usize = 100;
 /// Largest request body, in bytes (1 GiB). Over it: 413 and close, before reading when
 /// `Content-Length` shows it.
 pub const MAX_BODY: u64 = 1 << 30;
-/// Bodies up to this many bytes are read completely by the event loop before the
-/// application runs; larger ones are streamed to it. 64 KiB.
+/// Bytes of a request body kept in memory while it is read before the application runs; the
+/// rest goes to a temporary file (with request buffering), or, on a mount that streams its
+/// bodies (`request_buffering = false`), the application is called once this much has
+/// arrived. 64 KiB.
 pub const BODY_BUFFER: usize = 64 * 1024;
+/// Slowest average rate of a request body, bytes per second, after the body timeout's grace:
+/// 1 KiB/s. Below it: 408 and close.
+pub const BODY_MIN_RATE: u64 = 1024;
 /// Time to receive a whole request head, from its first byte (and from accept for a new
 /// connection). Over it: 408 and close. 30 s.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);

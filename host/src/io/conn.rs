@@ -28,10 +28,11 @@ use super::Transport;
 use super::write::{Flushed, WriteQueue};
 use crate::access_log::{self, Access};
 use crate::exchange::body_pipe::BodyPipe;
-use crate::exchange::{CallJob, Chunk, ConnId, Job, Peer, Reply, StreamState};
+use crate::exchange::spool::Spool;
+use crate::exchange::{CallJob, Chunk, ConnId, Job, Peer, Reply, RequestBody, StreamState};
 use crate::http::decode::Decoder;
 use crate::http::error::RequestError;
-use crate::http::limits::{BODY_BUFFER, WRITE_HIGH_WATER};
+use crate::http::limits::WRITE_HIGH_WATER;
 use crate::http::outgoing::{Prepared, Response};
 use crate::http::request::{self, Framing, HeadLimits, HeadScan, Parsed, RequestHead, Version};
 use crate::http::response;
@@ -82,8 +83,8 @@ pub enum Decision {
         /// Close the connection after it.
         close: bool,
     },
-    /// An application, on a worker: the connection adds the body pipe and sends the job when
-    /// the body rules allow.
+    /// An application, on a worker: the connection reads the body (whole, or into a pipe as
+    /// the route's policy says) and sends the job when the body rules allow.
     Call(Box<CallJob>),
     /// Refused: the error's status, and the connection closes.
     Reject(RequestError),
@@ -115,12 +116,54 @@ pub enum Expiry {
     Linger,
 }
 
-/// A request body being read off the socket into its pipe.
+/// A request body being read off the socket.
 struct BodyIn {
     decoder: Decoder,
-    pipe: Arc<BodyPipe>,
+    sink: Sink,
+    /// Bytes on the wire so far, framing included.
     received: u64,
-    expect_continue: bool,
+    /// When the client began sending it (or was told to, with a `100 Continue`).
+    started: Instant,
+}
+
+/// Where a body being read goes.
+enum Sink {
+    /// Request buffering: collected here; the application is called once it is whole.
+    Spool(Spool),
+    /// Streamed: pushed to the running application's pipe.
+    Pipe {
+        pipe: Arc<BodyPipe>,
+        /// The client waits for a `100 Continue` (sent on the application's first read).
+        expect_continue: bool,
+    },
+}
+
+impl BodyIn {
+    /// The body will not be completed: the application reading it sees an error.
+    fn fail(self, why: &str) {
+        if let Sink::Pipe { pipe, .. } = self.sink {
+            pipe.fail(why);
+        }
+    }
+
+    /// Whether the client is the one we wait for: not while the pipe is full (we hold back
+    /// reading) nor before a `100 Continue` the client waits for.
+    fn waiting_on_client(&self) -> bool {
+        match &self.sink {
+            Sink::Spool(_) => true,
+            Sink::Pipe { pipe, .. } => !pipe.is_paused() && !pipe.awaiting_continue(),
+        }
+    }
+
+    /// Whether a buffered body is arriving slower than `min_rate` bytes a second on average
+    /// after `grace` (mod_reqtimeout's rule: `grace` plus a second per `min_rate` bytes).
+    fn too_slow(&self, now: Instant, grace: Duration, min_rate: u64) -> bool {
+        if min_rate == 0 || !matches!(self.sink, Sink::Spool(_)) {
+            return false;
+        }
+        let allowed = grace.saturating_add(Duration::from_secs_f64(self.received as f64 / min_rate as f64));
+        now.saturating_duration_since(self.started) > allowed
+    }
 }
 
 /// A streamed response body: parked here between pulls, or being pulled by a worker.
@@ -283,7 +326,9 @@ impl<S: Transport> Conn<S> {
                         }
                         continue;
                     }
-                    if body.pipe.full_then_pause() {
+                    if let Sink::Pipe { pipe, .. } = &body.sink
+                        && pipe.full_then_pause()
+                    {
                         return Step::Open; // the worker asks to resume when it has read
                     }
                     if self.eof {
@@ -338,20 +383,26 @@ impl<S: Transport> Conn<S> {
         self.flush(h)
     }
 
-    /// The application started reading a body sent with `Expect: 100-continue`: send the
-    /// interim `100 Continue` (RFC 9110 §10.1.1), unless a response has started.
+    /// The application started reading a streamed body sent with `Expect: 100-continue`:
+    /// send the interim `100 Continue` (RFC 9110 §10.1.1), unless a response has started.
     pub fn on_continue(&mut self, h: &mut impl Handler) -> Step {
-        if let Phase::Request { body: Some(_), .. } = self.phase
+        if let Phase::Request { body: Some(body), .. } = &mut self.phase
             && self.out.is_empty()
         {
-            // The client starts sending now: the body timeout counts from here.
+            // The client starts sending now: the body's clocks count from here.
+            body.started = Instant::now();
             self.last_read = Instant::now();
-            let mut msg = Vec::with_capacity(32);
-            response::encode_continue(&mut msg);
-            self.out.push(crate::http::outgoing::Piece::Owned(msg));
-            return self.flush(h);
+            return self.send_continue(h);
         }
         Step::Open
+    }
+
+    /// Queues and writes `HTTP/1.1 100 Continue`.
+    fn send_continue(&mut self, h: &mut impl Handler) -> Step {
+        let mut msg = Vec::with_capacity(32);
+        response::encode_continue(&mut msg);
+        self.out.push(crate::http::outgoing::Piece::Owned(msg));
+        self.flush(h)
     }
 
     /// The body pipe has room again: read the socket.
@@ -383,10 +434,13 @@ impl<S: Transport> Conn<S> {
                 (over(self.last_read, LINGER_IDLE) || over(*since, LINGER_MAX)).then_some(Expiry::Linger)
             }
             Phase::Request { body, .. } | Phase::Writing { body, .. } => {
-                // The body timeout runs only while the client is the one we wait for: not
+                // The body's clocks run only while the client is the one we wait for: not
                 // while we hold back reading (pipe full) nor before a 100 it waits for.
-                let body_stalled = body.as_ref().is_some_and(|b| !b.pipe.is_paused() && !b.pipe.awaiting_continue())
-                    && over(self.last_read, cfg.body_timeout);
+                let body_stalled = body.as_ref().is_some_and(|b| {
+                    b.waiting_on_client()
+                        && (over(self.last_read, cfg.body_timeout)
+                            || b.too_slow(now, cfg.body_timeout, cfg.body_min_rate))
+                });
                 if body_stalled {
                     Some(Expiry::Body)
                 } else if !self.out.is_empty() && over(self.last_write, cfg.send_timeout) {
@@ -417,7 +471,7 @@ impl<S: Transport> Conn<S> {
     /// response that had started.
     pub fn close(&mut self, h: &mut impl Handler) -> Step {
         if let Some(body) = self.phase.take_body() {
-            body.pipe.fail("client disconnected");
+            body.fail("client disconnected");
         }
         if let Phase::Writing { stream, .. } = &mut self.phase
             && let StreamSlot::Parked(s) = std::mem::replace(stream, StreamSlot::None)
@@ -482,28 +536,43 @@ impl<S: Transport> Conn<S> {
                 self.start_writing(prepared, None, h)
             }
             Decision::Call(mut job) => {
-                let body = Decoder::new(framing, h.config().max_head_bytes).map(|decoder| {
-                    let pipe = h.body_pipe(self.id, expect_continue);
-                    job.pipe = Some(Arc::clone(&pipe));
-                    BodyIn { decoder, pipe, received: 0, expect_continue }
-                });
-                // Without a body, or when the client waits for a 100 before sending it, the
-                // application runs now; otherwise once the body (up to BODY_BUFFER) is here.
-                if body.is_none() || expect_continue {
+                // Body bytes already buffered are fed by the caller's next round.
+                let Some(decoder) = Decoder::new(framing, h.config().max_head_bytes) else {
+                    // No body: the application runs now.
+                    h.submit(Job::Call(job));
+                    return Step::Open;
+                };
+                let started = Instant::now();
+                if job.route.policy.request_buffering {
+                    // Read whole before the call. A client waiting for a 100 gets it now: the
+                    // server reads a body it accepts (as nginx does).
+                    let sink = Sink::Spool(Spool::new());
+                    self.phase = Phase::Request {
+                        body: Some(BodyIn { decoder, sink, received: 0, started }),
+                        pending: Some(job),
+                    };
+                    return if expect_continue { self.send_continue(h) } else { Step::Open };
+                }
+                // Streamed: the application runs once the first BODY_BUFFER bytes are here, or
+                // at once when the client waits for a 100 (sent on its first read).
+                let pipe = h.body_pipe(self.id, expect_continue);
+                job.body = RequestBody::Streamed(Arc::clone(&pipe));
+                let body = Some(BodyIn { decoder, sink: Sink::Pipe { pipe, expect_continue }, received: 0, started });
+                if expect_continue {
                     h.submit(Job::Call(job));
                     self.phase = Phase::Request { body, pending: None };
                 } else {
                     self.phase = Phase::Request { body, pending: Some(job) };
                 }
-                // Body bytes already buffered are fed by the caller's next round.
                 Step::Open
             }
         }
     }
 
-    /// Moves buffered body bytes into the pipe; sends the held-back job when the rules say so.
+    /// Moves received body bytes to the body's sink; sends the held-back job when the rules
+    /// say so (buffered: the body is whole; streamed: enough of it is here).
     fn feed_body(&mut self, h: &mut impl Handler) -> Result<(), RequestError> {
-        let max_body = h.config().max_body;
+        let cfg = h.config();
         let Some(body) = self.phase.body() else { return Ok(()) };
         let mut data = Vec::new();
         let (used, done) = body.decoder.decode(&self.rbuf, &mut data).map_err(|e| {
@@ -514,19 +583,36 @@ impl<S: Transport> Conn<S> {
         // Bytes on the wire, framing included: a chunked body's sizes, extensions and CRLFs
         // count toward the limit too.
         body.received += used as u64;
-        if body.received > max_body {
-            return Err(RequestError::ContentTooLarge { limit: max_body });
+        if body.received > cfg.max_body {
+            return Err(RequestError::ContentTooLarge { limit: cfg.max_body });
         }
-        body.pipe.push(data);
-        let pipe = Arc::clone(&body.pipe);
-        let expect_continue = body.expect_continue;
-        if done {
-            pipe.finish();
-            self.phase.take_body();
+        let ready = match &mut body.sink {
+            Sink::Spool(spool) => {
+                spool.push(&data, cfg.body_buffer, &cfg.body_temp_dir).map_err(|e| {
+                    tracing::error!("request body: temporary file in {}: {e}", cfg.body_temp_dir.display());
+                    RequestError::Internal("the request body could not be stored")
+                })?;
+                done
+            }
+            Sink::Pipe { pipe, expect_continue } => {
+                pipe.push(data);
+                if done {
+                    pipe.finish();
+                }
+                done || pipe.buffered() >= cfg.body_buffer || *expect_continue
+            }
+        };
+        if done && let Some(BodyIn { sink: Sink::Spool(spool), .. }) = self.phase.take_body() {
+            let body = spool.finish().map_err(|e| {
+                tracing::error!("request body: rewinding its temporary file: {e}");
+                RequestError::Internal("the request body could not be stored")
+            })?;
+            if let Phase::Request { pending: Some(job), .. } = &mut self.phase {
+                job.body = RequestBody::Buffered(body);
+            }
         }
-        if let Phase::Request { pending, .. } = &mut self.phase
-            && pending.is_some()
-            && (done || pipe.buffered() >= BODY_BUFFER || expect_continue)
+        if ready
+            && let Phase::Request { pending, .. } = &mut self.phase
             && let Some(job) = pending.take()
         {
             h.submit(Job::Call(job));
@@ -537,7 +623,7 @@ impl<S: Transport> Conn<S> {
     /// The request body failed (malformed, too large, timed out, cut off).
     fn body_failed(&mut self, e: RequestError, h: &mut impl Handler) -> Step {
         if let Some(body) = self.phase.take_body() {
-            body.pipe.fail(&e.to_string());
+            body.fail(&e.to_string());
         }
         if let Phase::Request { pending: Some(_), .. } = self.phase {
             // The application has not started: answer the error ourselves.
@@ -557,7 +643,7 @@ impl<S: Transport> Conn<S> {
             self.exchange.log = Some(Access::unparsed(self.peer.remote));
         }
         if let Some(body) = self.phase.take_body() {
-            body.pipe.fail(&e.to_string());
+            body.fail(&e.to_string());
         }
         self.phase = Phase::Request { body: None, pending: None };
         self.rbuf.clear();
@@ -638,7 +724,7 @@ impl<S: Transport> Conn<S> {
     /// Starts a lingering close: shut down our side, then discard input until EOF.
     fn linger(&mut self, h: &mut impl Handler) -> Step {
         if let Some(body) = self.phase.take_body() {
-            body.pipe.fail("connection closing");
+            body.fail("connection closing");
         }
         self.rbuf = Vec::new();
         self.phase = Phase::Lingering { since: Instant::now() };
@@ -730,19 +816,27 @@ mod tests {
         fn draining(&self) -> bool {
             self.draining
         }
-        /// `/app…` goes to an application; everything else is answered here with `hello`.
+        /// `/app…` goes to an application that buffers its bodies, `/stream…` to one that
+        /// streams them; everything else is answered here with `hello`.
         fn decide(&mut self, id: ConnId, peer: &Peer, head: Box<RequestHead>) -> Decision {
-            if head.target().starts_with(b"/app") {
-                let route = crate::routing::AppRoute {
-                    target: crate::routing::Target::Docroot { prefix: "/app".into(), fence: Arc::default() },
-                    middleware: Vec::new(),
-                    script_name: String::new(),
-                    path_info: Vec::new(),
-                };
-                return Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), pipe: None }));
-            }
-            Decision::Respond { response: Response::page(200, "text/plain", b"hello".to_vec()), close: false }
+            let buffering = match head.target() {
+                t if t.starts_with(b"/app") => true,
+                t if t.starts_with(b"/stream") => false,
+                _ => {
+                    let response = Response::page(200, "text/plain", b"hello".to_vec());
+                    return Decision::Respond { response, close: false };
+                }
+            };
+            let route = crate::routing::AppRoute {
+                target: crate::routing::Target::Docroot { prefix: "/app".into(), fence: Arc::default() },
+                middleware: Vec::new(),
+                script_name: String::new(),
+                path_info: Vec::new(),
+                policy: Arc::new(crate::routing::AppPolicy { request_buffering: buffering }),
+            };
+            Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), body: RequestBody::None }))
         }
+
         fn submit(&mut self, job: Job) {
             self.jobs.push(job);
         }
@@ -854,16 +948,45 @@ mod tests {
     }
 
     #[test]
-    fn expect_100_continue_sends_the_interim_response_when_the_application_reads() {
+    fn a_buffered_body_gets_its_100_continue_at_once_and_the_application_gets_it_whole() {
         let (mut conn, mut client) = connect();
         let mut h = Loop::new();
         client
-            .write_all(b"POST /app HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            .write_all(b"POST /app HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap();
+        assert_eq!(turn(&mut conn, &mut h), Step::Open);
+        let mut interim = [0u8; 25];
+        client.read_exact(&mut interim).unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n", "the server reads a body it accepts: 100 now");
+        assert!(h.calls().is_empty(), "the application waits for the whole body");
+        client.write_all(b"5\r\nhello\r\n").unwrap();
+        assert_eq!(turn(&mut conn, &mut h), Step::Open);
+        assert!(h.calls().is_empty());
+        client.write_all(b"6\r\n world\r\n0\r\n\r\n").unwrap();
+        assert_eq!(turn(&mut conn, &mut h), Step::Open);
+        let mut job = h.calls().pop().expect("sent once the body is whole");
+        let RequestBody::Buffered(body) = &mut job.body else { panic!("a buffered body") };
+        assert_eq!(body.len(), 11, "a chunked body has a length once buffered");
+        let mut buf = [0u8; 32];
+        let n = body.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello world");
+        assert_eq!(conn.on_reply(reply(conn.id(), 200, b"ok"), &mut h), Step::Open);
+        assert_eq!(response(&mut client).1, b"ok");
+        assert_eq!(counts(&conn).idle, 1);
+    }
+
+    #[test]
+    fn a_streamed_body_gets_its_100_continue_when_the_application_reads() {
+        let (mut conn, mut client) = connect();
+        let mut h = Loop::new();
+        client
+            .write_all(b"POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
             .unwrap();
         assert_eq!(turn(&mut conn, &mut h), Step::Open);
         // Dispatched at once, before the body; no 100 yet, and no body timeout while it is owed.
         let job = h.calls().pop().expect("the request went to the pool");
-        let pipe = job.pipe.clone().expect("a body pipe");
+        let RequestBody::Streamed(pipe) = &job.body else { panic!("a body pipe") };
+        let pipe = Arc::clone(pipe);
         let later = Instant::now() + Duration::from_secs(3600);
         assert_eq!(conn.expired(later, &h.config), None, "the client waits for our 100");
         // The application reads: the pipe asks for the 100.
@@ -898,8 +1021,8 @@ mod tests {
         client.write_all(b"456789").unwrap();
         assert_eq!(turn(&mut conn, &mut h), Step::Open);
         let job = h.calls().pop().expect("sent once the body arrived");
-        let pipe = job.pipe.unwrap();
-        assert!(pipe.is_complete() && pipe.buffered() == 10);
+        let RequestBody::Buffered(body) = job.body else { panic!("a buffered body") };
+        assert_eq!(body.len(), 10);
     }
 
     #[test]
@@ -970,6 +1093,17 @@ mod tests {
         assert_eq!(conn.expired(past(cfg.body_timeout), &cfg), Some(Expiry::Body));
         assert_eq!(conn.expire(Expiry::Body, &mut h), Step::Open);
         assert!(response(&mut client).0.starts_with("HTTP/1.1 408 "));
+
+        // A body that keeps arriving, but slower than the minimum rate: 408 as well, once the
+        // grace (the body timeout) plus a second per `body_min_rate` bytes has passed.
+        let (mut conn, mut client) = connect();
+        client.write_all(b"POST /app HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n").unwrap();
+        client.write_all(&[b'z'; 2048]).unwrap();
+        assert_eq!(turn(&mut conn, &mut h), Step::Open);
+        conn.last_read = now + cfg.body_timeout * 4; // it never paused for a whole body timeout
+        let rate_deadline = cfg.body_timeout + Duration::from_secs(2048 / cfg.body_min_rate);
+        assert_eq!(conn.expired(now + rate_deadline - Duration::from_millis(1500), &cfg), None);
+        assert_eq!(conn.expired(past(rate_deadline), &cfg), Some(Expiry::Body));
 
         // A client that stops reading its response: closed after the send timeout.
         let (mut conn, _client) = connect();

@@ -10,7 +10,7 @@ use super::conn::{Decision, Handler};
 use super::event_loop::EventLoop;
 use crate::admin;
 use crate::exchange::body_pipe::BodyPipe;
-use crate::exchange::{CallJob, ConnId, Job, Peer};
+use crate::exchange::{CallJob, ConnId, Job, Peer, RequestBody};
 use crate::http::outgoing::Response;
 use crate::http::request::{HeadLimits, RequestHead};
 use crate::http::response::{Framing, ResponseHead};
@@ -46,7 +46,7 @@ impl Handler for EventLoop {
         };
         match route {
             Route::App(route) => {
-                Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), pipe: None }))
+                Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), body: RequestBody::None }))
             }
             Route::Static { path } => {
                 let fence = &table.fence;

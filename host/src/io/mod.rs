@@ -9,9 +9,10 @@
 //! | [`write`](mod@write) | a connection's write queue: `writev` of in-memory pieces, `sendfile` of file pieces |
 //!
 //! Invariants:
-//! - **A worker never waits on a socket**: a request reaches the pool only once its head (and
-//!   its body up to [`crate::http::limits::BODY_BUFFER`]) has arrived; larger bodies flow
-//!   through a [`crate::exchange::body_pipe::BodyPipe`] that the event loop fills.
+//! - **A worker never waits on a socket**: a request reaches the pool only once its head and
+//!   its whole body have arrived (request buffering: [`crate::exchange::spool`]); only on a
+//!   mount that opts out do bodies flow through a [`crate::exchange::body_pipe::BodyPipe`]
+//!   the event loop fills while the application runs.
 //! - A connection lives on one event loop for its whole life ([`crate::exchange::ConnId`]).
 //! - One request at a time per connection: a pipelined request is parsed only after the
 //!   previous response has been written, so responses go out in order (RFC 9112 §9.3.2).

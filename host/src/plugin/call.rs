@@ -15,8 +15,9 @@ use portico_api::abi::{
 };
 
 use super::loader::Plugin;
-use crate::exchange::Peer;
 use crate::exchange::body_pipe::BodyPipe;
+use crate::exchange::spool::Buffered;
+use crate::exchange::{Peer, RequestBody};
 use crate::http::request::RequestHead;
 use crate::http::response::{ResponseHead, validate_field, validate_status};
 use crate::http::target;
@@ -95,16 +96,27 @@ impl StartResponse for HostStartResponse {
     }
 }
 
-/// `wsgi.input` backed by the request's [`BodyPipe`] (or nothing, for a request without body).
+/// Where `wsgi.input` reads from.
+enum Source<'a> {
+    None,
+    Buffered(&'a mut Buffered),
+    Streamed(&'a BodyPipe),
+}
+
+/// `wsgi.input`: the buffered body, the body pipe, or nothing.
 struct HostInput<'a> {
-    pipe: Option<&'a BodyPipe>,
+    source: Source<'a>,
     failed: bool,
 }
 
 impl Input for HostInput<'_> {
     fn read(&mut self, mut buf: RSliceMut<'_, u8>) -> RResult<usize, RString> {
-        let Some(pipe) = self.pipe else { return RResult::ROk(0) };
-        match pipe.read(buf.as_mut_slice()) {
+        let read = match &mut self.source {
+            Source::None => return RResult::ROk(0),
+            Source::Buffered(b) => b.read(buf.as_mut_slice()).map_err(|e| format!("reading the request body: {e}")),
+            Source::Streamed(pipe) => pipe.read(buf.as_mut_slice()),
+        };
+        match read {
             Ok(n) => RResult::ROk(n),
             Err(e) => {
                 self.failed = true;
@@ -239,14 +251,16 @@ fn run_pipeline(
 }
 
 /// Runs `app` on one request, behind `middleware` (outermost first); `plugin` names the
-/// request (its `wsgi.errors` tag).
+/// request (its `wsgi.errors` tag). `CONTENT_LENGTH` is the head's: a chunked body has none,
+/// buffered or not (the application reads `wsgi.input` to its end, as with Gunicorn's
+/// `wsgi.input_terminated`).
 pub fn call(
     plugin: &Plugin,
     app: Final<'_>,
     middleware: &[Arc<Plugin>],
     head: &RequestHead,
     info: &CallInfo<'_>,
-    pipe: Option<&BodyPipe>,
+    body: &mut RequestBody,
 ) -> AppOutcome {
     let parts = target::split(head.target(), head.form);
     let remote_addr = info.peer.ips.0.as_str();
@@ -266,7 +280,12 @@ pub fn call(
         heap = head.fields.iter().map(to_field).collect();
         &heap
     };
-    let mut input = HostInput { pipe, failed: false };
+    let source = match body {
+        RequestBody::None => Source::None,
+        RequestBody::Buffered(b) => Source::Buffered(b),
+        RequestBody::Streamed(pipe) => Source::Streamed(pipe),
+    };
+    let mut input = HostInput { source, failed: false };
     let mut errors = HostErrors { plugin: &plugin.name };
     let mut start = HostStartResponse::default();
     let content_length = match head.framing {

@@ -43,13 +43,15 @@ pub struct Table {
     pub plugins: PluginSet,
     /// The directories static mounts with middleware guard.
     pub fence: Arc<Fence>,
+    /// How a `/NAME.py` plugin is called (the server-wide settings).
+    pub defaults: Arc<AppPolicy>,
 }
 
 impl Table {
     /// A table of `mounts` and `plugins` over the canonical `docroot` (for the fence).
     pub fn new(mounts: Mounts, plugins: PluginSet, docroot: &Path) -> Table {
         let fence = Arc::new(Fence::of(&mounts, docroot));
-        Table { mounts, plugins, fence }
+        Table { mounts, plugins, fence, defaults: Arc::default() }
     }
 }
 
@@ -115,6 +117,22 @@ impl Current {
     }
 }
 
+/// How an application is called: what its mount says, or the server's defaults for a
+/// `/NAME.py` plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppPolicy {
+    /// Read the whole request body (into memory, then a temporary file) before the
+    /// application runs, so it never waits on the network (default). `false`: stream the body
+    /// to it as it arrives (an application that proxies or consumes a huge upload).
+    pub request_buffering: bool,
+}
+
+impl Default for AppPolicy {
+    fn default() -> AppPolicy {
+        AppPolicy { request_buffering: true }
+    }
+}
+
 /// What answers at the end of an application route.
 #[derive(Clone)]
 pub enum Target {
@@ -140,6 +158,8 @@ pub struct AppRoute {
     pub script_name: String,
     /// `PATH_INFO`, decoded.
     pub path_info: Vec<u8>,
+    /// How the application is called.
+    pub policy: Arc<AppPolicy>,
 }
 
 impl AppRoute {
@@ -217,7 +237,8 @@ pub fn route(head: &RequestHead, table: &Table, admin: Option<&AdminPaths>) -> R
         };
         // PEP 3333: an application mounted at the root has an empty SCRIPT_NAME.
         let script_name = if m.prefix == "/" { String::new() } else { m.prefix.clone() };
-        return Ok(Route::App(AppRoute { target, middleware, script_name, path_info: decoded[n..].to_vec() }));
+        let policy = Arc::clone(&m.policy);
+        return Ok(Route::App(AppRoute { target, middleware, script_name, path_info: decoded[n..].to_vec(), policy }));
     }
     match split_path(parts.path)? {
         Split::NamePy { name, .. } if table.mounts.is_mounted(&name) => {
@@ -229,6 +250,7 @@ pub fn route(head: &RequestHead, table: &Table, admin: Option<&AdminPaths>) -> R
                 middleware: Vec::new(),
                 script_name,
                 path_info,
+                policy: Arc::clone(&table.defaults),
             })),
             None => Ok(Route::NotFound),
         },

@@ -9,6 +9,9 @@
 
 use std::collections::HashSet;
 
+use std::sync::Arc;
+
+use super::AppPolicy;
 use crate::plugin::registry::PluginSet;
 use crate::settings::file::{ConfigError, Loaded};
 
@@ -38,7 +41,9 @@ pub struct Mount {
     /// What answers.
     pub app: MountApp,
     /// Middleware plugins, outermost first.
-    pub middleware: std::sync::Arc<[String]>,
+    pub middleware: Arc<[String]>,
+    /// How its application is called.
+    pub policy: Arc<AppPolicy>,
 }
 
 /// The mount table the server routes with.
@@ -61,6 +66,7 @@ impl Mounts {
                 prefix: m.prefix.get_ref().clone(),
                 app: m.app.as_ref().map_or(MountApp::Docroot, |a| MountApp::Plugin(a.get_ref().clone())),
                 middleware: m.middleware.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>().into(),
+                policy: Arc::new(AppPolicy { request_buffering: m.request_buffering.unwrap_or(true) }),
             })
             .collect();
         list.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
@@ -157,7 +163,12 @@ mod tests {
     fn mounts(prefixes: &[&str]) -> Mounts {
         let mut list: Vec<Mount> = prefixes
             .iter()
-            .map(|p| Mount { prefix: (*p).into(), app: MountApp::Plugin("a".into()), middleware: Vec::new().into() })
+            .map(|p| Mount {
+                prefix: (*p).into(),
+                app: MountApp::Plugin("a".into()),
+                middleware: Vec::new().into(),
+                policy: Arc::default(),
+            })
             .collect();
         list.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
         Mounts { list, mounted: HashSet::new() }

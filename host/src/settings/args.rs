@@ -60,9 +60,24 @@ pub struct Args {
     /// Seconds to receive a whole request head from its first byte; then 408 and close.
     #[arg(long, env = "PORTICO_HEADER_TIMEOUT", default_value_t = limits::HEAD_TIMEOUT.as_secs())]
     pub header_timeout: u64,
-    /// Seconds allowed between reads of a request body; then 408 and close.
+    /// Seconds allowed between reads of a request body; then 408 and close. Also the time a
+    /// body gets before `--body-min-rate` applies.
     #[arg(long, env = "PORTICO_BODY_TIMEOUT", default_value_t = limits::BODY_TIMEOUT.as_secs())]
     pub body_timeout: u64,
+    /// Slowest average rate a request body may arrive at, in bytes per second: a body must be
+    /// complete within `--body-timeout` seconds plus one second per this many bytes received
+    /// (Apache's mod_reqtimeout `MinRate`), else 408 and close. 0 turns it off.
+    #[arg(long, env = "PORTICO_BODY_MIN_RATE", default_value_t = limits::BODY_MIN_RATE)]
+    pub body_min_rate: u64,
+    /// Bytes of a request body kept in memory while the server reads it before the
+    /// application runs; the rest goes to an unlinked temporary file in `--body-temp-dir`
+    /// (nginx's `client_body_buffer_size`).
+    #[arg(long, env = "PORTICO_BODY_BUFFER_SIZE", default_value_t = limits::BODY_BUFFER)]
+    pub body_buffer_size: usize,
+    /// Directory for the temporary files of request bodies larger than `--body-buffer-size`
+    /// [default: the system's temporary directory, `$TMPDIR` or /tmp].
+    #[arg(long, env = "PORTICO_BODY_TEMP_DIR", value_hint = ValueHint::DirPath)]
+    pub body_temp_dir: Option<PathBuf>,
     /// Seconds allowed between writes that make progress; then the connection is closed.
     #[arg(long, env = "PORTICO_SEND_TIMEOUT", default_value_t = limits::SEND_TIMEOUT.as_secs())]
     pub send_timeout: u64,

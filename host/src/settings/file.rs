@@ -94,6 +94,9 @@ pub struct MountSpec {
     /// Middleware plugins, outermost first.
     #[serde(default)]
     pub middleware: Vec<Spanned<String>>,
+    /// Read each request body whole before calling the application (default `true`);
+    /// `false` streams it to the application as it arrives (nginx's `proxy_request_buffering`).
+    pub request_buffering: Option<bool>,
 }
 
 /// The `[server]` table as written: keys and values with their positions in the file.

@@ -35,8 +35,15 @@ pub(crate) struct Config {
     pub head_timeout: Duration,
     /// Idle time allowed between keep-alive requests; then the connection closes silently.
     pub keep_alive_timeout: Duration,
-    /// Longest pause between reads of a request body; then 408.
+    /// Longest pause between reads of a request body; then 408. Also the grace before
+    /// `body_min_rate` applies.
     pub body_timeout: Duration,
+    /// Slowest average rate of a request body, bytes per second (0: no minimum).
+    pub body_min_rate: u64,
+    /// Bytes of a buffered request body kept in memory.
+    pub body_buffer: usize,
+    /// Where larger buffered bodies go.
+    pub body_temp_dir: std::path::PathBuf,
     /// Longest pause between writes that make progress; then the connection closes.
     pub send_timeout: Duration,
     /// How long SIGTERM waits for requests in flight.
@@ -70,6 +77,9 @@ impl Args {
             head_timeout: Duration::from_secs(self.header_timeout),
             keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout),
             body_timeout: Duration::from_secs(self.body_timeout),
+            body_min_rate: self.body_min_rate,
+            body_buffer: self.body_buffer_size,
+            body_temp_dir: self.body_temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             send_timeout: Duration::from_secs(self.send_timeout),
             graceful_timeout: Duration::from_secs(self.graceful_timeout),
             max_connections: self.max_connections.max(1),

@@ -54,6 +54,7 @@ pub fn render(args: &Args, loaded: Option<&Loaded>) -> String {
                     app: m.app.as_ref().map(|a| a.get_ref().as_str()),
                     static_files: m.static_files,
                     middleware: m.middleware.iter().map(|s| s.get_ref().as_str()).collect(),
+                    request_buffering: m.request_buffering,
                 })
                 .collect(),
             plugin: &l.file.plugin,
@@ -85,12 +86,18 @@ struct MountOut<'a> {
     #[serde(rename = "static", skip_serializing_if = "std::ops::Not::not")]
     static_files: bool,
     middleware: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_buffering: Option<bool>,
 }
 
 /// What an unset setting stands for: the value it takes and a note.
 fn unset(args: &Args, key: &str) -> (String, String) {
     match key {
         "threads" => (args.worker_threads().to_string(), ": 2 × cores, at least 4".to_owned()),
+        "body_temp_dir" => {
+            let dir = std::env::temp_dir().to_string_lossy().into_owned();
+            (toml::Value::String(dir).to_string(), ": the system's temporary directory".to_owned())
+        }
         "cache_dir" => {
             let dir = std::path::absolute(args.plugins.join(".cache")).unwrap_or_else(|_| args.plugins.join(".cache"));
             (toml::Value::String(dir.to_string_lossy().into_owned()).to_string(), ": PLUGINS/.cache".to_owned())

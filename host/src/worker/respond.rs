@@ -32,7 +32,7 @@ use crate::static_files::StaticFiles;
 
 /// Runs the application of `job` and turns its answer into a [`Reply`].
 pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &AtomicBool) -> Reply {
-    let CallJob { conn, route, head, peer, pipe } = job;
+    let CallJob { conn, route, head, peer, mut body } = job;
     let info = CallInfo { script_name: &route.script_name, path_info: &route.path_info, peer: &peer };
     let Some(named) = route.named() else {
         // Routing never builds a docroot route without middleware (that is a plain static
@@ -54,8 +54,8 @@ pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &Atom
             Final::Docroot { statics: docroot, head: &head, path: &full_path, allowed: &*fenced }
         }
     };
-    let outcome = call::call(named, app, &route.middleware, &head, &info, pipe.as_deref());
-    let body_complete = pipe.as_ref().is_none_or(|p| p.is_complete());
+    let outcome = call::call(named, app, &route.middleware, &head, &info, &mut body);
+    let body_complete = body.is_complete();
     let mut close = !head.keep_alive || shutting_down.load(Ordering::Relaxed) || !body_complete || outcome.input_failed;
     let version = head.version;
     let head_request = head.is_head();
