@@ -21,7 +21,8 @@
 //! SIGHUP ([`server`]) reloads plugins and mounts ([`reload`]) without stopping requests.
 //!
 //! Layers, each using only those above it in this list (checked by `tests/layers.rs`):
-//! `escape`, `http` · `settings`, `access_log` · `plugin::{loader, registry}` · `routing`,
+//! `escape`, `http`, `ids` · `settings`, `access_log` · `plugin::{loader, registry}`,
+//! `admission` · `routing`,
 //! `static_files`, `metrics` · `exchange` · `plugin::call` · `worker`, `admin`, `reload`,
 //! `check` · `io` · `server`.
 //!
@@ -35,10 +36,12 @@
 
 pub mod access_log;
 pub(crate) mod admin;
+pub(crate) mod admission;
 pub mod check;
 pub(crate) mod escape;
 pub mod exchange;
 pub mod http;
+pub(crate) mod ids;
 pub(crate) mod io;
 pub(crate) mod metrics;
 pub mod plugin;

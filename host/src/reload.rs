@@ -10,14 +10,25 @@
 //! recorded in [`Stats`] for the admin pages.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::PathBuf;
 
 use crate::metrics::counters::{ReloadOutcome, Stats};
 use crate::plugin::loader;
 use crate::plugin::registry::{self, PluginSet, Registry};
 use crate::routing::mount::Mounts;
 use crate::routing::{Current, Table};
+use crate::settings::AppDefaults;
 use crate::settings::file::{ConfigError, Loaded};
+
+/// What a table is built with besides the configuration file: the canonical docroot (for the
+/// static mounts' fence) and the server-wide limits of applications.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// The canonical docroot.
+    pub docroot: PathBuf,
+    /// `--app-timeout`, `--app-max-concurrency`, `--app-queue`, and the worker count.
+    pub apps: AppDefaults,
+}
 
 /// Each `[plugin.NAME]` table as TOML text, by plugin name.
 fn plugin_configs(c: &Loaded) -> HashMap<String, String> {
@@ -29,7 +40,7 @@ fn plugin_configs(c: &Loaded) -> HashMap<String, String> {
 ///
 /// # Errors
 /// A mount names a plugin that did not load, or an application where middleware belongs.
-pub fn initial(registry: &Registry, config: Option<&Loaded>, docroot: &Path) -> Result<Table, ConfigError> {
+pub fn initial(registry: &Registry, config: Option<&Loaded>, site: &Site) -> Result<Table, ConfigError> {
     if let Some(c) = config {
         registry.set_configs(plugin_configs(c));
     }
@@ -45,12 +56,12 @@ pub fn initial(registry: &Registry, config: Option<&Loaded>, docroot: &Path) -> 
     for m in mounts.list() {
         tracing::info!("mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
     }
-    Ok(Table::new(mounts, plugins, docroot))
+    Ok(Table::new(mounts, plugins, &site.docroot, &site.apps, None))
 }
 
 /// SIGHUP: re-reads the configuration file (if any), stages the plugins with their new
 /// settings, and publishes the new table if everything the configuration names checks out.
-pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut Option<Loaded>, docroot: &Path) {
+pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut Option<Loaded>, site: &Site) {
     let next = match config.as_ref().map(|c| Loaded::read(&c.path)) {
         None => None,
         Some(Ok(next)) => Some(next),
@@ -74,8 +85,9 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
     let current = routes.load_full();
     let (staged, report) = registry.stage(&current.plugins);
     let Some(next) = next else {
+        // Published before it is logged: whoever reads the log line finds it serving.
+        routes.store(Table::new(current.mounts.clone(), staged, &site.docroot, &site.apps, Some(&current)));
         registry::log_report(&report, false);
-        routes.store(Table::new(current.mounts.clone(), staged, docroot));
         record(stats, &report, false, None);
         return;
     };
@@ -102,15 +114,16 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
     } else {
         Err(format!("a plugin the configuration names did not load: {}", refused.join("; ")))
     };
-    registry::log_report(&report, false);
     match checked {
         Ok(()) => {
-            routes.store(Table::new(Mounts::from_config(&next), staged, docroot));
+            routes.store(Table::new(Mounts::from_config(&next), staged, &site.docroot, &site.apps, Some(&current)));
+            registry::log_report(&report, false);
             tracing::info!("SIGHUP: configuration {} reloaded", next.path.display());
             *config = Some(next);
             record(stats, &report, true, None);
         }
         Err(e) => {
+            registry::log_report(&report, false);
             registry.set_configs(old_configs);
             tracing::error!("SIGHUP: reload refused, the previous configuration and plugins keep serving: {e}");
             let nothing = registry::ReloadReport { failed: report.failed, ..Default::default() };

@@ -37,7 +37,8 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
         .with_context(|| format!("docroot {} does not exist", args.docroot.display()))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
     let registry = Arc::new(Registry::new(args.plugins.clone(), cache_dir));
-    let routes = Arc::new(Current::new(reload::initial(&registry, config.as_ref(), &docroot)?));
+    let site = reload::Site { docroot: docroot.clone(), apps: args.app_defaults() };
+    let routes = Arc::new(Current::new(reload::initial(&registry, config.as_ref(), &site)?));
 
     let listeners = args
         .bind
@@ -99,11 +100,10 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
         let routes = Arc::clone(&routes);
         let stats = Arc::clone(&stats);
         let mut config = config;
-        let fence_root = docroot.clone();
         std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => reload::reload(&registry, &routes, &stats, &mut config, &fence_root),
+                    SIGHUP => reload::reload(&registry, &routes, &stats, &mut config, &site),
                     _ => {
                         if shutting_down.swap(true, Ordering::SeqCst) {
                             tracing::warn!("second shutdown signal: exiting now");

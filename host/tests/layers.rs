@@ -16,9 +16,9 @@ const MAX_LINES: usize = 600;
 /// The layers, lowest first: a module may use modules of lower layers only (and its own).
 /// Keys are module paths as files name them (`http`, `plugin/loader`, `io`).
 const LAYERS: &[&[&str]] = &[
-    &["escape", "http"],
+    &["escape", "http", "ids"],
     &["settings", "access_log"],
-    &["plugin/loader", "plugin/registry", "plugin"],
+    &["plugin/loader", "plugin/registry", "plugin", "admission"],
     &["routing", "static_files", "metrics"],
     &["exchange"],
     &["plugin/call"],

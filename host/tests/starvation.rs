@@ -116,3 +116,112 @@ fn a_large_upload_is_spooled_to_disk_and_read_whole() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("temp dir").flatten().map(|e| e.path()).collect();
     assert!(left.is_empty(), "temporary files left behind: {left:?}");
 }
+
+fn status(server: &Server) -> serde_json::Value {
+    let r = server.get("/_portico/status?format=json");
+    assert_eq!(r.status, 200, "{}", r.summary());
+    r.json()
+}
+
+fn app<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["apps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["name"] == name))
+        .unwrap_or_else(|| panic!("no application {name}: {status:#}"))
+}
+
+fn u(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+#[test]
+fn a_looping_application_gets_504_at_its_deadline_and_the_pool_keeps_its_size() {
+    let server =
+        Server::builder().plugins(&["fixture", "hello"]).args(["--threads", "2", "--app-timeout", "1"]).start();
+    let started = Instant::now();
+    let r = server.get("/fixture.py/spin?ms=4000");
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.summary());
+    assert!(took >= Duration::from_millis(950) && took < Duration::from_millis(1600), "the 504 came after {took:?}");
+    server.wait_for_log("ran past its 1 s deadline", Duration::from_secs(5));
+    let s = status(&server);
+    assert_eq!((u(&s["workers"]["threads"]), u(&s["workers"]["abandoned"])), (2, 1), "{s:#}");
+    assert_eq!(u(&app(&s, "/fixture.py")["timeouts"]), 1, "{s:#}");
+    // Two workers still serve: two slow calls of two applications run side by side.
+    let addr = server.addr();
+    let slow = std::thread::spawn(move || support::get(addr, "/fixture.py/slow?ms=700"));
+    let t = Instant::now();
+    assert_eq!(server.get("/hello.py").status, 200);
+    assert!(t.elapsed() < Duration::from_millis(500), "hello waited {:?}", t.elapsed());
+    assert_eq!(slow.join().expect("slow call").status, 200);
+    // The stuck thread finishes its loop at last and exits; nothing stays abandoned.
+    let reaped = support::poll_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        (u(&status(&server)["workers"]["abandoned"]) == 0).then_some(())
+    });
+    assert!(reaped.is_some(), "{:#}", status(&server));
+}
+
+#[test]
+fn one_application_cannot_occupy_every_worker() {
+    // Four workers, two applications: each may run three calls at once (--threads minus one).
+    let server = Server::builder().plugins(&["fixture", "hello"]).args(["--threads", "4"]).start();
+    let addr = server.addr();
+    let slow: Vec<_> =
+        (0..6).map(|_| std::thread::spawn(move || support::get(addr, "/fixture.py/slow?ms=1500"))).collect();
+    let seen = support::poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let s = status(&server);
+        let f = app(&s, "/fixture.py");
+        (u(&f["running"]) == 3 && u(&f["waiting"]) == 3).then_some(())
+    });
+    assert!(seen.is_some(), "never saw 3 running and 3 waiting: {:#}", status(&server));
+    assert!(slowest_hello(&server, 5) < Duration::from_millis(500), "the fourth worker stays free for hello");
+    for t in slow {
+        assert_eq!(t.join().expect("slow call").status, 200, "waiting calls run in turn");
+    }
+}
+
+#[test]
+fn a_full_queue_is_503_with_retry_after() {
+    let dir = support::TempDir::new("portico-starvation");
+    let config = dir.path().join("portico.toml");
+    support::install_bytes(b"[[mount]]\nprefix = \"/f\"\napp = \"fixture\"\nmax_concurrency = 1\nqueue = 1\n", &config);
+    let server = Server::builder().plugins(&["fixture"]).args(["--config".as_ref(), config.as_os_str()]).start();
+    let addr = server.addr();
+    let running = std::thread::spawn(move || support::get(addr, "/f/slow?ms=1500"));
+    let waiting = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        support::get(addr, "/f/slow?ms=10")
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let refused = server.get("/f/version");
+    assert_eq!(refused.status, 503, "{}", refused.summary());
+    assert_eq!(refused.header("Retry-After"), Some("1"));
+    assert_eq!(running.join().expect("running").status, 200);
+    assert_eq!(waiting.join().expect("waiting").status, 200, "the queued call ran once the slot was free");
+    let s = status(&server);
+    assert_eq!((u(&app(&s, "/f")["refused"]), u(&app(&s, "/f")["admitted"])), (1, 2), "{s:#}");
+}
+
+#[test]
+fn an_application_that_strands_every_worker_is_stopped_until_a_new_copy_is_loaded() {
+    // Two workers: the second stuck thread stops the application (503), the other keeps
+    // serving; a reload that loads a new copy of the plugin lifts the stop.
+    let server =
+        Server::builder().plugins(&["fixture", "hello"]).args(["--threads", "2", "--app-timeout", "0.5"]).start();
+    for _ in 0..2 {
+        assert_eq!(server.get("/fixture.py/spin?ms=2500").status, 504);
+    }
+    server.wait_for_log("answers 503 until a reload", Duration::from_secs(5));
+    let r = server.get("/fixture.py/version");
+    assert_eq!((r.status, r.header("Retry-After")), (503, Some("1")), "{}", r.summary());
+    assert_eq!(server.get("/hello.py").status, 200, "other applications serve on");
+    assert!(app(&status(&server), "/fixture.py")["stopped"].as_bool().unwrap_or(false));
+    server.hup();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(server.get("/fixture.py/version").status, 503, "a reload that changes nothing keeps it stopped");
+    server.install_plugin("fixture.so", &support::plugin("fixture"));
+    let mark = server.log_mark();
+    server.hup();
+    server.wait_for_line(mark, &["reloaded plugin fixture"], Duration::from_secs(10));
+    assert_eq!(server.get("/fixture.py/version").text(), "fixture v1\n", "a new copy serves");
+}

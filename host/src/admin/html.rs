@@ -103,6 +103,49 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
     }
     h.push_str("</tbody></table>\n");
 
+    h.push_str("<h2>Applications</h2>\n<table id=\"apps\"><thead><tr><th>application</th>");
+    for (name, title) in [
+        ("running", "calls running now / at most"),
+        ("waiting", "calls waiting for a slot now / at most (then 503)"),
+        ("timeout", "deadline of a call (then 504)"),
+        ("admitted", "calls admitted"),
+        ("504", "calls cut off at their deadline"),
+        ("503", "calls refused: queue full, or stopped"),
+        ("stuck threads", "threads abandoned past a deadline and still running"),
+    ] {
+        let _ = write!(h, "<th class=\"n\" title=\"{title}\">{name}</th>");
+    }
+    h.push_str("<th>state</th></tr></thead><tbody>\n");
+    if s.apps.is_empty() {
+        h.push_str("<tr><td colspan=\"9\" class=\"muted\">no application can be reached</td></tr>\n");
+    }
+    for a in &s.apps {
+        let c = &a.counts;
+        let _ = writeln!(
+            h,
+            "<tr id=\"app-{id}\"><td class=\"name\">{name}</td><td class=\"n\">{} / {}</td><td class=\"n\">{} / {}</td>\
+             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n{}\">{}</td><td class=\"n{}\">{}</td>\
+             <td class=\"n{}\">{}</td><td class=\"{}\">{}</td></tr>",
+            c.running,
+            c.max_concurrency,
+            c.waiting,
+            c.queue,
+            c.timeout_seconds.map_or_else(|| "none".to_owned(), |t| format!("{t} s")),
+            c.admitted,
+            if c.timeouts > 0 { " bad" } else { "" },
+            c.timeouts,
+            if c.refused > 0 { " bad" } else { "" },
+            c.refused,
+            if c.abandoned > 0 { " bad" } else { "" },
+            c.abandoned,
+            if c.stopped { "bad" } else { "" },
+            if c.stopped { "stopped until reloaded" } else { "serving" },
+            id = escape(&a.name),
+            name = escape(&a.name),
+        );
+    }
+    h.push_str("</tbody></table>\n");
+
     let c = &s.connections;
     h.push_str("<h2>Connections</h2>\n<table id=\"connections\"><thead><tr>");
     for (name, title) in [
@@ -125,12 +168,15 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
     let _ = writeln!(
         h,
         "<h2>Worker pool</h2>\n<table id=\"workers\"><thead><tr><th class=\"n\">threads</th><th class=\"n\">busy</th>\
-         <th class=\"n\">queue depth</th></tr></thead><tbody><tr><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-         <td class=\"n{}\">{}</td></tr></tbody></table>",
+         <th class=\"n\">queue depth</th><th class=\"n\" title=\"abandoned past a deadline, replaced, still running\">\
+         stuck threads</th></tr></thead><tbody><tr><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+         <td class=\"n{}\">{}</td><td class=\"n{}\">{}</td></tr></tbody></table>",
         w.threads,
         w.busy,
         if w.queue_depth > 0 { " bad" } else { "" },
-        w.queue_depth
+        w.queue_depth,
+        if w.abandoned > 0 { " bad" } else { "" },
+        w.abandoned
     );
 
     let r = &s.reloads;
@@ -172,7 +218,7 @@ mod tests {
         p.record(Duration::from_micros(300), 200);
         p.record(Duration::from_millis(2), 500);
         stats.record_reload(ReloadOutcome::Failed, "0 loaded".into(), Some("bad <b>file</b> & \"quotes\"".into()));
-        let s = Snapshot::take(&stats, &PluginSet::new());
+        let s = Snapshot::take(&stats, &PluginSet::new(), Vec::new());
         let paths = AdminPaths::parse("/_portico/status").unwrap().unwrap();
         let html = render(&s, &paths, Some(5));
         assert!(!html.contains("<script>"), "{html}");

@@ -26,8 +26,8 @@ use crate::http::outgoing::Response;
 use crate::http::request::RequestHead;
 use crate::http::target;
 use crate::metrics::counters::Stats;
-use crate::metrics::snapshot::Snapshot;
-use crate::plugin::registry::PluginSet;
+use crate::metrics::snapshot::{AppRow, Snapshot};
+use crate::routing::Table;
 use crate::settings::{AdminPage, AdminPaths};
 
 /// Whether `ip` is a loopback address (127.0.0.0/8, `::1`, or IPv4-mapped `::ffff:127.0.0.0/104`
@@ -64,18 +64,15 @@ fn parse_query(q: &[u8]) -> Query {
 
 /// Answers `page` for `head`: GET and HEAD get the page (the event loop leaves HEAD's body
 /// out), other methods 405 with `Allow: GET, HEAD`.
-pub fn respond(
-    page: AdminPage,
-    head: &RequestHead,
-    paths: &AdminPaths,
-    stats: &Stats,
-    plugins: &PluginSet,
-) -> Response {
+pub fn respond(page: AdminPage, head: &RequestHead, paths: &AdminPaths, stats: &Stats, table: &Table) -> Response {
     if !matches!(head.method(), "GET" | "HEAD") {
         return Response::error(405).field("Allow", "GET, HEAD");
     }
     let query = parse_query(target::split(head.target(), head.form).query);
-    let snapshot = Snapshot::take(stats, plugins);
+    let mut apps: Vec<AppRow> =
+        table.apps.iter().map(|(name, app)| AppRow { name: name.clone(), counts: app.gate.counts() }).collect();
+    apps.sort_by(|a, b| a.name.cmp(&b.name));
+    let snapshot = Snapshot::take(stats, &table.plugins, apps);
     let response = match page {
         AdminPage::Metrics => {
             Response::page(200, openmetrics::CONTENT_TYPE, openmetrics::render(snapshot).into_bytes())

@@ -9,8 +9,9 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, NoLabelSe
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
+use crate::admission::GateCounts;
 use crate::metrics::counters::LATENCY_BOUNDS;
-use crate::metrics::snapshot::{PluginRow, Snapshot};
+use crate::metrics::snapshot::{AppRow, PluginRow, Snapshot};
 
 /// `Content-Type` of the metrics: the OpenMetrics text format that prometheus-client writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -27,6 +28,27 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>,
 
 fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Fmt {
     e.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, u64>(&v, None)
+}
+
+/// One family labelled by `app` (an application's name), the value of each from `value`.
+fn app_family(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    apps: &[AppRow],
+    value: fn(&GateCounts) -> u64,
+) -> Fmt {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for a in apps {
+        let labels = [("app", a.name.as_str())];
+        let mut family = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => family.encode_counter::<NoLabelSet, _, u64>(&value(&a.counts), None)?,
+            _ => family.encode_gauge(&value(&a.counts))?,
+        }
+    }
+    Ok(())
 }
 
 /// One counter family labelled by `plugin`, the value of each row from `value`.
@@ -143,6 +165,70 @@ impl Collector for Collect {
                 m.encode_family(&[("state", state)])?.encode_gauge(&n)?;
             }
         }
+        app_family(
+            &mut e,
+            "portico_app_running",
+            "Calls of an application running now.",
+            MetricType::Gauge,
+            &s.apps,
+            |c| c.running as u64,
+        )?;
+        app_family(
+            &mut e,
+            "portico_app_waiting",
+            "Calls of an application waiting for a slot now.",
+            MetricType::Gauge,
+            &s.apps,
+            |c| c.waiting as u64,
+        )?;
+        app_family(
+            &mut e,
+            "portico_app_max_concurrency",
+            "Calls of an application that may run at once.",
+            MetricType::Gauge,
+            &s.apps,
+            |c| c.max_concurrency as u64,
+        )?;
+        app_family(
+            &mut e,
+            "portico_app_admitted",
+            "Calls of an application admitted.",
+            MetricType::Counter,
+            &s.apps,
+            |c| c.admitted,
+        )?;
+        app_family(
+            &mut e,
+            "portico_app_timeouts",
+            "Calls of an application cut off at their deadline (504, or a closed stream).",
+            MetricType::Counter,
+            &s.apps,
+            |c| c.timeouts,
+        )?;
+        app_family(
+            &mut e,
+            "portico_app_refused",
+            "Calls of an application refused with 503 (queue full, or stopped).",
+            MetricType::Counter,
+            &s.apps,
+            |c| c.refused,
+        )?;
+        app_family(
+            &mut e,
+            "portico_app_abandoned_threads",
+            "Worker threads abandoned in an application past its deadline and still running.",
+            MetricType::Gauge,
+            &s.apps,
+            |c| c.abandoned as u64,
+        )?;
+        app_family(
+            &mut e,
+            "portico_app_stopped",
+            "Whether an application left too many threads stuck and answers 503 until reloaded (1) or not (0).",
+            MetricType::Gauge,
+            &s.apps,
+            |c| u64::from(c.stopped),
+        )?;
         let w = &s.workers;
         gauge(&mut e, "portico_workers", "Worker threads in the pool.", None, w.threads)?;
         gauge(&mut e, "portico_workers_busy", "Workers running a job now.", None, w.busy)?;
@@ -211,7 +297,10 @@ mod tests {
         p.record(Duration::from_micros(300), 200);
         p.record(Duration::from_millis(2), 500);
         stats.record_reload(ReloadOutcome::Failed, "0 loaded".into(), None);
-        Snapshot::take(&stats, &PluginSet::new())
+        let limits = crate::admission::Limits { max_concurrency: 3, queue: 8, timeout: None, max_abandoned: 4 };
+        let gate = crate::admission::Gate::new("/api".into(), limits, 1);
+        let apps = vec![crate::metrics::snapshot::AppRow { name: "/api".into(), counts: gate.counts() }];
+        Snapshot::take(&stats, &PluginSet::new(), apps)
     }
 
     #[test]
@@ -229,6 +318,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("portico_reload_last_success_timestamp_seconds "), "{text}");
+        assert!(text.contains("portico_app_max_concurrency{app=\"/api\"} 3\n"), "{text}");
+        assert!(text.contains("portico_app_timeouts_total{app=\"/api\"} 0\n"), "{text}");
         assert!(!text.contains("portico_uptime"), "process_start_time_seconds says it: {text}");
         // Label values are escaped by the encoder.
         let text = render(snapshot_with("a\"b"));

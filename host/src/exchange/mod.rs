@@ -35,20 +35,11 @@ use crate::http::encode::Encoder;
 use crate::http::outgoing::Prepared;
 use crate::http::request::RequestHead;
 use crate::plugin::loader::Plugin;
-use crate::routing::AppRoute;
+use crate::routing::{App, AppRoute};
 use body_pipe::BodyPipe;
 use spool::Buffered;
 
-/// Identifies a connection across its slot's reuse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ConnId {
-    /// The event loop that owns the connection (index into [`Notifier`]'s loops).
-    pub event_loop: usize,
-    /// The slot (mio token) in that loop's connection table.
-    pub token: usize,
-    /// That loop's accept counter when the connection was accepted.
-    pub generation: u64,
-}
+pub(crate) use crate::ids::ConnId;
 
 /// The addresses of a connection, as an application's environ needs them.
 #[derive(Debug, Clone)]
@@ -112,6 +103,8 @@ pub(crate) struct StreamState {
     pub stream: BodyStream_TO<'static, RBox<()>>,
     /// Keeps the plugin version alive while its stream is.
     pub plugin: Arc<Plugin>,
+    /// The application it answers for (each pull has its deadline).
+    pub app: Arc<App>,
     /// Frames the chunks as the head said.
     pub encoder: Encoder,
 }
@@ -177,6 +170,9 @@ pub(crate) enum Completion {
     ResumeRead(ConnId),
     /// A connection another event loop accepted for this one.
     Adopt(Box<Adopted>),
+    /// A slot of the application's gate is this connection's now: its call may run (or, if
+    /// the connection no longer wants it, the slot must be released).
+    Admitted(ConnId, Arc<App>),
 }
 
 impl Completion {
@@ -185,7 +181,7 @@ impl Completion {
         match self {
             Completion::Response(r) => r.conn.event_loop,
             Completion::Chunk(c) => c.conn.event_loop,
-            Completion::Continue(id) | Completion::ResumeRead(id) => id.event_loop,
+            Completion::Continue(id) | Completion::ResumeRead(id) | Completion::Admitted(id, _) => id.event_loop,
             Completion::Adopt(a) => a.event_loop,
         }
     }

@@ -25,10 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Transport;
+use super::body::{BodyIn, Fed};
 use super::write::{Flushed, WriteQueue};
 use crate::access_log::{self, Access};
+use crate::admission::Admit;
 use crate::exchange::body_pipe::BodyPipe;
-use crate::exchange::spool::Spool;
 use crate::exchange::{CallJob, Chunk, ConnId, Job, Peer, Reply, RequestBody, StreamState};
 use crate::http::decode::Decoder;
 use crate::http::error::RequestError;
@@ -37,6 +38,7 @@ use crate::http::outgoing::{Prepared, Response};
 use crate::http::request::{self, Framing, HeadLimits, HeadScan, Parsed, RequestHead, Version};
 use crate::http::response;
 use crate::metrics::counters::ConnCounts;
+use crate::routing::App;
 use crate::settings::Config;
 
 /// Bytes read per `read` call.
@@ -65,6 +67,10 @@ pub trait Handler {
     fn decide(&mut self, id: ConnId, peer: &Peer, head: Box<RequestHead>) -> Decision;
     /// Sends a job to the worker pool.
     fn submit(&mut self, job: Job);
+    /// Asks the call's application gate for a slot (see [`crate::admission`]).
+    fn admit(&mut self, job: &CallJob) -> Admit;
+    /// Gives a slot of `app`'s gate back (to its next waiter, or free).
+    fn release(&mut self, app: &Arc<App>);
     /// A new pipe for a request body of connection `id`.
     fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe>;
     /// Asks for [`Conn::on_readable`] on the next turn (fairness; a pipelined request).
@@ -116,56 +122,6 @@ pub enum Expiry {
     Linger,
 }
 
-/// A request body being read off the socket.
-struct BodyIn {
-    decoder: Decoder,
-    sink: Sink,
-    /// Bytes on the wire so far, framing included.
-    received: u64,
-    /// When the client began sending it (or was told to, with a `100 Continue`).
-    started: Instant,
-}
-
-/// Where a body being read goes.
-enum Sink {
-    /// Request buffering: collected here; the application is called once it is whole.
-    Spool(Spool),
-    /// Streamed: pushed to the running application's pipe.
-    Pipe {
-        pipe: Arc<BodyPipe>,
-        /// The client waits for a `100 Continue` (sent on the application's first read).
-        expect_continue: bool,
-    },
-}
-
-impl BodyIn {
-    /// The body will not be completed: the application reading it sees an error.
-    fn fail(self, why: &str) {
-        if let Sink::Pipe { pipe, .. } = self.sink {
-            pipe.fail(why);
-        }
-    }
-
-    /// Whether the client is the one we wait for: not while the pipe is full (we hold back
-    /// reading) nor before a `100 Continue` the client waits for.
-    fn waiting_on_client(&self) -> bool {
-        match &self.sink {
-            Sink::Spool(_) => true,
-            Sink::Pipe { pipe, .. } => !pipe.is_paused() && !pipe.awaiting_continue(),
-        }
-    }
-
-    /// Whether a buffered body is arriving slower than `min_rate` bytes a second on average
-    /// after `grace` (mod_reqtimeout's rule: `grace` plus a second per `min_rate` bytes).
-    fn too_slow(&self, now: Instant, grace: Duration, min_rate: u64) -> bool {
-        if min_rate == 0 || !matches!(self.sink, Sink::Spool(_)) {
-            return false;
-        }
-        let allowed = grace.saturating_add(Duration::from_secs_f64(self.received as f64 / min_rate as f64));
-        now.saturating_duration_since(self.started) > allowed
-    }
-}
-
 /// A streamed response body: parked here between pulls, or being pulled by a worker.
 enum StreamSlot {
     None,
@@ -174,10 +130,24 @@ enum StreamSlot {
 }
 
 enum Phase {
-    Head { scan: HeadScan, first_byte: Option<Instant> },
-    Request { body: Option<BodyIn>, pending: Option<Box<CallJob>> },
-    Writing { body: Option<BodyIn>, stream: StreamSlot },
-    Lingering { since: Instant },
+    Head {
+        scan: HeadScan,
+        first_byte: Option<Instant>,
+    },
+    /// `pending`: the job not yet sent to the pool — its body is still arriving, or (`queued`)
+    /// its application's gate has it waiting for a slot.
+    Request {
+        body: Option<BodyIn>,
+        pending: Option<Box<CallJob>>,
+        queued: bool,
+    },
+    Writing {
+        body: Option<BodyIn>,
+        stream: StreamSlot,
+    },
+    Lingering {
+        since: Instant,
+    },
 }
 
 impl Phase {
@@ -321,14 +291,13 @@ impl<S: Transport> Conn<S> {
                     // once this response is out.
                     let Some(body) = body else { return Step::Open };
                     if !self.rbuf.is_empty() {
-                        if let Err(e) = self.feed_body(h) {
-                            return self.body_failed(e, h);
+                        match self.feed_body(h) {
+                            Err(e) => return self.body_failed(e, h),
+                            Ok(Step::Close) => return Step::Close,
+                            Ok(Step::Open) => continue,
                         }
-                        continue;
                     }
-                    if let Sink::Pipe { pipe, .. } = &body.sink
-                        && pipe.full_then_pause()
-                    {
+                    if body.hold_back() {
                         return Step::Open; // the worker asks to resume when it has read
                     }
                     if self.eof {
@@ -390,7 +359,7 @@ impl<S: Transport> Conn<S> {
             && self.out.is_empty()
         {
             // The client starts sending now: the body's clocks count from here.
-            body.started = Instant::now();
+            body.restart_clocks();
             self.last_read = Instant::now();
             return self.send_continue(h);
         }
@@ -473,6 +442,7 @@ impl<S: Transport> Conn<S> {
         if let Some(body) = self.phase.take_body() {
             body.fail("client disconnected");
         }
+        self.drop_pending();
         if let Phase::Writing { stream, .. } = &mut self.phase
             && let StreamSlot::Parked(s) = std::mem::replace(stream, StreamSlot::None)
         {
@@ -514,7 +484,7 @@ impl<S: Transport> Conn<S> {
 
     /// A head was parsed: asks the handler what answers it, and starts that.
     fn start_request(&mut self, head: Box<RequestHead>, h: &mut impl Handler) -> Step {
-        self.phase = Phase::Request { body: None, pending: None };
+        self.phase = Phase::Request { body: None, pending: None, queued: false };
         self.exchange = Exchange {
             version: head.version,
             head_request: head.is_head(),
@@ -538,32 +508,26 @@ impl<S: Transport> Conn<S> {
             Decision::Call(mut job) => {
                 // Body bytes already buffered are fed by the caller's next round.
                 let Some(decoder) = Decoder::new(framing, h.config().max_head_bytes) else {
-                    // No body: the application runs now.
-                    h.submit(Job::Call(job));
-                    return Step::Open;
+                    // No body: the application runs now (when its gate lets it).
+                    return self.dispatch(job, h);
                 };
-                let started = Instant::now();
-                if job.route.policy.request_buffering {
+                if job.route.app.request_buffering {
                     // Read whole before the call. A client waiting for a 100 gets it now: the
                     // server reads a body it accepts (as nginx does).
-                    let sink = Sink::Spool(Spool::new());
-                    self.phase = Phase::Request {
-                        body: Some(BodyIn { decoder, sink, received: 0, started }),
-                        pending: Some(job),
-                    };
+                    self.phase =
+                        Phase::Request { body: Some(BodyIn::buffered(decoder)), pending: Some(job), queued: false };
                     return if expect_continue { self.send_continue(h) } else { Step::Open };
                 }
                 // Streamed: the application runs once the first BODY_BUFFER bytes are here, or
                 // at once when the client waits for a 100 (sent on its first read).
                 let pipe = h.body_pipe(self.id, expect_continue);
                 job.body = RequestBody::Streamed(Arc::clone(&pipe));
-                let body = Some(BodyIn { decoder, sink: Sink::Pipe { pipe, expect_continue }, received: 0, started });
+                let body = Some(BodyIn::streamed(decoder, pipe, expect_continue));
                 if expect_continue {
-                    h.submit(Job::Call(job));
-                    self.phase = Phase::Request { body, pending: None };
-                } else {
-                    self.phase = Phase::Request { body, pending: Some(job) };
+                    self.phase = Phase::Request { body, pending: None, queued: false };
+                    return self.dispatch(job, h);
                 }
+                self.phase = Phase::Request { body, pending: Some(job), queued: false };
                 Step::Open
             }
         }
@@ -571,53 +535,83 @@ impl<S: Transport> Conn<S> {
 
     /// Moves received body bytes to the body's sink; sends the held-back job when the rules
     /// say so (buffered: the body is whole; streamed: enough of it is here).
-    fn feed_body(&mut self, h: &mut impl Handler) -> Result<(), RequestError> {
+    fn feed_body(&mut self, h: &mut impl Handler) -> Result<Step, RequestError> {
         let cfg = h.config();
-        let Some(body) = self.phase.body() else { return Ok(()) };
-        let mut data = Vec::new();
-        let (used, done) = body.decoder.decode(&self.rbuf, &mut data).map_err(|e| {
-            tracing::debug!("chunked body: {e}");
-            RequestError::BadRequest("malformed chunked body")
-        })?;
+        let Some(body) = self.phase.body() else { return Ok(Step::Open) };
+        let Fed { used, done, ready } = body.feed(&self.rbuf, cfg)?;
         self.rbuf.drain(..used);
-        // Bytes on the wire, framing included: a chunked body's sizes, extensions and CRLFs
-        // count toward the limit too.
-        body.received += used as u64;
-        if body.received > cfg.max_body {
-            return Err(RequestError::ContentTooLarge { limit: cfg.max_body });
-        }
-        let ready = match &mut body.sink {
-            Sink::Spool(spool) => {
-                spool.push(&data, cfg.body_buffer, &cfg.body_temp_dir).map_err(|e| {
-                    tracing::error!("request body: temporary file in {}: {e}", cfg.body_temp_dir.display());
-                    RequestError::Internal("the request body could not be stored")
-                })?;
-                done
-            }
-            Sink::Pipe { pipe, expect_continue } => {
-                pipe.push(data);
-                if done {
-                    pipe.finish();
-                }
-                done || pipe.buffered() >= cfg.body_buffer || *expect_continue
-            }
-        };
-        if done && let Some(BodyIn { sink: Sink::Spool(spool), .. }) = self.phase.take_body() {
-            let body = spool.finish().map_err(|e| {
-                tracing::error!("request body: rewinding its temporary file: {e}");
-                RequestError::Internal("the request body could not be stored")
-            })?;
-            if let Phase::Request { pending: Some(job), .. } = &mut self.phase {
-                job.body = RequestBody::Buffered(body);
-            }
+        if done
+            && let Some(body) = self.phase.take_body()
+            && let Some(whole) = body.finish()?
+            && let Phase::Request { pending: Some(job), .. } = &mut self.phase
+        {
+            job.body = RequestBody::Buffered(whole);
         }
         if ready
-            && let Phase::Request { pending, .. } = &mut self.phase
+            && let Phase::Request { pending, queued: false, .. } = &mut self.phase
             && let Some(job) = pending.take()
         {
-            h.submit(Job::Call(job));
+            return Ok(self.dispatch(job, h));
         }
-        Ok(())
+        Ok(Step::Open)
+    }
+
+    /// Sends a call whose body rules are met to the pool, if its application's gate has a
+    /// slot; else it waits in the gate's queue (kept here), or is refused with 503.
+    fn dispatch(&mut self, job: Box<CallJob>, h: &mut impl Handler) -> Step {
+        match h.admit(&job) {
+            Admit::Now => {
+                h.submit(Job::Call(job));
+                Step::Open
+            }
+            Admit::Wait => {
+                if let Phase::Request { pending, queued, .. } = &mut self.phase {
+                    *pending = Some(job);
+                    *queued = true;
+                }
+                Step::Open
+            }
+            Admit::Refused(why) => {
+                tracing::debug!(app = %job.route.app.gate.name(), "refused with 503: {why:?}");
+                if let Some(body) = self.phase.take_body() {
+                    body.fail("the application is too busy");
+                    self.close_after = true;
+                }
+                let response = Response::error(503).field("Retry-After", "1");
+                let prepared = response.prepare(self.exchange.version, self.close_after, self.exchange.head_request);
+                self.start_writing(prepared, None, h)
+            }
+        }
+    }
+
+    /// A slot of `app`'s gate is this connection's: the waiting call runs now. When nothing
+    /// waits for it (the call was given up, or the slot was meant for an earlier request), the
+    /// slot goes on to the next waiter.
+    pub fn on_admitted(&mut self, app: Arc<App>, h: &mut impl Handler) -> Step {
+        if let Phase::Request { pending, queued, .. } = &mut self.phase
+            && *queued
+            && pending.as_ref().is_some_and(|job| Arc::ptr_eq(&job.route.app, &app))
+            && let Some(job) = pending.take()
+        {
+            // If this slot was meant for an earlier request, ours may still be queued.
+            app.gate.cancel(self.id);
+            *queued = false;
+            h.submit(Job::Call(job));
+            return Step::Open;
+        }
+        h.release(&app);
+        Step::Open
+    }
+
+    /// Drops a call still held here; a call waiting in its gate's queue leaves it (a slot
+    /// already on its way to it is released when it arrives: [`Conn::on_admitted`]).
+    fn drop_pending(&mut self) {
+        if let Phase::Request { pending, queued, .. } = &mut self.phase
+            && let Some(job) = pending.take()
+            && std::mem::take(queued)
+        {
+            job.route.app.gate.cancel(self.id);
+        }
     }
 
     /// The request body failed (malformed, too large, timed out, cut off).
@@ -627,6 +621,7 @@ impl<S: Transport> Conn<S> {
         }
         if let Phase::Request { pending: Some(_), .. } = self.phase {
             // The application has not started: answer the error ourselves.
+            self.drop_pending();
             return self.reject(&e, h);
         }
         // The application runs or has answered: close once its response is out.
@@ -645,7 +640,8 @@ impl<S: Transport> Conn<S> {
         if let Some(body) = self.phase.take_body() {
             body.fail(&e.to_string());
         }
-        self.phase = Phase::Request { body: None, pending: None };
+        self.drop_pending();
+        self.phase = Phase::Request { body: None, pending: None, queued: false };
         self.rbuf.clear();
         self.close_after = true;
         let prepared = Response::error(status).prepare(self.exchange.version, true, self.exchange.head_request);
@@ -776,6 +772,11 @@ mod tests {
         jobs: Vec<Job>,
         pump: Vec<usize>,
         flush: Vec<usize>,
+        released: Vec<Option<ConnId>>,
+        /// The two applications: `/app` (buffers bodies; one call at a time, one waiting) and
+        /// `/stream` (streams them).
+        buffered: Arc<App>,
+        streamed: Arc<App>,
         notifier: Notifier,
         completions: Receiver<Completion>,
         _poll: mio::Poll,
@@ -793,6 +794,9 @@ mod tests {
                 jobs: Vec::new(),
                 pump: Vec::new(),
                 flush: Vec::new(),
+                released: Vec::new(),
+                buffered: app(true, 1, 1),
+                streamed: app(false, 8, 8),
                 notifier: Notifier::new(vec![(tx, waker)]),
                 completions: rx,
                 _poll: poll,
@@ -804,6 +808,11 @@ mod tests {
             self.jobs = rest;
             calls.into_iter().filter_map(|j| if let Job::Call(c) = j { Some(*c) } else { None }).collect()
         }
+    }
+
+    fn app(request_buffering: bool, max_concurrency: usize, queue: usize) -> Arc<App> {
+        let limits = crate::admission::Limits { max_concurrency, queue, timeout: None, max_abandoned: 1 };
+        Arc::new(App { request_buffering, gate: crate::admission::Gate::new("/app".into(), limits, 1) })
     }
 
     impl Handler for Loop {
@@ -827,18 +836,25 @@ mod tests {
                     return Decision::Respond { response, close: false };
                 }
             };
+            let app = if buffering { &self.buffered } else { &self.streamed };
             let route = crate::routing::AppRoute {
                 target: crate::routing::Target::Docroot { prefix: "/app".into(), fence: Arc::default() },
                 middleware: Vec::new(),
                 script_name: String::new(),
                 path_info: Vec::new(),
-                policy: Arc::new(crate::routing::AppPolicy { request_buffering: buffering }),
+                app: Arc::clone(app),
             };
             Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), body: RequestBody::None }))
         }
 
         fn submit(&mut self, job: Job) {
             self.jobs.push(job);
+        }
+        fn admit(&mut self, job: &CallJob) -> Admit {
+            job.route.app.gate.admit(job.conn)
+        }
+        fn release(&mut self, app: &Arc<App>) {
+            self.released.push(app.gate.release());
         }
         fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe> {
             Arc::new(BodyPipe::new(id, self.notifier.clone(), self.config.body_timeout, expect_continue))
@@ -1142,6 +1158,46 @@ mod tests {
         client.read_exact(&mut body).unwrap();
         assert_eq!(&body, b"1\r\na\r\n0\r\n\r\n");
         assert_eq!(counts(&conn).idle, 1, "the response is done: keep-alive");
+    }
+
+    #[test]
+    fn calls_wait_for_their_applications_slot_and_a_full_queue_is_503() {
+        let mut h = Loop::new();
+        let (mut first, mut c1) = connect();
+        let (mut second, mut c2) = connect();
+        let (mut third, mut c3) = connect();
+        second.id.token = 8;
+        third.id.token = 9;
+        for c in [&mut c1, &mut c2, &mut c3] {
+            c.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        }
+        assert_eq!(turn(&mut first, &mut h), Step::Open);
+        assert_eq!(h.calls().len(), 1, "the one slot");
+        assert_eq!(turn(&mut second, &mut h), Step::Open);
+        assert!(h.calls().is_empty(), "queued");
+        assert_eq!(counts(&second).processing, 1);
+        assert_eq!(turn(&mut third, &mut h), Step::Open);
+        let (head, _) = response(&mut c3);
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n") && head.contains("Retry-After: 1\r\n"),
+            "{head}"
+        );
+        assert_eq!(counts(&third).idle, 1, "a refused call without a body keeps its connection");
+        // The first call ends: its slot goes to the second connection, which runs now.
+        let next = h.buffered.gate.release();
+        assert_eq!(next, Some(second.id()));
+        assert_eq!(second.on_admitted(Arc::clone(&h.buffered), &mut h), Step::Open);
+        assert_eq!(h.calls().len(), 1);
+        // A queued call whose connection closes leaves the queue.
+        let (mut fourth, mut c4) = connect();
+        fourth.id.token = 10;
+        c4.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(turn(&mut fourth, &mut h), Step::Open);
+        assert_eq!(fourth.close(&mut h), Step::Close);
+        assert_eq!(h.buffered.gate.counts().waiting, 0);
+        // A slot handed to a connection that no longer waits is passed on.
+        assert_eq!(fourth.on_admitted(Arc::clone(&h.buffered), &mut h), Step::Open);
+        assert_eq!(h.released, [None]);
     }
 
     #[test]

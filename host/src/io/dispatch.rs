@@ -9,12 +9,13 @@ use std::sync::Arc;
 use super::conn::{Decision, Handler};
 use super::event_loop::EventLoop;
 use crate::admin;
+use crate::admission::Admit;
 use crate::exchange::body_pipe::BodyPipe;
-use crate::exchange::{CallJob, ConnId, Job, Peer, RequestBody};
+use crate::exchange::{CallJob, Completion, ConnId, Job, Peer, RequestBody};
 use crate::http::outgoing::Response;
 use crate::http::request::{HeadLimits, RequestHead};
 use crate::http::response::{Framing, ResponseHead};
-use crate::routing::{self, Route};
+use crate::routing::{self, App, Route};
 use crate::settings::Config;
 
 /// The methods `OPTIONS *` lists (RFC 9110 §9.3.7): what the server as a whole may accept.
@@ -58,7 +59,7 @@ impl Handler for EventLoop {
                 // sees their own connection; the other loops' are from their last sweep.
                 self.shared.stats.loop_conns(self.index).store(self.count_conns());
                 let Some(paths) = &config.admin else { return respond(Response::error(404)) };
-                respond(admin::respond(page, &head, paths, &self.shared.stats, &table.plugins))
+                respond(admin::respond(page, &head, paths, &self.shared.stats, &table))
             }
             Route::ServerOptions => {
                 let head = ResponseHead::new(200).field("Allow", SERVER_METHODS).framing(Framing::Length(0));
@@ -74,6 +75,16 @@ impl Handler for EventLoop {
 
     fn submit(&mut self, job: Job) {
         self.send_job(job);
+    }
+
+    fn admit(&mut self, job: &CallJob) -> Admit {
+        job.route.app.gate.admit(job.conn)
+    }
+
+    fn release(&mut self, app: &Arc<App>) {
+        if let Some(next) = app.gate.release() {
+            self.notifier.notify(Completion::Admitted(next, Arc::clone(app)));
+        }
     }
 
     fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe> {

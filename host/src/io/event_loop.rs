@@ -335,6 +335,11 @@ impl EventLoop {
                 Completion::Continue(id) if self.live(id) => self.with_conn(id.token, |c, h| c.on_continue(h)),
                 Completion::ResumeRead(id) if self.live(id) => self.with_conn(id.token, |c, h| c.on_resume(h)),
                 Completion::Continue(_) | Completion::ResumeRead(_) => {}
+                Completion::Admitted(id, app) if self.live(id) => {
+                    self.with_conn(id.token, |c, h| c.on_admitted(app, h))
+                }
+                // The connection went away after the slot was handed to it: pass it on.
+                Completion::Admitted(_, app) => super::conn::Handler::release(self, &app),
                 Completion::Adopt(a) => {
                     let Adopted { sock, remote, local, .. } = *a;
                     self.adopt(sock, remote, local);

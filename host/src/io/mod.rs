@@ -19,6 +19,7 @@
 //! - After any framing error the connection is closed once the error response is written.
 
 pub mod balance;
+pub mod body;
 pub mod conn;
 pub mod dispatch;
 pub mod event_loop;

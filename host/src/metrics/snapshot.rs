@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::counters::{BUCKETS, CLASSES, ConnCounts, ReloadOutcome, Stats, resident_memory_bytes};
+use crate::admission::GateCounts;
 use crate::plugin::registry::PluginSet;
 
 /// The server in one snapshot: what all three renderings show.
@@ -20,6 +21,9 @@ pub struct Snapshot {
     pub connections: ConnCounts,
     /// The worker pool.
     pub workers: WorkerInfo,
+    /// The applications a request can reach (mounts and `/NAME.py` plugins), by name: their
+    /// limits and admission figures.
+    pub apps: Vec<AppRow>,
     /// SIGHUP reloads.
     pub reloads: ReloadInfo,
 }
@@ -79,8 +83,22 @@ pub struct WorkerInfo {
     pub threads: usize,
     /// Running a job now.
     pub busy: usize,
-    /// Jobs waiting for a worker.
+    /// Calls and stream pulls waiting for a worker: in the pool's queue, or in an
+    /// application's queue for a slot.
     pub queue_depth: usize,
+    /// Threads abandoned in an application past its deadline and still running (not in
+    /// `threads`: the pool started others in their place).
+    pub abandoned: usize,
+}
+
+/// One application: a mount, or a `/NAME.py` plugin.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppRow {
+    /// Its name: the mount's prefix, or `/NAME.py`.
+    pub name: String,
+    /// Its limits and figures.
+    #[serde(flatten)]
+    pub counts: GateCounts,
 }
 
 /// SIGHUP reloads.
@@ -128,7 +146,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 impl Snapshot {
     /// Reads the counters now. Every loaded plugin gets a row (its counters are created at
     /// zero), so a plugin that has served nothing yet still shows.
-    pub fn take(stats: &Stats, plugins: &PluginSet) -> Snapshot {
+    pub fn take(stats: &Stats, plugins: &PluginSet, apps: Vec<AppRow>) -> Snapshot {
         for name in plugins.keys() {
             stats.plugin(name);
         }
@@ -168,8 +186,10 @@ impl Snapshot {
             workers: WorkerInfo {
                 threads: stats.workers(),
                 busy: stats.busy_workers(),
-                queue_depth: stats.queue_depth(),
+                queue_depth: stats.queue_depth() + apps.iter().map(|a| a.counts.waiting).sum::<usize>(),
+                abandoned: apps.iter().map(|a| a.counts.abandoned).sum(),
             },
+            apps,
             reloads: ReloadInfo {
                 count: reloads.count,
                 failures: reloads.failures,
@@ -199,7 +219,7 @@ mod tests {
         let p = stats.plugin("hello");
         p.record(Duration::from_micros(300), 200);
         p.record(Duration::from_millis(2), 503);
-        let s = Snapshot::take(&stats, &PluginSet::new());
+        let s = Snapshot::take(&stats, &PluginSet::new(), Vec::new());
         let row = &s.plugins[0];
         assert_eq!((row.name.as_str(), row.loaded, row.requests), ("hello", false, 2));
         assert_eq!((row.responses["2xx"], row.responses["5xx"], row.responses["4xx"]), (1, 1, 0));

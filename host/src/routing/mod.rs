@@ -20,118 +20,18 @@
 //! file's canonical path, after resolution, not by the URL.
 
 pub(crate) mod mount;
+pub(crate) mod table;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 
 use crate::http::error::RequestError;
 use crate::http::request::RequestHead;
 use crate::http::target::{self, TargetForm};
 use crate::plugin::loader::Plugin;
-use crate::plugin::registry::PluginSet;
 use crate::settings::{AdminPage, AdminPaths};
-use mount::{MountApp, Mounts};
-
-/// The mounts and the plugins they were checked against: one immutable snapshot.
-#[derive(Default)]
-pub struct Table {
-    /// The mount table.
-    pub mounts: Mounts,
-    /// The plugins serving, by route name.
-    pub plugins: PluginSet,
-    /// The directories static mounts with middleware guard.
-    pub fence: Arc<Fence>,
-    /// How a `/NAME.py` plugin is called (the server-wide settings).
-    pub defaults: Arc<AppPolicy>,
-}
-
-impl Table {
-    /// A table of `mounts` and `plugins` over the canonical `docroot` (for the fence).
-    pub fn new(mounts: Mounts, plugins: PluginSet, docroot: &Path) -> Table {
-        let fence = Arc::new(Fence::of(&mounts, docroot));
-        Table { mounts, plugins, fence, defaults: Arc::default() }
-    }
-}
-
-/// The directories of the static mounts, each by its canonical path (or, for a directory that
-/// does not exist when the table is built, the docroot-joined path until the next reload). A
-/// file belongs to the innermost of them that holds it: if that mount has middleware, the file
-/// is served only through it; a mount without middleware (or no mount) guards nothing.
-#[derive(Debug, Default)]
-pub struct Fence {
-    /// (directory, the prefix of its mount if that mount has middleware), innermost first.
-    dirs: Vec<(PathBuf, Option<String>)>,
-}
-
-impl Fence {
-    fn of(mounts: &Mounts, docroot: &Path) -> Fence {
-        let mut dirs: Vec<(PathBuf, Option<String>)> = mounts
-            .list()
-            .iter()
-            .filter(|m| m.app == MountApp::Docroot)
-            .map(|m| {
-                let joined = docroot.join(m.prefix.trim_start_matches('/'));
-                let guard = (!m.middleware.is_empty()).then(|| m.prefix.clone());
-                (std::fs::canonicalize(&joined).unwrap_or(joined), guard)
-            })
-            .collect();
-        dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
-        Fence { dirs }
-    }
-
-    /// Whether the file at canonical path `real` may be served on a route that came through
-    /// the static mount `via` (its prefix), or through none (`None`).
-    pub fn allows(&self, real: &Path, via: Option<&str>) -> bool {
-        match self.dirs.iter().find(|(dir, _)| real.starts_with(dir)) {
-            Some((_, Some(guard))) => via == Some(guard.as_str()),
-            Some((_, None)) | None => true,
-        }
-    }
-}
-
-/// The table serving now, swapped whole on SIGHUP (one `ArcSwap`: a request's one atomic load
-/// gives it mounts and plugins that belong together).
-pub(crate) struct Current(ArcSwap<Table>);
-
-impl Current {
-    /// Serving `table`.
-    pub fn new(table: Table) -> Current {
-        Current(ArcSwap::from_pointee(table))
-    }
-
-    /// The table now (a guard: cheap, for one request).
-    pub fn load(&self) -> arc_swap::Guard<Arc<Table>> {
-        self.0.load()
-    }
-
-    /// The table now, as an `Arc` to keep.
-    pub fn load_full(&self) -> Arc<Table> {
-        self.0.load_full()
-    }
-
-    /// Serves `table` from now on.
-    pub fn store(&self, table: Table) {
-        self.0.store(Arc::new(table));
-    }
-}
-
-/// How an application is called: what its mount says, or the server's defaults for a
-/// `/NAME.py` plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppPolicy {
-    /// Read the whole request body (into memory, then a temporary file) before the
-    /// application runs, so it never waits on the network (default). `false`: stream the body
-    /// to it as it arrives (an application that proxies or consumes a huge upload).
-    pub request_buffering: bool,
-}
-
-impl Default for AppPolicy {
-    fn default() -> AppPolicy {
-        AppPolicy { request_buffering: true }
-    }
-}
+use mount::MountApp;
+pub(crate) use table::Current;
+pub use table::{App, Fence, Table};
 
 /// What answers at the end of an application route.
 #[derive(Clone)]
@@ -158,8 +58,8 @@ pub struct AppRoute {
     pub script_name: String,
     /// `PATH_INFO`, decoded.
     pub path_info: Vec<u8>,
-    /// How the application is called.
-    pub policy: Arc<AppPolicy>,
+    /// The application (a mount, or a `/NAME.py` plugin): how it is called and its gate.
+    pub app: Arc<App>,
 }
 
 impl AppRoute {
@@ -237,23 +137,26 @@ pub fn route(head: &RequestHead, table: &Table, admin: Option<&AdminPaths>) -> R
         };
         // PEP 3333: an application mounted at the root has an empty SCRIPT_NAME.
         let script_name = if m.prefix == "/" { String::new() } else { m.prefix.clone() };
-        let policy = Arc::clone(&m.policy);
-        return Ok(Route::App(AppRoute { target, middleware, script_name, path_info: decoded[n..].to_vec(), policy }));
+        let Some(app) = table.apps.get(&m.prefix) else { return Ok(Route::NotFound) };
+        let app = Arc::clone(app);
+        return Ok(Route::App(AppRoute { target, middleware, script_name, path_info: decoded[n..].to_vec(), app }));
     }
     match split_path(parts.path)? {
         Split::NamePy { name, .. } if table.mounts.is_mounted(&name) => {
             Ok(Route::Static { path: decoded.into_owned() })
         }
-        Split::NamePy { name, script_name, path_info } => match table.plugins.get(&name) {
-            Some(p) => Ok(Route::App(AppRoute {
-                target: Target::Plugin(Arc::clone(p)),
-                middleware: Vec::new(),
-                script_name,
-                path_info,
-                policy: Arc::clone(&table.defaults),
-            })),
-            None => Ok(Route::NotFound),
-        },
+        Split::NamePy { name, script_name, path_info } => {
+            match (table.plugins.get(&name), table.apps.get(&script_name)) {
+                (Some(p), Some(app)) => Ok(Route::App(AppRoute {
+                    target: Target::Plugin(Arc::clone(p)),
+                    middleware: Vec::new(),
+                    script_name,
+                    path_info,
+                    app: Arc::clone(app),
+                })),
+                _ => Ok(Route::NotFound),
+            }
+        }
         Split::Static => Ok(Route::Static { path: decoded.into_owned() }),
     }
 }
@@ -300,22 +203,6 @@ mod tests {
 
     fn name_py(name: &str, path_info: &[u8]) -> Split {
         Split::NamePy { name: name.into(), script_name: format!("/{name}.py"), path_info: path_info.to_vec() }
-    }
-
-    #[test]
-    fn the_innermost_static_mount_decides_who_may_serve_a_file() {
-        let dirs = |d: &[(&str, Option<&str>)]| Fence {
-            dirs: d.iter().map(|(p, g)| (PathBuf::from(p), g.map(str::to_owned))).collect(),
-        };
-        // Innermost first, as Fence::of sorts them.
-        let f = dirs(&[("/root/private/open", None), ("/root/private", Some("/private"))]);
-        let p = Path::new;
-        assert!(f.allows(p("/root/private/a.txt"), Some("/private")));
-        assert!(!f.allows(p("/root/private/a.txt"), None), "around the mount");
-        assert!(!f.allows(p("/root/private/a.txt"), Some("/other")), "through another mount");
-        assert!(f.allows(p("/root/private/open/b.txt"), None), "a mount without middleware guards nothing");
-        assert!(f.allows(p("/root/privateer/c.txt"), None), "whole components only");
-        assert!(f.allows(p("/root/d.txt"), Some("/private")));
     }
 
     #[test]

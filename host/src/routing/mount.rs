@@ -10,8 +10,8 @@
 use std::collections::HashSet;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::AppPolicy;
 use crate::plugin::registry::PluginSet;
 use crate::settings::file::{ConfigError, Loaded};
 
@@ -42,8 +42,14 @@ pub struct Mount {
     pub app: MountApp,
     /// Middleware plugins, outermost first.
     pub middleware: Arc<[String]>,
-    /// How its application is called.
-    pub policy: Arc<AppPolicy>,
+    /// Read request bodies whole before the call (`request_buffering`, default `true`).
+    pub request_buffering: bool,
+    /// `timeout`, when the mount sets it (`Some(None)`: no deadline).
+    pub timeout: Option<Option<Duration>>,
+    /// `max_concurrency`, when the mount sets it.
+    pub max_concurrency: Option<usize>,
+    /// `queue`, when the mount sets it.
+    pub queue: Option<usize>,
 }
 
 /// The mount table the server routes with.
@@ -66,7 +72,13 @@ impl Mounts {
                 prefix: m.prefix.get_ref().clone(),
                 app: m.app.as_ref().map_or(MountApp::Docroot, |a| MountApp::Plugin(a.get_ref().clone())),
                 middleware: m.middleware.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>().into(),
-                policy: Arc::new(AppPolicy { request_buffering: m.request_buffering.unwrap_or(true) }),
+                request_buffering: m.request_buffering.unwrap_or(true),
+                timeout: m
+                    .timeout
+                    .as_ref()
+                    .map(|t| Some(*t.get_ref()).filter(|s| *s > 0.0).map(Duration::from_secs_f64)),
+                max_concurrency: m.max_concurrency.as_ref().map(|n| *n.get_ref() as usize),
+                queue: m.queue,
             })
             .collect();
         list.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));
@@ -167,7 +179,10 @@ mod tests {
                 prefix: (*p).into(),
                 app: MountApp::Plugin("a".into()),
                 middleware: Vec::new().into(),
-                policy: Arc::default(),
+                request_buffering: true,
+                timeout: None,
+                max_concurrency: None,
+                queue: None,
             })
             .collect();
         list.sort_by_key(|m| std::cmp::Reverse(m.prefix.len()));

@@ -81,6 +81,21 @@ pub struct Args {
     /// Seconds allowed between writes that make progress; then the connection is closed.
     #[arg(long, env = "PORTICO_SEND_TIMEOUT", default_value_t = limits::SEND_TIMEOUT.as_secs())]
     pub send_timeout: u64,
+    /// Seconds an application call may run until its response head is ready (and each pull
+    /// of a streamed body's next chunk); past it the client gets 504 at once, the call is
+    /// abandoned and its worker thread replaced (Gunicorn's `--timeout`). Fractions allowed;
+    /// 0 means no deadline. A mount's `timeout` key overrides it.
+    #[arg(long, env = "PORTICO_APP_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub app_timeout: f64,
+    /// Calls of one application (a mount, or a `/NAME.py` plugin) running at once; more wait
+    /// in its queue [default: --threads when one application can be reached, else one less,
+    /// so no application occupies every worker]. A mount's `max_concurrency` key overrides it.
+    #[arg(long, env = "PORTICO_APP_MAX_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub app_max_concurrency: Option<u32>,
+    /// Calls of one application waiting for a free slot; past it 503 with `Retry-After`. A
+    /// mount's `queue` key overrides it.
+    #[arg(long, env = "PORTICO_APP_QUEUE", default_value_t = 1024)]
+    pub app_queue: usize,
     /// Seconds SIGTERM waits for requests in flight before exiting.
     #[arg(long, env = "PORTICO_GRACEFUL_TIMEOUT", default_value_t = 30)]
     pub graceful_timeout: u64,
@@ -116,6 +131,14 @@ pub struct Args {
     /// clients; others are routed as if the pages did not exist).
     #[arg(long, env = "PORTICO_STATUS_PUBLIC")]
     pub status_public: bool,
+}
+
+/// Seconds as a finite, non-negative number (fractions allowed).
+fn parse_seconds(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!("{v:?} is not a number of seconds (0 or more)")),
+    }
 }
 
 /// A `--status-path` must be `off` or a plain absolute path (see [`super::AdminPaths::parse`]).

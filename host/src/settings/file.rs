@@ -97,6 +97,12 @@ pub struct MountSpec {
     /// Read each request body whole before calling the application (default `true`);
     /// `false` streams it to the application as it arrives (nginx's `proxy_request_buffering`).
     pub request_buffering: Option<bool>,
+    /// Seconds a call may run (`--app-timeout` for this mount; 0: none).
+    pub timeout: Option<Spanned<f64>>,
+    /// Calls running at once (`--app-max-concurrency` for this mount).
+    pub max_concurrency: Option<Spanned<u32>>,
+    /// Calls waiting for a slot (`--app-queue` for this mount).
+    pub queue: Option<usize>,
 }
 
 /// The `[server]` table as written: keys and values with their positions in the file.
@@ -178,6 +184,16 @@ impl Loaded {
                     );
                 }
                 _ => {}
+            }
+            if let Some(t) = &m.timeout
+                && !(t.get_ref().is_finite() && *t.get_ref() >= 0.0)
+            {
+                return Err(self.error_at(t.span(), format!("mount {p:?}: timeout must be 0 or more seconds")));
+            }
+            if let Some(n) = &m.max_concurrency
+                && *n.get_ref() == 0
+            {
+                return Err(self.error_at(n.span(), format!("mount {p:?}: max_concurrency must be at least 1")));
             }
             for name in m.app.iter().chain(&m.middleware) {
                 let n = name.get_ref();

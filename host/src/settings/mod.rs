@@ -58,7 +58,39 @@ pub(crate) struct Config {
     pub admin_public: bool,
 }
 
+/// The server-wide limits of applications (`--app-*`), which a mount may override.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AppDefaults {
+    /// Deadline of a call; `None`: none.
+    pub timeout: Option<Duration>,
+    /// Calls of one application at once; `None`: decided from the worker count.
+    pub max_concurrency: Option<usize>,
+    /// Calls waiting per application.
+    pub queue: usize,
+    /// Worker threads in the pool.
+    pub threads: usize,
+}
+
+impl AppDefaults {
+    /// The concurrency of an application when nothing sets it: every worker when it is the
+    /// only application that can be reached, else one less (the last worker stays free for
+    /// the others).
+    pub fn concurrency(&self, applications: usize) -> usize {
+        self.max_concurrency.unwrap_or(if applications <= 1 { self.threads } else { self.threads - 1 }).max(1)
+    }
+}
+
 impl Args {
+    /// The server-wide limits of applications.
+    pub fn app_defaults(&self) -> AppDefaults {
+        AppDefaults {
+            timeout: (self.app_timeout > 0.0).then(|| Duration::from_secs_f64(self.app_timeout)),
+            max_concurrency: self.app_max_concurrency.map(|n| n as usize),
+            queue: self.app_queue,
+            threads: self.worker_threads(),
+        }
+    }
+
     /// Worker threads: the flag, or 2 × cores with a minimum of 4 (Waitress uses 4).
     pub fn worker_threads(&self) -> usize {
         self.threads.unwrap_or_else(|| {

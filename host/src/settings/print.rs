@@ -55,6 +55,9 @@ pub fn render(args: &Args, loaded: Option<&Loaded>) -> String {
                     static_files: m.static_files,
                     middleware: m.middleware.iter().map(|s| s.get_ref().as_str()).collect(),
                     request_buffering: m.request_buffering,
+                    timeout: m.timeout.as_ref().map(|t| *t.get_ref()),
+                    max_concurrency: m.max_concurrency.as_ref().map(|n| *n.get_ref()),
+                    queue: m.queue,
                 })
                 .collect(),
             plugin: &l.file.plugin,
@@ -88,6 +91,12 @@ struct MountOut<'a> {
     middleware: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_buffering: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeout: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<usize>,
 }
 
 /// What an unset setting stands for: the value it takes and a note.

@@ -11,10 +11,17 @@
 //! runs a job; for an application call, in flight, latency (from taking the job to the
 //! response head being ready) and status, recorded before the response is handed to the
 //! event loop.
+//!
+//! Admission: a call reaches the pool holding a slot of its application's gate
+//! ([`crate::admission`]); when it is done, the slot goes to the application's next waiting
+//! call (whose connection is told: [`Completion::Admitted`]). A call or a pull with a deadline
+//! is recorded in the worker's [`Slot`]; the [`watchdog`] cuts off what runs past it and the
+//! pool starts a thread in place of the stuck one.
 
 pub mod respond;
+pub mod watchdog;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -24,6 +31,7 @@ use crossbeam_channel::Receiver;
 use crate::exchange::{Completion, Job, Notifier};
 use crate::metrics::counters::{Stats, WorkerCache};
 use crate::static_files::StaticFiles;
+use watchdog::{Kind, Running, Slot};
 
 /// What every worker shares.
 pub struct Shared {
@@ -37,44 +45,103 @@ pub struct Shared {
     pub docroot: Arc<Mutex<StaticFiles>>,
 }
 
-/// Handle to the pool's threads.
+/// The pool: its threads, their slots, the watchdog.
 pub struct Pool {
-    threads: Vec<JoinHandle<()>>,
+    inner: Arc<Inner>,
+    watchdog: Option<JoinHandle<()>>,
+}
+
+struct Inner {
+    jobs: Receiver<Job>,
+    shared: Arc<Shared>,
+    /// Every live worker's slot, for the watchdog.
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Threads started, abandoned ones included (they are not joined).
+    threads: Mutex<Vec<(Arc<Slot>, JoinHandle<()>)>>,
+    next: AtomicUsize,
+    stop: AtomicBool,
 }
 
 impl Pool {
-    /// Starts `n` workers taking jobs from `jobs`.
+    /// Starts `n` workers taking jobs from `jobs`, and the watchdog.
     ///
     /// # Errors
     /// A thread could not be started.
     pub fn start(n: usize, jobs: Receiver<Job>, shared: Arc<Shared>) -> std::io::Result<Pool> {
-        let mut threads = Vec::with_capacity(n);
-        for i in 0..n {
-            let jobs = jobs.clone();
-            let shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {
-                let mut counters = WorkerCache::default();
-                for job in jobs.iter() {
-                    let _busy = shared.stats.worker_busy();
-                    run(job, &shared, &mut counters);
-                }
-            })?;
-            threads.push(thread);
+        let inner = Arc::new(Inner {
+            jobs,
+            shared,
+            slots: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        });
+        for _ in 0..n {
+            spawn_worker(&inner)?;
         }
-        Ok(Pool { threads })
+        let watched = Arc::clone(&inner);
+        let watchdog = std::thread::Builder::new().name("portico-watchdog".into()).spawn(move || {
+            while !watched.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(watchdog::TICK);
+                let slots: Vec<Arc<Slot>> = watched.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let abandoned = watchdog::sweep(&slots, &watched.shared.notifier, Instant::now());
+                if abandoned > 0 {
+                    watched.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !s.abandoned());
+                    for _ in 0..abandoned {
+                        if let Err(e) = spawn_worker(&watched) {
+                            tracing::error!("starting a worker in place of an abandoned one: {e}");
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(Pool { inner, watchdog: Some(watchdog) })
     }
 
-    /// Waits for every worker to finish (after the job sender is dropped).
-    pub fn join(self) {
-        for t in self.threads {
-            let _ = t.join();
+    /// Waits for every worker to finish (after the job sender is dropped), then stops the
+    /// watchdog. Abandoned threads are not waited for.
+    pub fn join(mut self) {
+        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for (slot, t) in threads {
+            if !slot.abandoned() {
+                let _ = t.join();
+            }
+        }
+        self.inner.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
         }
     }
 }
 
-fn run(job: Job, shared: &Shared, counters: &mut WorkerCache) {
+/// Starts one worker thread with its slot.
+fn spawn_worker(inner: &Arc<Inner>) -> std::io::Result<()> {
+    let slot = Arc::new(Slot::default());
+    let i = inner.next.fetch_add(1, Ordering::Relaxed);
+    let (worker_inner, worker_slot) = (Arc::clone(inner), Arc::clone(&slot));
+    let handle = std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {
+        let mut counters = WorkerCache::default();
+        for job in worker_inner.jobs.iter() {
+            let _busy = worker_inner.shared.stats.worker_busy();
+            run(job, &worker_inner.shared, &worker_slot, &mut counters);
+            if worker_slot.abandoned() {
+                break; // a replacement has taken this thread's place
+            }
+        }
+    })?;
+    inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));
+    inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push((slot, handle));
+    Ok(())
+}
+
+fn run(job: Job, shared: &Shared, slot: &Slot, counters: &mut WorkerCache) {
     match job {
         Job::Call(job) => {
+            let app = Arc::clone(&job.route.app);
+            if let Some(timeout) = app.gate.limits().timeout {
+                let kind = Kind::Call { version: job.head.version, head_request: job.head.is_head() };
+                slot.begin(Running::new(Instant::now() + timeout, job.conn, Arc::clone(&app), kind));
+            }
             // Measured: from here (the job taken off the queue) to the response head being
             // ready; recorded before the event loop can send it, so a client that has its
             // response sees it counted.
@@ -82,14 +149,32 @@ fn run(job: Job, shared: &Shared, counters: &mut WorkerCache) {
             let in_flight = plugin.map(|p| p.start());
             let started = Instant::now();
             let reply = respond::run_call(*job, &shared.docroot, &shared.shutting_down);
+            if !slot.end() {
+                // Cut off by the watchdog: the client has its 504, the slot went on.
+                drop(reply);
+                app.gate.reap();
+                return;
+            }
             if let Some(p) = plugin {
                 p.record(started.elapsed(), reply.prepared.status);
             }
             drop(in_flight);
+            if let Some(next) = app.gate.release() {
+                shared.notifier.notify(Completion::Admitted(next, Arc::clone(&app)));
+            }
             shared.notifier.notify(Completion::Response(Box::new(reply)));
         }
         Job::Pull(conn, stream) => {
+            let app = Arc::clone(&stream.app);
+            if let Some(timeout) = app.gate.limits().timeout {
+                slot.begin(Running::new(Instant::now() + timeout, conn, Arc::clone(&app), Kind::Pull));
+            }
             let chunk = respond::pull(conn, stream);
+            if !slot.end() {
+                drop(chunk);
+                app.gate.reap();
+                return;
+            }
             shared.notifier.notify(Completion::Chunk(Box::new(chunk)));
         }
         Job::Close(stream) => drop(stream),

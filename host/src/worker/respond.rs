@@ -86,8 +86,8 @@ pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &Atom
             if framing == Framing::Length(0) {
                 drop(s);
             } else {
-                let plugin = Arc::clone(named);
-                stream = Some(Box::new(StreamState { stream: s, plugin, encoder: Encoder::new(framing) }));
+                let (plugin, app) = (Arc::clone(named), Arc::clone(&route.app));
+                stream = Some(Box::new(StreamState { stream: s, plugin, app, encoder: Encoder::new(framing) }));
             }
             framing
         }

@@ -1,0 +1,152 @@
+//! Deadlines of application calls: each worker thread has a [`Slot`] where it records the call
+//! it runs and when that call must be done; the watchdog thread looks at every slot
+//! [`TICK`] and cuts off a call past its deadline — the client gets 504 at once (or, for a
+//! streamed body already under way, the connection is closed), the call's admission slot goes
+//! to the next waiting call, and the worker thread, stuck in the application, is abandoned and
+//! replaced so the pool keeps its size.
+//!
+//! Whoever marks the slot first wins: the watchdog (the call timed out) or the worker (it
+//! finished in time). The loser's result is dropped — an abandoned worker that finally returns
+//! drops what the application gave it (PEP 3333 `close()`) and exits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::exchange::{Chunk, Completion, ConnId, Notifier, Reply};
+use crate::http::outgoing::Response;
+use crate::http::request::Version;
+use crate::routing::App;
+
+/// How often the watchdog looks at the slots: a call is cut off at most this late. 20 ms.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// What a worker is running, when it has a deadline.
+pub struct Running {
+    /// When it must be done.
+    pub deadline: Instant,
+    /// Whose request it is.
+    pub conn: ConnId,
+    /// The application (its gate takes the timeout into account).
+    pub app: Arc<App>,
+    /// A call (the response head is not sent yet) or a pull of a streamed body.
+    pub kind: Kind,
+    /// Set by the watchdog when it cut the call off.
+    timed_out: bool,
+}
+
+/// What is running.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// An application call: a timeout answers 504.
+    Call {
+        /// The request's version (for the 504's status line).
+        version: Version,
+        /// A `HEAD` request (the 504 has no body).
+        head_request: bool,
+    },
+    /// A pull of a streamed body's next chunk: a timeout closes the connection.
+    Pull,
+}
+
+impl Running {
+    /// A run of `kind` for `conn` that must end by `deadline`.
+    pub fn new(deadline: Instant, conn: ConnId, app: Arc<App>, kind: Kind) -> Running {
+        Running { deadline, conn, app, kind, timed_out: false }
+    }
+}
+
+/// One worker thread's record.
+#[derive(Default)]
+pub struct Slot {
+    running: Mutex<Option<Running>>,
+    /// The thread was given up on (a replacement took its place): it exits after its call.
+    abandoned: AtomicBool,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The worker starts `r`.
+    pub fn begin(&self, r: Running) {
+        *self.lock() = Some(r);
+    }
+
+    /// The worker is done; `true` if it finished in time (its result stands), `false` if the
+    /// watchdog cut it off first (drop the result).
+    pub fn end(&self) -> bool {
+        self.lock().take().is_none_or(|r| !r.timed_out)
+    }
+
+    /// Whether this thread was abandoned.
+    pub fn abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+}
+
+/// A call the watchdog cut off, handled after the slot's lock is released.
+struct Expired {
+    conn: ConnId,
+    app: Arc<App>,
+    kind: Kind,
+    late_by: Duration,
+}
+
+/// Looks at `slots` once: cuts off what is past its deadline. Returns how many threads were
+/// abandoned (the caller replaces them).
+pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> usize {
+    let mut expired = Vec::new();
+    for slot in slots {
+        let mut guard = slot.lock();
+        if let Some(r) = guard.as_mut()
+            && !r.timed_out
+            && now >= r.deadline
+        {
+            r.timed_out = true;
+            slot.abandoned.store(true, Ordering::Relaxed);
+            let late_by = now - r.deadline;
+            expired.push(Expired { conn: r.conn, app: Arc::clone(&r.app), kind: r.kind, late_by });
+        }
+    }
+    for e in &expired {
+        let name = e.app.gate.name();
+        let limit = e.app.gate.limits().timeout.map_or(0.0, |t| t.as_secs_f64());
+        let stopped = match e.kind {
+            Kind::Call { version, head_request } => {
+                let prepared = Response::error(504).prepare(version, true, head_request);
+                notifier.notify(Completion::Response(Box::new(Reply { conn: e.conn, prepared, stream: None })));
+                let (next, stopped) = e.app.gate.abandon();
+                if let Some(next) = next {
+                    notifier.notify(Completion::Admitted(next, Arc::clone(&e.app)));
+                }
+                tracing::error!(
+                    app = %name,
+                    "application {name}: call ran past its {limit} s deadline (by {} ms); answered 504, its worker \
+                     thread is abandoned and replaced",
+                    e.late_by.as_millis()
+                );
+                stopped
+            }
+            Kind::Pull => {
+                let chunk = Chunk { conn: e.conn, data: Vec::new(), payload: 0, stream: None, close: true };
+                notifier.notify(Completion::Chunk(Box::new(chunk)));
+                tracing::error!(
+                    app = %name,
+                    "application {name}: a streamed body's next chunk took more than {limit} s; connection closed, \
+                     worker thread abandoned and replaced"
+                );
+                e.app.gate.abandon_pull()
+            }
+        };
+        if stopped {
+            tracing::error!(
+                app = %name,
+                "application {name} left {} worker threads stuck: it answers 503 until a reload loads a new copy",
+                e.app.gate.limits().max_abandoned
+            );
+        }
+    }
+    expired.len()
+}
