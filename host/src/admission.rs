@@ -4,8 +4,9 @@
 //! the connections waiting for a turn, so one application can never occupy every worker.
 //!
 //! - **Concurrency.** At most [`Limits::max_concurrency`] calls run at once. A call that finds
-//!   no free slot waits in the gate's queue — by its connection's id: the request itself stays
-//!   with its connection, holding nothing but memory the connection already has.
+//!   no free slot waits in the gate's queue (with its connection's id, so a client that goes
+//!   away takes its call out); a worker that finishes a call of the application takes the next
+//!   waiting one itself, so a waiting call costs no trip back through the event loop.
 //! - **Queue.** At most [`Limits::queue`] calls wait; past it the request is refused at once
 //!   (503 with `Retry-After`).
 //! - **Deadline.** A call that runs past [`Limits::timeout`] is abandoned by the worker pool's
@@ -15,8 +16,11 @@
 //!   its plugin, or new limits).
 //!
 //! A slot is handed from a finishing call straight to the next waiter ([`Gate::release`]), so
-//! the queue is first come, first served, and a waiter never races a newcomer.
+//! the queue is first come, first served, and a waiter never races a newcomer. The gate holds
+//! its waiting calls as `Box<dyn Any + Send>` (the call type belongs to a higher layer, see
+//! ARCHITECTURE.md); the one caller that puts them in takes them out as what it put in.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,15 +42,19 @@ pub struct Limits {
     pub max_abandoned: usize,
 }
 
+/// A call waiting in a gate.
+pub type Waiting = Box<dyn Any + Send>;
+
 /// What [`Gate::admit`] decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Admit {
-    /// A slot is taken: call now.
-    Now,
-    /// Queued: the connection is told when a slot is its ([`Gate::release`] returns it).
-    Wait,
-    /// Refused: 503 with `Retry-After`.
-    Refused(Refusal),
+    /// A slot is taken: run the call now (it is handed back).
+    Now(Waiting),
+    /// Queued: a worker finishing a call of this application will run it
+    /// ([`Gate::release`]).
+    Queued,
+    /// Refused: 503 with `Retry-After` (the call is handed back).
+    Refused(Waiting, Refusal),
 }
 
 /// Why a call was refused.
@@ -58,12 +66,23 @@ pub enum Refusal {
     Stopped,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     running: usize,
-    waiting: VecDeque<ConnId>,
+    waiting: VecDeque<(ConnId, Waiting)>,
     abandoned: usize,
     stopped: bool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("running", &self.running)
+            .field("waiting", &self.waiting.len())
+            .field("abandoned", &self.abandoned)
+            .field("stopped", &self.stopped)
+            .finish()
+    }
 }
 
 /// The gate in front of one application.
@@ -141,42 +160,42 @@ impl Gate {
         self.identity.0 == name && self.identity.1 == generation && self.limits == *limits
     }
 
-    /// A call of connection `conn` asks to run.
-    pub fn admit(&self, conn: ConnId) -> Admit {
+    /// `call`, of connection `conn`, asks to run.
+    pub fn admit(&self, conn: ConnId, call: Waiting) -> Admit {
         let mut s = self.lock();
         let verdict = if s.stopped {
-            Admit::Refused(Refusal::Stopped)
+            Admit::Refused(call, Refusal::Stopped)
         } else if s.running < self.limits.max_concurrency {
             s.running += 1;
-            Admit::Now
+            Admit::Now(call)
         } else if s.waiting.len() < self.limits.queue {
-            s.waiting.push_back(conn);
-            Admit::Wait
+            s.waiting.push_back((conn, call));
+            Admit::Queued
         } else {
-            Admit::Refused(Refusal::QueueFull)
+            Admit::Refused(call, Refusal::QueueFull)
         };
         drop(s);
         match verdict {
-            Admit::Refused(_) => self.refused.fetch_add(1, Ordering::Relaxed),
+            Admit::Refused(..) => self.refused.fetch_add(1, Ordering::Relaxed),
             _ => self.admitted.fetch_add(1, Ordering::Relaxed),
         };
         verdict
     }
 
-    /// A waiting connection went away: forgets it. Returns whether it was waiting.
-    pub fn cancel(&self, conn: ConnId) -> bool {
+    /// The waiting call of connection `conn` is not wanted any more (the client went away):
+    /// returns it, if it was still waiting.
+    pub fn cancel(&self, conn: ConnId) -> Option<Waiting> {
         let mut s = self.lock();
-        let before = s.waiting.len();
-        s.waiting.retain(|c| *c != conn);
-        s.waiting.len() != before
+        let i = s.waiting.iter().position(|(c, _)| *c == conn)?;
+        s.waiting.remove(i).map(|(_, call)| call)
     }
 
-    /// A call finished (or its slot was never used): the slot goes to the next waiting
-    /// connection, returned (its call may run now), or is freed.
-    pub fn release(&self) -> Option<ConnId> {
+    /// A call finished: its slot goes to the next waiting call, returned (the caller runs it),
+    /// or is freed.
+    pub fn release(&self) -> Option<Waiting> {
         let mut s = self.lock();
         match s.waiting.pop_front() {
-            Some(next) => Some(next),
+            Some((_, next)) => Some(next),
             None => {
                 s.running = s.running.saturating_sub(1);
                 None
@@ -185,9 +204,9 @@ impl Gate {
     }
 
     /// A call ran past its deadline and its thread is abandoned: its slot goes on as with
-    /// [`Gate::release`]. Returns the next waiter and whether the application is now stopped
-    /// (it left [`Limits::max_abandoned`] threads stuck).
-    pub fn abandon(&self) -> (Option<ConnId>, bool) {
+    /// [`Gate::release`]. Returns the next waiting call and whether the application is now
+    /// stopped (it left [`Limits::max_abandoned`] threads stuck).
+    pub fn abandon(&self) -> (Option<Waiting>, bool) {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
         let next = self.release();
         let mut s = self.lock();
@@ -243,16 +262,35 @@ mod tests {
         Gate::new("/app".into(), Limits { max_concurrency: max, queue, timeout: None, max_abandoned: 2 }, 1)
     }
 
+    /// What a verdict holds: `Now`/`Refused` give the call back, `Queued` keeps it.
+    fn verdict(a: Admit) -> (&'static str, Option<usize>) {
+        let num = |w: Waiting| *w.downcast::<usize>().expect("the test's call");
+        match a {
+            Admit::Now(w) => ("now", Some(num(w))),
+            Admit::Queued => ("queued", None),
+            Admit::Refused(w, Refusal::QueueFull) => ("full", Some(num(w))),
+            Admit::Refused(w, Refusal::Stopped) => ("stopped", Some(num(w))),
+        }
+    }
+
+    fn call(g: &Gate, token: usize) -> (&'static str, Option<usize>) {
+        verdict(g.admit(conn(token), Box::new(token)))
+    }
+
+    fn next(w: Option<Waiting>) -> Option<usize> {
+        w.map(|w| *w.downcast::<usize>().expect("the test's call"))
+    }
+
     #[test]
     fn calls_run_up_to_the_limit_then_wait_then_are_refused() {
         let g = gate(2, 1);
-        assert_eq!((g.admit(conn(1)), g.admit(conn(2))), (Admit::Now, Admit::Now));
-        assert_eq!(g.admit(conn(3)), Admit::Wait);
-        assert_eq!(g.admit(conn(4)), Admit::Refused(Refusal::QueueFull));
+        assert_eq!((call(&g, 1), call(&g, 2)), (("now", Some(1)), ("now", Some(2))));
+        assert_eq!(call(&g, 3), ("queued", None));
+        assert_eq!(call(&g, 4), ("full", Some(4)));
         // A finishing call hands its slot to the waiter, first come first served.
-        assert_eq!(g.release(), Some(conn(3)));
-        assert_eq!(g.release(), None);
-        assert_eq!(g.release(), None);
+        assert_eq!(next(g.release()), Some(3));
+        assert_eq!(next(g.release()), None);
+        assert_eq!(next(g.release()), None);
         let c = g.counts();
         assert_eq!((c.running, c.waiting, c.admitted, c.refused), (0, 0, 3, 1));
     }
@@ -260,22 +298,25 @@ mod tests {
     #[test]
     fn a_waiter_that_leaves_is_forgotten() {
         let g = gate(1, 4);
-        assert_eq!(g.admit(conn(1)), Admit::Now);
-        assert_eq!((g.admit(conn(2)), g.admit(conn(3))), (Admit::Wait, Admit::Wait));
-        assert!(g.cancel(conn(2)) && !g.cancel(conn(2)));
-        assert_eq!(g.release(), Some(conn(3)));
+        assert_eq!(call(&g, 1).0, "now");
+        assert_eq!((call(&g, 2).0, call(&g, 3).0), ("queued", "queued"));
+        assert_eq!(next(g.cancel(conn(2))), Some(2));
+        assert!(g.cancel(conn(2)).is_none());
+        assert_eq!(next(g.release()), Some(3));
     }
 
     #[test]
     fn too_many_abandoned_threads_stop_the_application() {
         let g = gate(4, 4);
-        assert_eq!((g.admit(conn(1)), g.admit(conn(2))), (Admit::Now, Admit::Now));
-        assert_eq!(g.abandon(), (None, false));
-        assert_eq!(g.abandon(), (None, true), "the second stuck thread reaches max_abandoned");
-        assert_eq!(g.admit(conn(3)), Admit::Refused(Refusal::Stopped));
+        assert_eq!((call(&g, 1).0, call(&g, 2).0), ("now", "now"));
+        let (n, stopped) = g.abandon();
+        assert_eq!((next(n), stopped), (None, false));
+        let (n, stopped) = g.abandon();
+        assert_eq!((next(n), stopped), (None, true), "the second stuck thread reaches max_abandoned");
+        assert_eq!(call(&g, 3).0, "stopped");
         g.reap();
         g.reap();
-        assert_eq!(g.admit(conn(4)), Admit::Refused(Refusal::Stopped), "until a reload");
+        assert_eq!(call(&g, 4).0, "stopped", "until a reload");
         let c = g.counts();
         assert_eq!((c.timeouts, c.abandoned, c.stopped, c.running), (2, 0, true, 0));
         assert!(g.is_for("/app", 1, g.limits()) && !g.is_for("/app", 2, g.limits()));

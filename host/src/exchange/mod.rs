@@ -170,9 +170,6 @@ pub(crate) enum Completion {
     ResumeRead(ConnId),
     /// A connection another event loop accepted for this one.
     Adopt(Box<Adopted>),
-    /// A slot of the application's gate is this connection's now: its call may run (or, if
-    /// the connection no longer wants it, the slot must be released).
-    Admitted(ConnId, Arc<App>),
 }
 
 impl Completion {
@@ -181,7 +178,7 @@ impl Completion {
         match self {
             Completion::Response(r) => r.conn.event_loop,
             Completion::Chunk(c) => c.conn.event_loop,
-            Completion::Continue(id) | Completion::ResumeRead(id) | Completion::Admitted(id, _) => id.event_loop,
+            Completion::Continue(id) | Completion::ResumeRead(id) => id.event_loop,
             Completion::Adopt(a) => a.event_loop,
         }
     }

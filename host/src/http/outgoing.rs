@@ -101,31 +101,25 @@ impl Response {
     /// Encodes the head for `version` (`close`: the connection closes after it) and queues
     /// the body behind it — none for a `HEAD` request (`head_request`).
     pub fn prepare(self, version: Version, close: bool, head_request: bool) -> Prepared {
-        let Response { head, body } = self;
+        let Response { head, mut body } = self;
         let mut bytes = Vec::with_capacity(256);
         head.encode(version, close, &mut bytes);
         let close = close || head.framing == Framing::CloseDelimited;
         if head_request {
-            return Prepared { status: head.code, pieces: vec![Piece::Owned(bytes)], body_len: 0, close };
+            body.clear();
+            return Prepared { status: head.code, head: bytes, body, body_len: 0, close };
         }
+        body.retain(|p| !p.is_empty());
         let body_len = body.iter().map(Piece::len).sum();
-        let mut pieces = Vec::with_capacity(1 + body.len());
-        let mut body = body.into_iter().filter(|p| !p.is_empty()).peekable();
         // One small in-memory body rides in the head's buffer. Cached static bytes stay shared.
-        if let Some(only) = body.next_if(|p| coalesces(p) && p.len() <= COALESCE as u64) {
-            match body.peek() {
-                None => bytes.extend_from_slice(only.bytes().unwrap_or_default()),
-                Some(_) => {
-                    pieces.push(Piece::Owned(bytes));
-                    pieces.push(only);
-                    pieces.extend(body);
-                    return Prepared { status: head.code, pieces, body_len, close };
-                }
-            }
+        if let [only] = body.as_slice()
+            && coalesces(only)
+            && only.len() <= COALESCE as u64
+        {
+            bytes.extend_from_slice(only.bytes().unwrap_or_default());
+            body.clear();
         }
-        pieces.push(Piece::Owned(bytes));
-        pieces.extend(body);
-        Prepared { status: head.code, pieces, body_len, close }
+        Prepared { status: head.code, head: bytes, body, body_len, close }
     }
 }
 
@@ -139,8 +133,10 @@ fn coalesces(p: &Piece) -> bool {
 pub struct Prepared {
     /// Status code, for the access log.
     pub status: u16,
-    /// The head (first piece, possibly followed by its small body) and the body pieces.
-    pub pieces: Vec<Piece>,
+    /// The head's bytes, possibly followed by its small body.
+    pub head: Vec<u8>,
+    /// The body pieces after them.
+    pub body: Vec<Piece>,
     /// Payload bytes these pieces carry (0 for a `HEAD` answer), for the access log; a
     /// streamed body adds its chunks later.
     pub body_len: u64,
@@ -153,13 +149,15 @@ mod tests {
     use super::*;
 
     fn wire(p: &Prepared) -> Vec<u8> {
-        p.pieces.iter().flat_map(|p| p.bytes().unwrap().to_vec()).collect()
+        let mut out = p.head.clone();
+        p.body.iter().for_each(|p| out.extend_from_slice(p.bytes().unwrap()));
+        out
     }
 
     #[test]
     fn an_error_page_is_one_piece_with_its_length() {
         let p = Response::error(404).prepare(Version::Http11, true, false);
-        assert_eq!((p.status, p.pieces.len(), p.body_len, p.close), (404, 1, 14, true));
+        assert_eq!((p.status, p.body.len(), p.body_len, p.close), (404, 0, 14, true));
         let text = String::from_utf8(wire(&p)).unwrap();
         assert!(text.contains("Content-Length: 14\r\nConnection: close\r\n\r\n404 Not Found\n"), "{text}");
     }
@@ -167,7 +165,7 @@ mod tests {
     #[test]
     fn head_requests_get_the_head_only() {
         let p = Response::error(405).field("Allow", "GET, HEAD").prepare(Version::Http11, false, true);
-        assert_eq!((p.pieces.len(), p.body_len), (1, 0));
+        assert_eq!((p.body.len(), p.body_len), (0, 0));
         let text = String::from_utf8(wire(&p)).unwrap();
         assert!(text.contains("Allow: GET, HEAD\r\n") && text.contains("Content-Length: 23\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "{text}");
@@ -177,11 +175,11 @@ mod tests {
     fn large_and_shared_bodies_stay_separate() {
         let big = vec![b'x'; COALESCE + 1];
         let p = Response::page(200, "text/plain", big).prepare(Version::Http11, false, false);
-        assert_eq!(p.pieces.len(), 2);
+        assert_eq!(p.body.len(), 1);
         let shared: Arc<[u8]> = Arc::from(&b"abcdef"[..]);
         let head = ResponseHead::new(200).framing(Framing::Length(3));
         let p = Response { head, body: vec![Piece::Shared(shared, 1..4)] }.prepare(Version::Http11, false, false);
-        assert_eq!((p.pieces.len(), p.body_len), (2, 3));
+        assert_eq!((p.body.len(), p.body_len), (1, 3));
         assert!(wire(&p).ends_with(b"\r\n\r\nbcd"));
     }
 }

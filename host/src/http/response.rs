@@ -97,6 +97,11 @@ impl Fields {
         Fields { buf: Vec::new() }
     }
 
+    /// No fields, with room for `bytes` of them (one allocation for a head's usual fields).
+    pub fn with_capacity(bytes: usize) -> Fields {
+        Fields { buf: Vec::with_capacity(bytes) }
+    }
+
     /// Appends `name: value`. The caller has validated application fields
     /// ([`validate_field`]); the server's own are valid by construction.
     pub fn push(&mut self, name: &str, value: &[u8]) {
@@ -130,6 +135,11 @@ impl Fields {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
+    }
+
+    /// Their encoded length in bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
     }
 }
 

@@ -6,16 +6,16 @@
 
 use std::sync::Arc;
 
-use super::conn::{Decision, Handler};
+use super::conn::{Admission, Decision, Handler};
 use super::event_loop::EventLoop;
 use crate::admin;
 use crate::admission::Admit;
 use crate::exchange::body_pipe::BodyPipe;
-use crate::exchange::{CallJob, Completion, ConnId, Job, Peer, RequestBody};
+use crate::exchange::{CallJob, ConnId, Job, Peer, RequestBody};
 use crate::http::outgoing::Response;
 use crate::http::request::{HeadLimits, RequestHead};
 use crate::http::response::{Framing, ResponseHead};
-use crate::routing::{self, App, Route};
+use crate::routing::{self, Route};
 use crate::settings::Config;
 
 /// The methods `OPTIONS *` lists (RFC 9110 §9.3.7): what the server as a whole may accept.
@@ -77,13 +77,18 @@ impl Handler for EventLoop {
         self.send_job(job);
     }
 
-    fn admit(&mut self, job: &CallJob) -> Admit {
-        job.route.app.gate.admit(job.conn)
-    }
-
-    fn release(&mut self, app: &Arc<App>) {
-        if let Some(next) = app.gate.release() {
-            self.notifier.notify(Completion::Admitted(next, Arc::clone(app)));
+    fn admit(&mut self, job: Box<CallJob>) -> Admission {
+        let app = Arc::clone(&job.route.app);
+        match app.gate.admit(job.conn, job) {
+            Admit::Now(job) => {
+                // What went in comes out: the gate holds calls of this type only.
+                if let Ok(job) = job.downcast::<CallJob>() {
+                    self.send_job(Job::Call(job));
+                }
+                Admission::Sent
+            }
+            Admit::Queued => Admission::Queued,
+            Admit::Refused(_, why) => Admission::Refused(why),
         }
     }
 
@@ -97,5 +102,9 @@ impl Handler for EventLoop {
 
     fn flush_later(&mut self, token: usize) {
         self.flush_again.push(token);
+    }
+
+    fn scratch(&mut self) -> &mut Vec<u8> {
+        &mut self.scratch
     }
 }

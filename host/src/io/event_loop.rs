@@ -38,6 +38,8 @@ use crate::static_files::StaticFiles;
 pub const WAKER: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE + i`.
 const LISTENER_BASE: usize = usize::MAX - 1024;
+/// Capacity of the loop's read scratch buffer, in bytes. 16 KiB.
+const SCRATCH: usize = 16 * 1024;
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -84,6 +86,8 @@ pub struct EventLoop {
     /// again on the next turn (edge-triggered readiness would not report them again while the
     /// socket stays writable).
     pub(super) flush_again: Vec<usize>,
+    /// Where a read into an empty connection buffer lands first (16 KiB, never cleared).
+    pub(super) scratch: Vec<u8>,
 }
 
 impl EventLoop {
@@ -130,6 +134,7 @@ impl EventLoop {
             draining: None,
             ready: Vec::new(),
             flush_again: Vec::new(),
+            scratch: Vec::with_capacity(SCRATCH),
             statics: StaticFiles::new(shared.docroot.clone(), shared.statics.clone()),
             shared,
         })
@@ -335,11 +340,6 @@ impl EventLoop {
                 Completion::Continue(id) if self.live(id) => self.with_conn(id.token, |c, h| c.on_continue(h)),
                 Completion::ResumeRead(id) if self.live(id) => self.with_conn(id.token, |c, h| c.on_resume(h)),
                 Completion::Continue(_) | Completion::ResumeRead(_) => {}
-                Completion::Admitted(id, app) if self.live(id) => {
-                    self.with_conn(id.token, |c, h| c.on_admitted(app, h))
-                }
-                // The connection went away after the slot was handed to it: pass it on.
-                Completion::Admitted(_, app) => super::conn::Handler::release(self, &app),
                 Completion::Adopt(a) => {
                     let Adopted { sock, remote, local, .. } = *a;
                     self.adopt(sock, remote, local);

@@ -37,6 +37,15 @@ pub trait Transport: AsFd + mio::event::Source {
     /// As `read(2)`; `WouldBlock` when nothing is there.
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// Reads into the spare capacity of `buf` (which must have some), extending it by what
+    /// was read; `Ok(0)` at end of input. Nothing is cleared or copied first.
+    ///
+    /// # Errors
+    /// As `read(2)`; `WouldBlock` when nothing is there.
+    fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        rustix::io::read(self.as_fd(), rustix::buffer::spare_capacity(buf)).map_err(io::Error::from)
+    }
+
     /// Writes `bufs` with one `writev(2)`.
     ///
     /// # Errors

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use crate::http::outgoing::{Piece, Response};
 use crate::http::request::RequestHead;
-use crate::http::response::{Framing, ResponseHead};
+use crate::http::response::{Fields, Framing, ResponseHead};
 use crate::settings::Args;
 use cache::{Content, FileCache, FileEntry, Lookup, Representation};
 use conditional::{Conditions, Precondition};
@@ -70,7 +70,7 @@ impl Options {
 /// The request fields static serving looks at. List fields received on several lines are
 /// joined with `, ` (RFC 9110 §5.3); a singleton field received twice is ignored.
 #[derive(Default)]
-struct Fields<'a> {
+struct Asked<'a> {
     if_match: Option<Cow<'a, [u8]>>,
     if_none_match: Option<Cow<'a, [u8]>>,
     if_modified_since: Option<&'a [u8]>,
@@ -80,8 +80,8 @@ struct Fields<'a> {
     accept_encoding: Option<Cow<'a, [u8]>>,
 }
 
-impl<'a> Fields<'a> {
-    fn of(head: &'a RequestHead) -> Fields<'a> {
+impl<'a> Asked<'a> {
+    fn of(head: &'a RequestHead) -> Asked<'a> {
         fn list<'a>(slot: &mut Option<Cow<'a, [u8]>>, v: &'a [u8]) {
             *slot = Some(match slot.take() {
                 None => Cow::Borrowed(v),
@@ -97,7 +97,7 @@ impl<'a> Fields<'a> {
             *slot = if *seen { None } else { Some(v) };
             *seen = true;
         }
-        let mut f = Fields::default();
+        let mut f = Asked::default();
         let mut seen = [false; 4];
         for (n, v) in &head.fields {
             let name = head.slice(n);
@@ -205,7 +205,7 @@ impl StaticFiles {
 /// whole file, one range, several ranges or a 416 (§14).
 fn file(head: &RequestHead, entry: &FileEntry) -> Response {
     let head_only = head.is_head();
-    let fields = Fields::of(head);
+    let fields = Asked::of(head);
     let coding = if entry.has_variants() {
         encoding::negotiate(fields.accept_encoding.as_deref(), entry.br.is_some(), entry.gzip.is_some())
     } else {
@@ -239,7 +239,10 @@ fn file(head: &RequestHead, entry: &FileEntry) -> Response {
     };
     // Content-Type first, then the representation's fields, as every answer below has them.
     let representation = |code: u16, content_type: &str, len: u64| {
-        let mut h = ResponseHead::new(code).field("Content-Type", content_type).framing(Framing::Length(len));
+        let mut h = ResponseHead::new(code);
+        h.fields = Fields::with_capacity(128 + rep.validator_fields.len() + entry.common_fields.len());
+        h.fields.push("Content-Type", content_type.as_bytes());
+        h.framing = Framing::Length(len);
         h.fields.append(&rep.validator_fields);
         h.fields.push("Accept-Ranges", b"bytes");
         h.fields.append(&entry.common_fields);

@@ -13,8 +13,8 @@
 //! event loop.
 //!
 //! Admission: a call reaches the pool holding a slot of its application's gate
-//! ([`crate::admission`]); when it is done, the slot goes to the application's next waiting
-//! call (whose connection is told: [`Completion::Admitted`]). A call or a pull with a deadline
+//! ([`crate::admission`]); when it is done, the worker runs the application's next waiting call
+//! in the same slot. A call or a pull with a deadline
 //! is recorded in the worker's [`Slot`]; the [`watchdog`] cuts off what runs past it and the
 //! pool starts a thread in place of the stuck one.
 
@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use crate::exchange::{Completion, Job, Notifier};
+use crate::exchange::{CallJob, Completion, Job, Notifier};
 use crate::metrics::counters::{Stats, WorkerCache};
 use crate::static_files::StaticFiles;
 use watchdog::{Kind, Running, Slot};
@@ -77,18 +77,18 @@ impl Pool {
             stop: AtomicBool::new(false),
         });
         for _ in 0..n {
-            spawn_worker(&inner)?;
+            spawn_worker(&inner, None)?;
         }
         let watched = Arc::clone(&inner);
         let watchdog = std::thread::Builder::new().name("portico-watchdog".into()).spawn(move || {
             while !watched.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(watchdog::TICK);
                 let slots: Vec<Arc<Slot>> = watched.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let abandoned = watchdog::sweep(&slots, &watched.shared.notifier, Instant::now());
-                if abandoned > 0 {
+                let replacements = watchdog::sweep(&slots, &watched.shared.notifier, Instant::now());
+                if !replacements.is_empty() {
                     watched.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !s.abandoned());
-                    for _ in 0..abandoned {
-                        if let Err(e) = spawn_worker(&watched) {
+                    for first in replacements {
+                        if let Err(e) = spawn_worker(&watched, first) {
                             tracing::error!("starting a worker in place of an abandoned one: {e}");
                         }
                     }
@@ -114,13 +114,18 @@ impl Pool {
     }
 }
 
-/// Starts one worker thread with its slot.
-fn spawn_worker(inner: &Arc<Inner>) -> std::io::Result<()> {
+/// Starts one worker thread with its slot; it runs `first` (a call that took over an
+/// abandoned thread's slot) before taking jobs from the queue.
+fn spawn_worker(inner: &Arc<Inner>, first: Option<Box<CallJob>>) -> std::io::Result<()> {
     let slot = Arc::new(Slot::default());
     let i = inner.next.fetch_add(1, Ordering::Relaxed);
     let (worker_inner, worker_slot) = (Arc::clone(inner), Arc::clone(&slot));
     let handle = std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {
         let mut counters = WorkerCache::default();
+        if let Some(job) = first {
+            let _busy = worker_inner.shared.stats.worker_busy();
+            run(Job::Call(job), &worker_inner.shared, &worker_slot, &mut counters);
+        }
         for job in worker_inner.jobs.iter() {
             let _busy = worker_inner.shared.stats.worker_busy();
             run(job, &worker_inner.shared, &worker_slot, &mut counters);
@@ -137,32 +142,12 @@ fn spawn_worker(inner: &Arc<Inner>) -> std::io::Result<()> {
 fn run(job: Job, shared: &Shared, slot: &Slot, counters: &mut WorkerCache) {
     match job {
         Job::Call(job) => {
-            let app = Arc::clone(&job.route.app);
-            if let Some(timeout) = app.gate.limits().timeout {
-                let kind = Kind::Call { version: job.head.version, head_request: job.head.is_head() };
-                slot.begin(Running::new(Instant::now() + timeout, job.conn, Arc::clone(&app), kind));
+            // A finished call's slot goes to the application's next waiting call, which this
+            // thread runs right away (no trip through the event loop).
+            let mut next = Some(job);
+            while let Some(job) = next.take() {
+                next = run_call(job, shared, slot, counters);
             }
-            // Measured: from here (the job taken off the queue) to the response head being
-            // ready; recorded before the event loop can send it, so a client that has its
-            // response sees it counted.
-            let plugin = job.route.named().map(|p| counters.get(&shared.stats, p));
-            let in_flight = plugin.map(|p| p.start());
-            let started = Instant::now();
-            let reply = respond::run_call(*job, &shared.docroot, &shared.shutting_down);
-            if !slot.end() {
-                // Cut off by the watchdog: the client has its 504, the slot went on.
-                drop(reply);
-                app.gate.reap();
-                return;
-            }
-            if let Some(p) = plugin {
-                p.record(started.elapsed(), reply.prepared.status);
-            }
-            drop(in_flight);
-            if let Some(next) = app.gate.release() {
-                shared.notifier.notify(Completion::Admitted(next, Arc::clone(&app)));
-            }
-            shared.notifier.notify(Completion::Response(Box::new(reply)));
         }
         Job::Pull(conn, stream) => {
             let app = Arc::clone(&stream.app);
@@ -179,4 +164,35 @@ fn run(job: Job, shared: &Shared, slot: &Slot, counters: &mut WorkerCache) {
         }
         Job::Close(stream) => drop(stream),
     }
+}
+
+/// Runs one application call; returns the application's next waiting call, which now holds
+/// the slot this one had (`None` when nothing waits, or when this call was cut off: the
+/// watchdog passed the slot on).
+fn run_call(job: Box<CallJob>, shared: &Shared, slot: &Slot, counters: &mut WorkerCache) -> Option<Box<CallJob>> {
+    let app = Arc::clone(&job.route.app);
+    if let Some(timeout) = app.gate.limits().timeout {
+        let kind = Kind::Call { version: job.head.version, head_request: job.head.is_head() };
+        slot.begin(Running::new(Instant::now() + timeout, job.conn, Arc::clone(&app), kind));
+    }
+    // Measured: from here (the job taken off the queue) to the response head being ready;
+    // recorded before the event loop can send it, so a client that has its response sees it
+    // counted.
+    let plugin = job.route.named().map(|p| counters.get(&shared.stats, p));
+    let in_flight = plugin.map(|p| p.start());
+    let started = Instant::now();
+    let reply = respond::run_call(*job, &shared.docroot, &shared.shutting_down);
+    if !slot.end() {
+        // Cut off by the watchdog: the client has its 504, the slot went on.
+        drop(reply);
+        app.gate.reap();
+        return None;
+    }
+    if let Some(p) = plugin {
+        p.record(started.elapsed(), reply.prepared.status);
+    }
+    drop(in_flight);
+    shared.notifier.notify(Completion::Response(Box::new(reply)));
+    // What goes into a gate comes out: calls only.
+    app.gate.release().and_then(|w| w.downcast::<CallJob>().ok())
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::exchange::{Chunk, Completion, ConnId, Notifier, Reply};
+use crate::exchange::{CallJob, Chunk, Completion, ConnId, Notifier, Reply};
 use crate::http::outgoing::Response;
 use crate::http::request::Version;
 use crate::routing::App;
@@ -94,9 +94,10 @@ struct Expired {
     late_by: Duration,
 }
 
-/// Looks at `slots` once: cuts off what is past its deadline. Returns how many threads were
-/// abandoned (the caller replaces them).
-pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> usize {
+/// Looks at `slots` once: cuts off what is past its deadline. Returns one entry per abandoned
+/// thread (the caller starts one in its place), with the call that takes over its
+/// application's slot, if one was waiting (the new thread runs it first).
+pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Option<Box<CallJob>>> {
     let mut expired = Vec::new();
     for slot in slots {
         let mut guard = slot.lock();
@@ -110,6 +111,7 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> usize {
             expired.push(Expired { conn: r.conn, app: Arc::clone(&r.app), kind: r.kind, late_by });
         }
     }
+    let mut replacements = Vec::with_capacity(expired.len());
     for e in &expired {
         let name = e.app.gate.name();
         let limit = e.app.gate.limits().timeout.map_or(0.0, |t| t.as_secs_f64());
@@ -118,9 +120,7 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> usize {
                 let prepared = Response::error(504).prepare(version, true, head_request);
                 notifier.notify(Completion::Response(Box::new(Reply { conn: e.conn, prepared, stream: None })));
                 let (next, stopped) = e.app.gate.abandon();
-                if let Some(next) = next {
-                    notifier.notify(Completion::Admitted(next, Arc::clone(&e.app)));
-                }
+                replacements.push(next.and_then(|w| w.downcast::<CallJob>().ok()));
                 tracing::error!(
                     app = %name,
                     "application {name}: call ran past its {limit} s deadline (by {} ms); answered 504, its worker \
@@ -137,6 +137,7 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> usize {
                     "application {name}: a streamed body's next chunk took more than {limit} s; connection closed, \
                      worker thread abandoned and replaced"
                 );
+                replacements.push(None);
                 e.app.gate.abandon_pull()
             }
         };
@@ -148,5 +149,5 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> usize {
             );
         }
     }
-    expired.len()
+    replacements
 }
