@@ -305,11 +305,19 @@ fn sighup_without_changes_keeps_serving_the_same_version() {
 
 #[test]
 fn abi_mismatch_plugin_is_refused_at_startup() {
-    let old = support::abi_old();
-    let server = Server::builder().plugins(&["hello"]).plugin_file("abi_old.so", &old).start();
-    server.wait_for_line(0, &["refused", "incompatible portico-api", "abi_old"], Duration::from_secs(5));
-    let r = server.get("/abi_old.py");
-    assert_eq!(r.status_line, "HTTP/1.1 404 Not Found", "a refused plugin must not be routable: {}", r.summary());
+    // A plugin built against portico-api 0.1 (before this host's 0.2) and one built against
+    // a later 0.3: each refused with one line naming the plugin and both versions.
+    let (old, next) = (support::abi_old(), support::abi_next());
+    let server =
+        Server::builder().plugins(&["hello"]).plugin_file("abi_old.so", &old).plugin_file("abi_next.so", &next).start();
+    let line = server.wait_for_line(0, &["refused", "incompatible portico-api", "abi_old"], Duration::from_secs(5));
+    assert!(line.contains("0.1.0") && line.contains(support::API_VERSION), "both versions named: {line}");
+    let line = server.wait_for_line(0, &["refused", "incompatible portico-api", "abi_next"], Duration::from_secs(5));
+    assert!(line.contains("0.3.0") && line.contains(support::API_VERSION), "both versions named: {line}");
+    for path in ["/abi_old.py", "/abi_next.py"] {
+        let r = server.get(path);
+        assert_eq!(r.status_line, "HTTP/1.1 404 Not Found", "a refused plugin must not be routable: {}", r.summary());
+    }
     let r = server.get("/hello.py");
     assert_eq!(r.status_line, "HTTP/1.1 200 OK", "{}", r.summary());
     assert_eq!(r.text(), "Hello, world!\n");

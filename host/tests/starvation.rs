@@ -225,3 +225,54 @@ fn an_application_that_strands_every_worker_is_stopped_until_a_new_copy_is_loade
     server.wait_for_line(mark, &["reloaded plugin fixture"], Duration::from_secs(10));
     assert_eq!(server.get("/fixture.py/version").text(), "fixture v1\n", "a new copy serves");
 }
+
+/// Opens `n` connections to a stream that sends its first chunk at once and then one every
+/// 10 s, and reads each up to that first chunk (so each is waiting when this returns).
+fn waiting_streams(server: &Server, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut sock = TcpStream::connect(server.addr()).expect("connect");
+            sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            sock.write_all(b"GET /stream.py?n=100000&delay_ms=10000 HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(8).any(|w| w == b"chunk 0\n") {
+                let n = sock.read(&mut buf).unwrap_or_else(|e| panic!("stream #{i}: {e}; got {}", show(&got)));
+                assert!(n > 0, "stream #{i} closed: {}", show(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            sock
+        })
+        .collect()
+}
+
+#[test]
+fn waiting_streams_hold_no_worker() {
+    let server = Server::builder().plugins(&["hello", "stream"]).args(["--threads", "4"]).start();
+    for n in [8, 40] {
+        let socks = waiting_streams(&server, n);
+        let slowest = slowest_hello(&server, 20);
+        assert!(slowest < Duration::from_millis(500), "{n} waiting streams held /hello.py up for {slowest:?}");
+        let seen = support::poll_until(Duration::from_secs(3), Duration::from_millis(50), || {
+            let s = status(&server);
+            (u(&s["connections"]["paused"]) == n as u64 && u(&s["workers"]["busy"]) <= 1).then_some(())
+        });
+        assert!(seen.is_some(), "{n} streams should wait with no worker busy: {:#}", status(&server));
+        // A client that goes away drops its waiting stream at once (no wait for the next chunk).
+        drop(socks);
+        let gone = support::poll_until(Duration::from_secs(3), Duration::from_millis(50), || {
+            (u(&status(&server)["connections"]["paused"]) == 0).then_some(())
+        });
+        assert!(gone.is_some(), "closed clients' streams are dropped: {:#}", status(&server));
+    }
+}
+
+#[test]
+fn a_push_stream_resumes_when_its_timer_wakes_it() {
+    let server = Server::builder().plugins(&["stream"]).args(["--threads", "1"]).start();
+    let started = Instant::now();
+    let r = server.get("/stream.py?n=4&delay_ms=150");
+    assert_eq!((r.status, r.text()), (200, "chunk 0\nchunk 1\nchunk 2\nchunk 3\n".to_owned()), "{}", r.summary());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "three 150 ms waits took {took:?}");
+}

@@ -89,7 +89,8 @@ fn json_counts_what_was_sent() {
     // This connection is open and being answered on the (only) I/O loop.
     let c = &json["connections"];
     assert!(u(&c["open"]) >= 1 && u(&c["writing"]) >= 1, "{c:#}");
-    let states = ["idle", "reading", "processing", "writing", "closing"].iter().map(|s| u(&c[s])).sum::<u64>();
+    let states =
+        ["idle", "reading", "processing", "writing", "paused", "closing"].iter().map(|s| u(&c[s])).sum::<u64>();
     assert_eq!(states, u(&c["open"]), "the states add up to open: {c:#}");
     let w = &json["workers"];
     assert!(u(&w["threads"]) >= 4, "{w:#}");

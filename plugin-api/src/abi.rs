@@ -1,12 +1,20 @@
 //! The stable ABI: every type that crosses the boundary between the `portico` host and a plugin.
 //!
-//! This module is the **API boundary** of Portico. Its 0.1 layout is frozen: any change to a
-//! type here (a field added, removed, reordered or retyped) makes the host refuse plugins built
-//! before it, so it comes with a `0.x` minor bump. Adding fields "later" is no escape: measured,
-//! a host whose [`PluginMod`] grew one field refused an older plugin (`too many fields`), so the
-//! capabilities on the roadmap are fields already ([`PluginMod::init`],
-//! [`PluginMod::middleware`]). New environ keys go in [`Environ::extra`], which needs no layout
-//! change at all.
+//! This module is the **API boundary** of Portico, version 0.2. It is shaped to grow within
+//! 0.2.x without breaking either side (measured in `shared/research/abi-growth.md`):
+//!
+//! | what may grow | how | an older peer sees |
+//! |---|---|---|
+//! | [`PluginMod`] | fields appended after [`PluginMod::middleware`] (the `last_prefix_field`, never moved), each an `ROption` | `None` |
+//! | a trait ([`BodyStream`], [`StartResponse`], [`Input`], [`ErrorStream`], [`NextApplication`], [`Wake`]) | methods appended at the end, each with a default body | the default runs |
+//! | [`Body`], [`Chunk`] | variants appended (`NonExhaustive`, storage sized ahead) | an unknown variant: the host answers 500 or closes the stream; the SDK reports an error |
+//! | request facts | keys in [`Environ::extra`] | nothing (it does not look) |
+//!
+//! A new host runs plugins built against an earlier 0.2.x (the host's loader checks that the
+//! plugin's layout is a prefix of its own: abi_stable's checker with the roles swapped), and
+//! abi_stable itself lets an older host run plugins built against a later 0.2.x. Anything else
+//! — a field retyped or removed, a plain `#[repr(C)]` struct ([`Environ`], [`Field`],
+//! [`FileBody`]) changed, a supertrait added — is a 0.3 and a rebuild of every plugin.
 //!
 //! Every type here is `#[repr(C)]` and derives [`StableAbi`], so the host checks the layout of
 //! each one (recursively, through [`PluginMod::application`]'s signature) before any plugin
@@ -16,10 +24,11 @@
 //! - [`Environ`] and everything it points at is **borrowed from the host** for the duration of
 //!   one `application` call. A plugin must not keep any of it after returning.
 //! - [`Body`] is **owned by the plugin's allocator** and freed through its own vtable
-//!   (`RVec`, `RBox`), whichever side drops it.
-//! - Trait objects ([`StartResponse_TO`], [`Input_TO`], [`ErrorStream_TO`]) are implemented
-//!   by the host; [`BodyStream_TO`] is implemented by the plugin (the SDK wraps it in a panic
-//!   fence).
+//!   (`RVec`, `RBox`, the `NonExhaustive` wrapper), whichever side drops it. A [`FileBody`]'s
+//!   descriptor belongs to whoever holds the body: the host closes it when it is done.
+//! - Trait objects ([`StartResponse_TO`], [`Input_TO`], [`ErrorStream_TO`], [`Waker`]) are
+//!   implemented by the host; [`BodyStream_TO`] is implemented by the plugin (the SDK wraps it
+//!   in a panic fence).
 
 use abi_stable::{
     StableAbi, declare_root_module_statics,
@@ -27,8 +36,11 @@ use abi_stable::{
     package_version_strings, sabi_trait,
     sabi_types::VersionStrings,
     sabi_types::{RMut, RRef},
-    std_types::{RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec},
+    std_types::{RArc, RBox, ROption, RResult, RSlice, RSliceMut, RStr, RString, RVec},
 };
+
+/// This crate's version: the `portico-api` (ABI) version a plugin or host was built with.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// One field line of a request or response header section (RFC 9110 §5).
 ///
@@ -118,13 +130,16 @@ pub struct Environ<'a> {
 pub trait Input {
     /// Reads up to `buf.len()` bytes of the (de-chunked) body into `buf`.
     ///
-    /// Returns `Ok(0)` at the end of the body, and on every read after it. May block until
-    /// the client sends more; the first read of a request that carried
+    /// Returns `Ok(0)` at the end of the body, and on every read after it. By default the
+    /// host has read the whole body before the call (request buffering), so this never waits
+    /// on the network. On a mount with `request_buffering = false` it may block until the
+    /// client sends more, and the first read of a request that carried
     /// `Expect: 100-continue` makes the host send `100 Continue` (RFC 9110 §10.1.1).
     ///
     /// # Errors
     /// The client stopped sending (timeout), disconnected, or sent a malformed chunked body.
     /// The message is for logs; the host closes the connection after the response.
+    #[sabi(last_prefix_field)]
     fn read(&mut self, buf: RSliceMut<'_, u8>) -> RResult<usize, RString>;
 }
 
@@ -132,6 +147,7 @@ pub trait Input {
 #[sabi_trait]
 pub trait ErrorStream {
     /// Writes one message to the host's error log, tagged with the plugin's name.
+    #[sabi(last_prefix_field)]
     fn write(&mut self, msg: RStr<'_>);
 }
 
@@ -151,6 +167,7 @@ pub trait StartResponse {
     /// # Errors
     /// The status or a field is invalid, or this is a second call without `exc_info`. The
     /// host then answers `500 Internal Server Error` whatever the application returns.
+    #[sabi(last_prefix_field)]
     fn start_response(
         &mut self,
         status: RStr<'_>,
@@ -159,26 +176,129 @@ pub trait StartResponse {
     ) -> RResult<(), RString>;
 }
 
+/// Tells the host that a push stream has something for it: implemented by the host, kept by
+/// the plugin (clone it freely; it may be called from any thread, at any time, any number of
+/// times — a wake with nothing new costs one spurious poll).
+#[sabi_trait]
+pub trait Wake: Clone + Send + Sync + 'static {
+    /// The stream has data, has ended or has failed: the host polls it again soon.
+    #[sabi(last_prefix_field)]
+    fn wake(&self);
+}
+
+/// The host's waker handed to [`BodyStream::poll_chunk`].
+pub type Waker = Wake_TO<RArc<()>>;
+
+/// What [`BodyStream::poll_chunk`] has for the host.
+#[repr(u8)]
+#[derive(StableAbi)]
+#[sabi(kind(WithNonExhaustive(size = [usize; 12], align = usize, traits(Sync = false))))]
+#[non_exhaustive]
+pub enum Chunk {
+    /// The next bytes of the body (an empty one is skipped).
+    Data(RVec<u8>),
+    /// Nothing yet: the host keeps the stream, with no thread waiting on it, until the
+    /// plugin calls the waker it was given.
+    Pending,
+    /// The body is complete.
+    End,
+}
+
 /// A response body produced in chunks (PEP 3333's iterable), pulled by the host.
 ///
-/// The host calls [`BodyStream::next_chunk`] from a worker thread, never concurrently, until it
-/// returns `ROk(RNone)`. Dropping the stream is PEP 3333's `close()`: the host drops it when
-/// the response ends, also when the client disconnected first.
+/// The host calls [`BodyStream::poll_chunk`] from a worker thread, never concurrently, until it
+/// returns [`Chunk::End`] or an error. A stream that has nothing yet answers
+/// [`Chunk::Pending`] and calls the [`Waker`] when it has (a push stream: server-sent events,
+/// long polling, a slow generator): no worker waits meanwhile. A stream that computes its
+/// chunks (an iterator) just returns them. Dropping the stream is PEP 3333's `close()`: the
+/// host drops it, on a worker, when the response ends, also when the client disconnected
+/// first.
 #[sabi_trait]
 pub trait BodyStream: Send {
-    /// The next chunk of body bytes, or `RNone` at the end. Empty chunks are skipped.
+    /// The next chunk, [`Chunk::Pending`] (then `waker` is called when there is more), or
+    /// [`Chunk::End`].
     ///
     /// # Errors
     /// The application failed mid-body. The host has already sent the head, so it closes the
     /// connection (the client sees a truncated body) and logs the message.
-    fn next_chunk(&mut self) -> RResult<ROption<RVec<u8>>, RString>;
+    #[sabi(last_prefix_field)]
+    fn poll_chunk(&mut self, waker: &Waker) -> RResult<Chunk_NE, RString>;
 }
 
-/// What an application returns: the response body (PEP 3333's return value).
-///
-/// This enum is exhaustive: adding a variant is an ABI break.
-#[repr(C, u8)]
+/// A file the host sends as the body with `sendfile(2)` (PEP 3333's `wsgi.file_wrapper`):
+/// `len` bytes from byte `offset` of an open descriptor, which the body owns (the host closes
+/// it when the response is done; dropping the body unsent closes it too). Made with
+/// [`FileBody::new`] from a [`std::fs::File`].
+#[repr(C)]
 #[derive(StableAbi)]
+pub struct FileBody {
+    fd: i32,
+    offset: u64,
+    len: u64,
+}
+
+impl FileBody {
+    /// The `len` bytes of `file` from `offset`. The host sends what the file holds when it
+    /// sends it: a file that shrinks meanwhile cuts the response short (the connection is
+    /// closed).
+    #[cfg(unix)]
+    pub fn new(file: std::fs::File, offset: u64, len: u64) -> FileBody {
+        use std::os::fd::IntoRawFd;
+        FileBody { fd: file.into_raw_fd(), offset, len }
+    }
+
+    /// The first byte to send.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// How many bytes to send.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The file, for its new owner.
+    #[cfg(unix)]
+    pub fn into_file(self) -> std::fs::File {
+        use std::os::fd::FromRawFd;
+        let fd = self.fd;
+        std::mem::forget(self);
+        // SAFETY: `fd` came from `File::into_raw_fd` in `FileBody::new` (the fields are
+        // private, so no other constructor exists), and this body owned it alone: it is
+        // forgotten above, so its `Drop` will not close the descriptor a second time.
+        unsafe { std::fs::File::from_raw_fd(fd) }
+    }
+}
+
+impl Drop for FileBody {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        {
+            use std::os::fd::FromRawFd;
+            // SAFETY: as in `into_file`: the descriptor is this body's alone; dropping the
+            // `File` closes it once.
+            drop(unsafe { std::fs::File::from_raw_fd(self.fd) });
+        }
+    }
+}
+
+impl std::fmt::Debug for FileBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileBody").field("offset", &self.offset).field("len", &self.len).finish()
+    }
+}
+
+/// What an application returns: the response body (PEP 3333's return value). It crosses the
+/// boundary as [`Body_NE`] (`NonExhaustive`), so 0.2.x may add variants.
+#[repr(u8)]
+#[derive(StableAbi)]
+#[sabi(kind(WithNonExhaustive(size = [usize; 8], align = usize, traits(Sync = false))))]
+#[non_exhaustive]
 pub enum Body {
     /// No body.
     Empty,
@@ -188,6 +308,8 @@ pub enum Body {
     Static(RSlice<'static, u8>),
     /// A body produced chunk by chunk; see [`BodyStream`].
     Stream(BodyStream_TO<'static, RBox<()>>),
+    /// A file sent without copying; see [`FileBody`].
+    File(FileBody),
 }
 
 /// The next application in a pipeline, as a middleware plugin sees it (PEP 3333
@@ -198,7 +320,8 @@ pub enum Body {
 #[sabi_trait]
 pub trait NextApplication {
     /// Calls the next application.
-    fn call(&self, environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> Body;
+    #[sabi(last_prefix_field)]
+    fn call(&self, environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> Body_NE;
 }
 
 /// The signature of a plugin's `application` entry point.
@@ -206,17 +329,25 @@ pub trait NextApplication {
 /// The host calls it on a worker thread, possibly on many threads at once, so plugin state
 /// must be `Sync`. It must call `start_response` exactly once (or again with `exc_info`)
 /// before returning.
-pub type ApplicationFn = extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body;
+pub type ApplicationFn = extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body_NE;
 
 /// The root module every plugin exports (one per `.so`), checked by the host at load time.
 ///
-/// **Compatibility, measured:** abi_stable accepts a plugin whose root module has *at least*
-/// the host's fields, never fewer: a host that grows this struct refuses every plugin built
-/// before (`too many fields`). So every capability on the roadmap is a field now, whose value
-/// a plugin may leave `RNone`: [`PluginMod::init`] (configuration at load) and
-/// [`PluginMod::middleware`]. A later field would be a breaking change (a `0.x` minor bump
-/// and a rebuild of every plugin). Version-only bumps (0.1.0 → 0.1.1, same layout) load.
-/// New request facts go in [`Environ::extra`], which needs no layout change.
+/// **Growth:** fields are appended after [`PluginMod::middleware`], which carries
+/// `last_prefix_field` and never moves within 0.2.x; each new field is an `ROption` a plugin
+/// may leave `RNone`, and its accessor gives `None` for a plugin built before it. New request
+/// facts go in [`Environ::extra`].
+///
+/// **Reserved for the WSGI bridge** (`shared/research/python-bridge.md` §8), each arriving as
+/// 0.2.x growth of the kind above, so no plugin needs a rebuild for it:
+/// - thread start and stop hooks, a drain hook, a reload hook (the host calls it on SIGHUP
+///   instead of loading a new copy) and a "resident, never reload" flag: `ROption` fields here;
+/// - a late `send_head` (PEP 3333 lets an application call `start_response` from inside its
+///   iterable): a [`StartResponse`]-like method on [`BodyStream`] with a default body that
+///   says "not supported", or a new [`Body`] variant;
+/// - the per-application concurrency cap and "failed before or after the head" are already
+///   the host's (a mount's `max_concurrency`; an error before the head is a `500`, a stream
+///   error after it closes the connection).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginMod_Ref)))]
@@ -231,7 +362,7 @@ pub struct PluginMod {
     pub panic_unwind: bool,
     /// PEP 3333's application callable. Written out rather than as [`ApplicationFn`] because
     /// the `StableAbi` derive does not accept type aliases of fn pointers.
-    pub application: extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body,
+    pub application: extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body_NE,
     /// Called once per loaded copy of the plugin, before its first request, with the
     /// plugin's configuration as TOML text (the `[plugin.NAME]` table; empty when there is
     /// none). An `RErr` refuses this version of the plugin (the previous one keeps serving);
@@ -250,7 +381,7 @@ pub struct PluginMod {
             &mut Environ<'_>,
             StartResponse_TO<'_, RMut<'_, ()>>,
             NextApplication_TO<'_, RRef<'_, ()>>,
-        ) -> Body,
+        ) -> Body_NE,
     >,
 }
 

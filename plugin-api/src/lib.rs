@@ -8,9 +8,11 @@
 //! - [`abi`]: the `#[repr(C)]` types that cross the boundary, checked at load time by
 //!   [abi_stable]. The host refuses a plugin built against an incompatible `portico-api`.
 //! - The SDK (this module's items): [`export_app!`], [`Environ`] accessors, [`StartResponse`],
-//!   [`Body`] constructors, [`Response`] and [`status`] helpers, [`Middleware`] and [`Next`],
-//!   a small [`Router`], the panic fence that keeps a plugin's panic from crossing the
-//!   boundary, and [`testing`] for running an application in a unit test without a host.
+//!   [`Body`] constructors (complete, iterator, push stream, channel, file), [`Response`] and
+//!   [`status`] helpers, [`Middleware`] and [`Next`], a small [`Router`], a [`timer`] for push
+//!   streams, the panic fence that keeps a plugin's panic from crossing the boundary, and
+//!   [`testing`] for running an application in a unit test without a host.
+//! - [`compat`]: the host's load-time check (both directions of growth within 0.2.x).
 //!
 //! ## PEP 3333, section by section
 //!
@@ -22,8 +24,9 @@
 //! | "environ Variables" | [`Environ`]: `REQUEST_METHOD`, `SCRIPT_NAME`, `PATH_INFO` (percent-decoded), `QUERY_STRING` (raw), `CONTENT_TYPE`, `CONTENT_LENGTH`, `SERVER_NAME`, `SERVER_PORT`, `SERVER_PROTOCOL`, `REMOTE_ADDR`, `REMOTE_PORT`, `wsgi.url_scheme`; the `HTTP_*` variables are [`Environ::headers`] in order, repeats kept |
 //! | "Input and Error Streams" | `wsgi.input` is [`Environ::read`] (de-chunked; `Ok(0)` at the end); `wsgi.errors` is [`Environ::log`], which goes to the host's log |
 //! | "The start_response() Callable" | [`StartResponse::start`]: status `"200 OK"`, fields as `(name, value)` pairs; a second call only with `exc_info` ([`StartResponse::start_with_exc_info`]) before the first body byte |
-//! | "Buffering and Streaming" | [`Body::Bytes`]/[`Body::Static`] for a complete body (the host sends `Content-Length`), [`Body::Stream`] for chunks (chunked on HTTP/1.1, close-delimited on HTTP/1.0, unless the application set `Content-Length`) |
+//! | "Buffering and Streaming" | [`Body::Bytes`]/[`Body::Static`] for a complete body (the host sends `Content-Length`); [`Body::stream`] for chunks an iterator computes; [`Body::poll_fn`] and [`Body::channel`] for a body that *waits* for its data (server-sent events, long polling): it answers "not ready" and wakes the host later, holding no worker meanwhile. Streams are chunked on HTTP/1.1, close-delimited on HTTP/1.0, unless the application set `Content-Length` |
 //! | the iterable's `close()` | dropping the [`BodyStream`](abi::BodyStream): the host drops it when the response ends, also when the client disconnected |
+//! | "Optional Platform-Specific File Handling" (`wsgi.file_wrapper`) | [`Body::file`] / [`Body::file_range`]: the host sends the file with `sendfile(2)` |
 //! | "Error Handling" | a panic in the application is caught inside the plugin: the response becomes `500 Internal Server Error` (through `exc_info`) and the panic message goes to the host's log |
 //! | "Thread Support" | applications run on a pool of worker threads, concurrently: state must be `Sync` |
 //! | hop-by-hop headers are the server's | the host refuses `Connection`, `Keep-Alive`, `Transfer-Encoding`, `TE`, `Trailer`, `Upgrade`, `Proxy-*` from an application |
@@ -57,16 +60,20 @@
 //!
 //! The host checks, before running any plugin code, the plugin's `portico-api` version and
 //! the layout of every type reachable from its root module:
-//! - Same layout, any 0.1.y plugin in any 0.1.x host: loads (a 0.1.0 plugin ran in a 0.1.1
-//!   host).
-//! - A layout change anywhere: refused, with one log line naming the plugin and the
-//!   mismatch (`mismatched type Expected: … Found: …`).
-//! - abi_stable accepts a root module with *more* fields than the host knows, never fewer:
-//!   a host whose [`abi::PluginMod`] grew a field refused a plugin built before it
-//!   (`too many fields Expected: 5 Found: 4`). So the roadmap's capabilities
-//!   ([`abi::PluginMod::init`], [`abi::PluginMod::middleware`]) are fields already, and the
-//!   0.1 layout is frozen: growing it is a 0.2 and a rebuild of every plugin. New request
-//!   facts go in [`abi::Environ::extra`], which needs no layout change.
+//! - **Another 0.minor** (a 0.1 plugin in a 0.2 host, or a 0.3 one): refused, with one log
+//!   line naming the plugin and both versions (`expected portico-api 0.2.0, found 0.1.0`).
+//!   Rebuild the plugin against the host's `portico-api`.
+//! - **Within 0.2.x, both directions load**: a host runs plugins built against an earlier
+//!   0.2.x ([`compat`]: the plugin's layout is checked as a prefix of the host's) and against
+//!   a later one (abi_stable's own rule). The ABI grows only in ways that allow this (see
+//!   [`abi`]): fields appended to [`abi::PluginMod`] after its last prefix field, trait
+//!   methods with default bodies appended at the end, variants of the `NonExhaustive`
+//!   [`abi::Body`] and [`abi::Chunk`], keys in [`abi::Environ::extra`]. A peer that meets
+//!   something newer than it knows degrades: a missing field reads as `None`, a missing method
+//!   runs its default body, an unknown body variant gets a `500` (host) or an error (SDK).
+//!   Both directions are tested against a generated grown copy of this crate
+//!   (`host/tests/abi_growth.rs`).
+//! - Any other change (a field retyped, a plain `#[repr(C)]` struct changed) is a 0.3.
 //!
 //! ## What the fence does not cover
 //!
@@ -79,12 +86,16 @@
 #![warn(missing_docs)]
 
 pub mod abi;
+mod body;
+pub mod compat;
 mod middleware;
 mod router;
 mod sdk;
 pub mod testing;
+pub mod timer;
 
 pub use abi::{Body, Environ, Field};
+pub use body::{BodySender, SendError, UnknownVariant};
 pub use middleware::{Middleware, Next};
 pub use router::{Handler, Match, Params, Router};
 pub use sdk::{Application, BodyError, Response, StartResponse, StartResponseError, guard, status};
@@ -185,11 +196,11 @@ macro_rules! export_app {
         extern "C" fn portico_application(
             environ: &mut $crate::abi::Environ<'_>,
             start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
-        ) -> $crate::abi::Body {
+        ) -> $crate::abi::Body_NE {
             static APP: ::std::sync::OnceLock<
                 ::std::result::Result<::std::boxed::Box<dyn $crate::Application>, ::std::string::String>,
             > = ::std::sync::OnceLock::new();
-            $crate::guard::run(environ, start_response, APP.get_or_init(|| $crate::guard::build(|| $app)))
+            $crate::Body::into_abi($crate::guard::run(environ, start_response, APP.get_or_init(|| $crate::guard::build(|| $app))))
         }
         $crate::export_app!(@root $name, $version, $init, $crate::__private::abi_stable::std_types::RNone);
     };
@@ -206,16 +217,16 @@ macro_rules! export_app {
         extern "C" fn portico_application(
             environ: &mut $crate::abi::Environ<'_>,
             start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
-        ) -> $crate::abi::Body {
-            $crate::guard::run_middleware_as_app(environ, start_response, portico_middleware_instance())
+        ) -> $crate::abi::Body_NE {
+            $crate::Body::into_abi($crate::guard::run_middleware_as_app(environ, start_response, portico_middleware_instance()))
         }
 
         extern "C" fn portico_middleware(
             environ: &mut $crate::abi::Environ<'_>,
             start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
             next: $crate::abi::NextApplication_TO<'_, $crate::__private::abi_stable::sabi_types::RRef<'_, ()>>,
-        ) -> $crate::abi::Body {
-            $crate::guard::run_middleware(environ, start_response, next, portico_middleware_instance())
+        ) -> $crate::abi::Body_NE {
+            $crate::Body::into_abi($crate::guard::run_middleware(environ, start_response, next, portico_middleware_instance()))
         }
 
         $crate::export_app!(@root $name, $version, $init, $crate::__private::abi_stable::std_types::RSome(portico_middleware));

@@ -74,6 +74,7 @@ impl<'a> Next<'a> {
     pub fn call(&self, environ: &mut Environ<'_>, start_response: &mut StartResponse<'_, '_>) -> Body {
         let mut forward = Forward { outer: start_response.raw_mut(), started: false };
         let body = self.inner.call(environ, StartResponse_TO::from_ptr(RMut::new(&mut forward), TD_Opaque));
+        let body = from_next(environ, body);
         if forward.started {
             start_response.mark_called();
         }
@@ -115,6 +116,7 @@ impl<'a> Next<'a> {
     {
         let mut editor = Edit { outer: start_response.raw_mut(), edit, started: false, failure: None };
         let body = self.inner.call(environ, StartResponse_TO::from_ptr(RMut::new(&mut editor), TD_Opaque));
+        let body = from_next(environ, body);
         let Edit { started, failure, .. } = editor;
         if let Some(why) = failure {
             // The body belongs to a response that will not be sent. A plugin's stream drop is
@@ -226,7 +228,7 @@ impl<F> Edit<'_, '_, '_, F> {
 pub(crate) struct NotFoundNext;
 
 impl NextApplication for NotFoundNext {
-    fn call(&self, _environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> Body {
+    fn call(&self, _environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> abi::Body_NE {
         // Called through a vtable (`extern "C"`): fenced, though nothing here panics.
         let mut sr = StartResponse::new(start_response);
         guard::fenced(|| {
@@ -234,6 +236,22 @@ impl NextApplication for NotFoundNext {
             Body::from("Not Found\n")
         })
         .unwrap_or(Body::Empty)
+        .into_abi()
+    }
+}
+
+/// The next application's body as this SDK's [`Body`]. A body of a kind newer than this
+/// plugin's `portico-api` (from a newer plugin behind it) cannot be wrapped or forwarded by
+/// this SDK: it is dropped, logged, and becomes a body that fails, so the host closes the
+/// connection after the head (whatever status the next application set).
+fn from_next(environ: &mut Environ<'_>, body: abi::Body_NE) -> Body {
+    match Body::from_abi(body) {
+        Ok(body) => body,
+        Err(unknown) => {
+            let why = format!("middleware: the next application returned {unknown}");
+            environ.log(&why);
+            Body::try_stream(std::iter::once(Err(why)))
+        }
     }
 }
 

@@ -9,9 +9,9 @@ use std::fmt;
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::RMut;
-use abi_stable::std_types::{RBox, RNone, ROption, RResult, RSlice, RSome, RStr, RString, RVec};
+use abi_stable::std_types::{RNone, RResult, RSlice, RSome, RStr, RString};
 
-use crate::abi::{Body, BodyStream, BodyStream_TO, Environ, Field, StartResponse_TO};
+use crate::abi::{Body, Environ, Field, StartResponse_TO};
 
 /// A Portico application: PEP 3333's application callable.
 ///
@@ -255,98 +255,6 @@ impl<'a> Environ<'a> {
     /// `wsgi.errors.write`: one message into the host's log, tagged with the plugin's name.
     pub fn log(&mut self, msg: &str) {
         self.errors.write(RStr::from_str(msg));
-    }
-}
-
-impl Body {
-    /// A body produced by an iterator of chunks; the host pulls it on a worker thread and
-    /// drops it (PEP 3333's `close()`) when the response ends or the client goes away.
-    ///
-    /// Each `next()` and the final drop run inside the panic fence: a panic ends the response
-    /// (the connection is closed, the body is cut short) and is logged.
-    pub fn stream<I>(chunks: I) -> Body
-    where
-        I: IntoIterator<Item = Vec<u8>>,
-        I::IntoIter: Send + 'static,
-    {
-        Body::try_stream(chunks.into_iter().map(Ok::<_, String>))
-    }
-
-    /// Like [`Body::stream`] for chunks that can fail: an `Err` ends the response (the
-    /// connection is closed) and its message is logged.
-    pub fn try_stream<I, E>(chunks: I) -> Body
-    where
-        I: IntoIterator<Item = Result<Vec<u8>, E>>,
-        I::IntoIter: Send + 'static,
-        E: fmt::Display,
-    {
-        let stream = guard::GuardedStream { inner: Some(chunks.into_iter()) };
-        Body::Stream(BodyStream_TO::from_value(stream, TD_Opaque))
-    }
-
-    /// The body as an iterator of chunks, for a middleware that rewrites the body of the
-    /// next application (wrap the result in [`Body::try_stream`] to return it).
-    ///
-    /// A complete body ([`Body::Bytes`], [`Body::Static`]) is one chunk (a static body is
-    /// copied); [`Body::Empty`] is none; a [`Body::Stream`] is pulled one chunk per `next()`,
-    /// and its errors come out as `Err` (after which the iterator ends). Empty chunks are
-    /// skipped. Dropping the iterator drops the stream (PEP 3333's `close()`).
-    pub fn into_chunks(self) -> impl Iterator<Item = Result<Vec<u8>, String>> + Send + 'static {
-        let mut state = match self {
-            Body::Empty => Chunks::Done,
-            Body::Bytes(bytes) => Chunks::One(bytes.into_vec()),
-            Body::Static(bytes) => Chunks::One(bytes.as_slice().to_vec()),
-            Body::Stream(stream) => Chunks::Stream(stream),
-        };
-        std::iter::from_fn(move || {
-            loop {
-                match std::mem::replace(&mut state, Chunks::Done) {
-                    Chunks::Done => return None,
-                    Chunks::One(bytes) if bytes.is_empty() => return None,
-                    Chunks::One(bytes) => return Some(Ok(bytes)),
-                    Chunks::Stream(mut stream) => match stream.next_chunk() {
-                        RResult::ROk(RSome(chunk)) if chunk.is_empty() => state = Chunks::Stream(stream),
-                        RResult::ROk(RSome(chunk)) => {
-                            state = Chunks::Stream(stream);
-                            return Some(Ok(chunk.into_vec()));
-                        }
-                        RResult::ROk(RNone) => return None,
-                        RResult::RErr(e) => return Some(Err(e.into_string())),
-                    },
-                }
-            }
-        })
-    }
-}
-
-/// The state of [`Body::into_chunks`].
-enum Chunks {
-    Done,
-    One(Vec<u8>),
-    Stream(BodyStream_TO<'static, RBox<()>>),
-}
-
-impl From<&'static str> for Body {
-    fn from(s: &'static str) -> Body {
-        Body::Static(RSlice::from_slice(s.as_bytes()))
-    }
-}
-
-impl From<&'static [u8]> for Body {
-    fn from(s: &'static [u8]) -> Body {
-        Body::Static(RSlice::from_slice(s))
-    }
-}
-
-impl From<String> for Body {
-    fn from(s: String) -> Body {
-        Body::Bytes(RVec::from(s.into_bytes()))
-    }
-}
-
-impl From<Vec<u8>> for Body {
-    fn from(v: Vec<u8>) -> Body {
-        Body::Bytes(RVec::from(v))
     }
 }
 
@@ -701,53 +609,6 @@ pub mod guard {
             Ok(Ok(())) => RResult::ROk(()),
             Ok(Err(e)) => RResult::RErr(RString::from(e)),
             Err(panic) => RResult::RErr(RString::from(format!("init panicked: {panic}"))),
-        }
-    }
-
-    /// The SDK's [`BodyStream`] implementation: an iterator behind the fence.
-    pub(crate) struct GuardedStream<I> {
-        pub(crate) inner: Option<I>,
-    }
-
-    impl<I, E> BodyStream for GuardedStream<I>
-    where
-        I: Iterator<Item = Result<Vec<u8>, E>> + Send,
-        E: fmt::Display,
-    {
-        fn next_chunk(&mut self) -> RResult<ROption<RVec<u8>>, RString> {
-            let Some(iter) = self.inner.as_mut() else {
-                return RResult::ROk(RNone);
-            };
-            match fenced(|| iter.next()) {
-                Ok(Some(Ok(chunk))) => RResult::ROk(RSome(RVec::from(chunk))),
-                Ok(None) => {
-                    self.close();
-                    RResult::ROk(RNone)
-                }
-                Ok(Some(Err(e))) => {
-                    self.close();
-                    RResult::RErr(RString::from(format!("body stream failed: {e}")))
-                }
-                Err(msg) => {
-                    // The iterator's state is unknown after a panic: drop it (fenced).
-                    self.close();
-                    RResult::RErr(RString::from(format!("body stream panicked: {msg}")))
-                }
-            }
-        }
-    }
-
-    impl<I> GuardedStream<I> {
-        fn close(&mut self) {
-            if let Some(iter) = self.inner.take() {
-                let _ = fenced(move || drop(iter));
-            }
-        }
-    }
-
-    impl<I> Drop for GuardedStream<I> {
-        fn drop(&mut self) {
-            self.close();
         }
     }
 }

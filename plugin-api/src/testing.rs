@@ -26,8 +26,8 @@ use abi_stable::sabi_types::RMut;
 use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
 
 use crate::abi::{
-    self, Body, Environ, ErrorStream, ErrorStream_TO, Field, Input, Input_TO, NextApplication, NextApplication_TO,
-    PluginMod_Ref, StartResponse_TO,
+    self, Body, Body_NE, Environ, ErrorStream, ErrorStream_TO, Field, Input, Input_TO, NextApplication,
+    NextApplication_TO, PluginMod_Ref, StartResponse_TO,
 };
 use crate::middleware::Middleware;
 use crate::sdk::{Application, guard};
@@ -153,7 +153,7 @@ impl TestRequest {
     pub fn call(&self, app: &dyn Application) -> TestResponse {
         self.run(|environ, sr| {
             let app: Result<&dyn Application, &str> = Ok(app);
-            guard::run_with(environ, sr, app)
+            guard::run_with(environ, sr, app).into_abi()
         })
     }
 
@@ -163,14 +163,14 @@ impl TestRequest {
         self.run(|environ, sr| {
             let next = AppNext { app: next };
             let next = NextApplication_TO::from_ptr(&next, TD_Opaque);
-            guard::run_middleware_with(environ, sr, next, Ok(middleware))
+            guard::run_middleware_with(environ, sr, next, Ok(middleware)).into_abi()
         })
     }
 
     /// Runs `middleware` as the host runs a middleware plugin called as a plain application
     /// (see [`guard::run_middleware_as_app`]): its next application answers 404.
     pub fn call_middleware_alone(&self, middleware: &dyn Middleware) -> TestResponse {
-        self.run(|environ, sr| guard::run_middleware_as_app_with(environ, sr, Ok(middleware)))
+        self.run(|environ, sr| guard::run_middleware_as_app_with(environ, sr, Ok(middleware)).into_abi())
     }
 
     /// Runs a plugin's own `application` entry point, as the host calls it: pass the root
@@ -197,7 +197,7 @@ impl TestRequest {
         })
     }
 
-    fn run(&self, f: impl FnOnce(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body) -> TestResponse {
+    fn run(&self, f: impl FnOnce(&mut Environ<'_>, StartResponse_TO<'_, RMut<'_, ()>>) -> Body_NE) -> TestResponse {
         let fields: Vec<Field<'_>> = self.headers.iter().map(|(n, v)| Field::new(n, v)).collect();
         let extra: Vec<Field<'_>> = self.extra.iter().map(|(n, v)| Field::new(n, v)).collect();
         let content_type = self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type"));
@@ -231,6 +231,8 @@ impl TestRequest {
             f(&mut environ, StartResponse_TO::from_ptr(RMut::new(&mut host), TD_Opaque))
         };
         let mut response = host.response;
+        // This SDK knows every variant of its own version.
+        let body = Body::from_abi(body).expect("a body of this portico-api version");
         for chunk in body.into_chunks() {
             match chunk {
                 Ok(bytes) => response.body.extend_from_slice(&bytes),
@@ -248,8 +250,8 @@ struct AppNext<'n> {
 }
 
 impl NextApplication for AppNext<'_> {
-    fn call(&self, environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> Body {
-        guard::run_with(environ, start_response, Ok(self.app))
+    fn call(&self, environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> Body_NE {
+        guard::run_with(environ, start_response, Ok(self.app)).into_abi()
     }
 }
 

@@ -154,12 +154,13 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
         ("reading", "receiving a request head or body"),
         ("processing", "the request is with the application (queued or running)"),
         ("writing", "sending a response"),
+        ("paused", "a streamed response paused until its application has more (no worker held)"),
         ("closing", "lingering close"),
     ] {
         let _ = write!(h, "<th class=\"n\" title=\"{title}\">{name}</th>");
     }
     h.push_str("</tr></thead><tbody><tr>");
-    for n in [c.open, c.idle, c.reading, c.processing, c.writing, c.closing] {
+    for n in [c.open, c.idle, c.reading, c.processing, c.writing, c.paused, c.closing] {
         let _ = write!(h, "<td class=\"n\">{n}</td>");
     }
     h.push_str("</tr></tbody></table>\n");

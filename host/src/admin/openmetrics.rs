@@ -160,6 +160,7 @@ impl Collector for Collect {
                 ("reading", c.reading),
                 ("processing", c.processing),
                 ("writing", c.writing),
+                ("paused", c.paused),
                 ("closing", c.closing),
             ] {
                 m.encode_family(&[("state", state)])?.encode_gauge(&n)?;

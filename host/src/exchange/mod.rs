@@ -7,7 +7,8 @@
 //!  event loop ── Job::Call(CallJob) ─────────────► worker: runs the application
 //!             ◄─ Completion::Response(Reply) ────  (head encoded, body or a StreamState)
 //!             ── Job::Pull(conn, StreamState) ───► worker: next chunk of a streamed body
-//!             ◄─ Completion::Chunk(Chunk) ───────
+//!             ◄─ Completion::Chunk(Chunk) ───────  (or "waiting": the stream answered Pending)
+//!             ◄─ Completion::StreamReady ────────  a plugin's thread woke a waiting stream
 //!             ── Job::Close(StreamState) ────────► worker: drops a stream (PEP 3333 close())
 //!             ◄─ Completion::Continue / ResumeRead ─ BodyPipe (the application reads its body)
 //!  event loop ── Completion::Adopt ──────────────► another event loop (a connection handed over)
@@ -19,9 +20,13 @@
 //!   by its loop, and any stream in it is handed back to a worker to be dropped.
 //! - A [`StreamState`] holds the plugin version its stream came from, so the code a stream
 //!   runs stays loaded for as long as it can be pulled.
+//! - A stream waiting for its plugin (a push stream that answered `Pending`) is held by its
+//!   connection, never by a worker; [`stream_wake`] turns the plugin's wake into exactly one
+//!   `StreamReady`.
 
 pub(crate) mod body_pipe;
 pub(crate) mod spool;
+pub(crate) mod stream_wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +35,7 @@ use abi_stable::std_types::RBox;
 use crossbeam_channel::Sender;
 use mio::Waker;
 use portico_api::abi::BodyStream_TO;
+use stream_wake::StreamWake;
 
 use crate::http::encode::Encoder;
 use crate::http::outgoing::Prepared;
@@ -107,6 +113,31 @@ pub(crate) struct StreamState {
     pub app: Arc<App>,
     /// Frames the chunks as the head said.
     pub encoder: Encoder,
+    /// Its wake state, and the waker its polls are handed.
+    pub wake: Arc<StreamWake>,
+    /// The plugin's handle on `wake`.
+    pub waker: portico_api::abi::Waker,
+}
+
+impl StreamState {
+    /// The state of `stream`, answering on `conn`.
+    pub fn new(
+        stream: BodyStream_TO<'static, RBox<()>>,
+        plugin: Arc<Plugin>,
+        app: Arc<App>,
+        encoder: Encoder,
+        conn: ConnId,
+        notifier: Notifier,
+    ) -> StreamState {
+        let (wake, waker) = StreamWake::new(conn, notifier);
+        StreamState { stream, plugin, app, encoder, wake, waker }
+    }
+}
+
+impl Drop for StreamState {
+    fn drop(&mut self) {
+        self.wake.finish();
+    }
 }
 
 /// Work for the pool.
@@ -143,6 +174,9 @@ pub(crate) struct Chunk {
     /// The body ended early or wrongly (application error, a short or long
     /// `Content-Length`, close-delimited): close the connection after `data`.
     pub close: bool,
+    /// The stream answered `Pending` and waits for its plugin's wake (`StreamReady`) before
+    /// it is pulled again.
+    pub waiting: bool,
 }
 
 /// A connection accepted by one event loop for another (see `crate::io::balance`).
@@ -168,6 +202,8 @@ pub(crate) enum Completion {
     Continue(ConnId),
     /// The body pipe has room again: resume reading the socket.
     ResumeRead(ConnId),
+    /// A waiting stream's plugin has data for it: pull it again.
+    StreamReady(ConnId),
     /// A connection another event loop accepted for this one.
     Adopt(Box<Adopted>),
 }
@@ -178,7 +214,7 @@ impl Completion {
         match self {
             Completion::Response(r) => r.conn.event_loop,
             Completion::Chunk(c) => c.conn.event_loop,
-            Completion::Continue(id) | Completion::ResumeRead(id) => id.event_loop,
+            Completion::Continue(id) | Completion::ResumeRead(id) | Completion::StreamReady(id) => id.event_loop,
             Completion::Adopt(a) => a.event_loop,
         }
     }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::Transport;
 use super::body::{BodyIn, Fed};
+use super::stream_slot::StreamSlot;
 use super::write::{Flushed, WriteQueue};
 use crate::access_log::{self, Access};
 use crate::admission::Refusal;
@@ -137,13 +138,6 @@ pub enum Expiry {
     Send,
     /// Lingering lasted long enough.
     Linger,
-}
-
-/// A streamed response body: parked here between pulls, or being pulled by a worker.
-enum StreamSlot {
-    None,
-    Parked(Box<StreamState>),
-    Pulling,
 }
 
 enum Phase {
@@ -272,6 +266,7 @@ impl<S: Transport> Conn<S> {
             Phase::Head { .. } if self.rbuf.is_empty() => c.idle += 1,
             Phase::Head { .. } | Phase::Request { body: Some(_), .. } => c.reading += 1,
             Phase::Request { .. } => c.processing += 1,
+            Phase::Writing { stream, .. } if stream.is_waiting() => c.paused += 1,
             Phase::Writing { .. } => c.writing += 1,
             Phase::Lingering { .. } => c.closing += 1,
         }
@@ -280,6 +275,11 @@ impl<S: Transport> Conn<S> {
     /// The socket is readable (or closed, or in error): makes all the progress the input
     /// allows — parse heads, feed bodies, start requests.
     pub fn on_readable(&mut self, h: &mut impl Handler) -> Step {
+        if let Phase::Writing { body: None, stream } = &self.phase
+            && stream.is_waiting()
+        {
+            return self.watch_input(h);
+        }
         for _ in 0..PUMP_ROUNDS {
             match &mut self.phase {
                 Phase::Lingering { .. } => return self.discard_input(h),
@@ -359,14 +359,36 @@ impl<S: Transport> Conn<S> {
             }
             return Step::Open;
         };
-        *stream = match chunk.stream {
-            Some(s) => StreamSlot::Parked(s),
-            None => StreamSlot::None,
-        };
+        let waiting = stream.returned(chunk.stream, chunk.waiting);
         self.exchange.body_bytes += chunk.payload;
-        self.out.push(Piece::Owned(chunk.data));
+        if !chunk.data.is_empty() {
+            self.out.push(Piece::Owned(chunk.data));
+        }
         self.close_after |= chunk.close;
+        // The client may have gone while the chunk was polled (its readable event came and
+        // went): look once, so a waiting stream of a closed connection is dropped now.
+        match self.flush(h) {
+            Step::Open if waiting => self.watch_input(h),
+            step => step,
+        }
+    }
+
+    /// A waiting stream's plugin woke it: pull it again (when the write queue allows).
+    pub fn on_stream_ready(&mut self, h: &mut impl Handler) -> Step {
+        let Phase::Writing { stream, .. } = &mut self.phase else { return Step::Open };
+        stream.woken();
         self.flush(h)
+    }
+
+    /// While a stream waits for its plugin: a client that closes its side (EOF) or resets is
+    /// gone, and the stream is dropped (as nginx does for a response it waits on). Pipelined
+    /// bytes are kept for the next request, up to [`READ_SHARE`].
+    fn watch_input(&mut self, h: &mut impl Handler) -> Step {
+        if self.rbuf.len() < READ_SHARE && (matches!(self.read_socket(h), ReadOutcome::Failed) || self.eof) {
+            tracing::debug!(peer = %self.peer.remote, "client gone while its stream waited; closing");
+            return self.close(h);
+        }
+        Step::Open
     }
 
     /// The application started reading a streamed body sent with `Expect: 100-continue`:
@@ -461,7 +483,7 @@ impl<S: Transport> Conn<S> {
         }
         self.drop_pending();
         if let Phase::Writing { stream, .. } = &mut self.phase
-            && let StreamSlot::Parked(s) = std::mem::replace(stream, StreamSlot::None)
+            && let Some(s) = stream.take_to_close()
         {
             h.submit(Job::Close(s));
         }
@@ -663,7 +685,7 @@ impl<S: Transport> Conn<S> {
     /// Queues a response (and parks its stream) and writes what the socket takes.
     fn start_writing(&mut self, p: Prepared, stream: Option<Box<StreamState>>, h: &mut impl Handler) -> Step {
         let body = self.phase.take_body();
-        let stream = stream.map_or(StreamSlot::None, StreamSlot::Parked);
+        let stream = StreamSlot::new(stream);
         self.phase = Phase::Writing { body, stream };
         self.exchange.status = p.status;
         self.exchange.body_bytes = p.body_len;
@@ -699,8 +721,7 @@ impl<S: Transport> Conn<S> {
         }
         if self.out.memory() < WRITE_HIGH_WATER
             && let Phase::Writing { stream, .. } = &mut self.phase
-            && matches!(stream, StreamSlot::Parked(_))
-            && let StreamSlot::Parked(s) = std::mem::replace(stream, StreamSlot::Pulling)
+            && let Some(s) = stream.take_for_pull()
         {
             h.submit(Job::Pull(self.id, s));
         }
@@ -709,7 +730,7 @@ impl<S: Transport> Conn<S> {
 
     /// If the response is completely written: logs it, then closes or goes back to `Head`.
     fn finish(&mut self, h: &mut impl Handler) -> Step {
-        let done = matches!(self.phase, Phase::Writing { stream: StreamSlot::None, .. }) && self.out.is_empty();
+        let done = matches!(&self.phase, Phase::Writing { stream, .. } if stream.is_none()) && self.out.is_empty();
         if !done {
             return Step::Open;
         }
@@ -1175,12 +1196,18 @@ mod tests {
         // (A stream needs a loaded plugin; the stream plugin's tests over sockets cover pulls.)
         let head = ResponseHead::new(200).framing(ResponseFraming::Chunked);
         let prepared = Response { head, body: Vec::new() }.prepare(Version::Http11, false, false);
-        conn.phase = Phase::Writing { body: None, stream: StreamSlot::Pulling };
+        conn.phase = Phase::Writing { body: None, stream: StreamSlot::Pulling { woken: false } };
         conn.exchange.status = prepared.status;
         conn.out.push(Piece::Owned(prepared.head));
         assert_eq!(counts(&conn).writing, 1, "a stream being pulled: still writing");
-        let last =
-            Chunk { conn: conn.id(), data: b"1\r\na\r\n0\r\n\r\n".to_vec(), payload: 1, stream: None, close: false };
+        let last = Chunk {
+            conn: conn.id(),
+            data: b"1\r\na\r\n0\r\n\r\n".to_vec(),
+            payload: 1,
+            stream: None,
+            close: false,
+            waiting: false,
+        };
         assert_eq!(conn.on_chunk(last, &mut h), Step::Open);
         let (head, _) = response(&mut client);
         assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");

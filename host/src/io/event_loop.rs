@@ -339,7 +339,8 @@ impl EventLoop {
                 }
                 Completion::Continue(id) if self.live(id) => self.with_conn(id.token, |c, h| c.on_continue(h)),
                 Completion::ResumeRead(id) if self.live(id) => self.with_conn(id.token, |c, h| c.on_resume(h)),
-                Completion::Continue(_) | Completion::ResumeRead(_) => {}
+                Completion::StreamReady(id) if self.live(id) => self.with_conn(id.token, |c, h| c.on_stream_ready(h)),
+                Completion::Continue(_) | Completion::ResumeRead(_) | Completion::StreamReady(_) => {}
                 Completion::Adopt(a) => {
                     let Adopted { sock, remote, local, .. } = *a;
                     self.adopt(sock, remote, local);

@@ -189,6 +189,8 @@ pub struct LoopConns {
     pub processing: AtomicUsize,
     /// Sending a response.
     pub writing: AtomicUsize,
+    /// A streamed response paused until its application has more (no worker holds it).
+    pub paused: AtomicUsize,
     /// Lingering close: the response is out, the client's leftover input is being drained.
     pub closing: AtomicUsize,
 }
@@ -206,6 +208,9 @@ pub struct ConnCounts {
     pub processing: usize,
     /// Sending a response.
     pub writing: usize,
+    /// A streamed response paused until its application has more (a push stream that
+    /// answered "not ready": no worker holds it).
+    pub paused: usize,
     /// Closing (lingering).
     pub closing: usize,
 }
@@ -218,6 +223,7 @@ impl LoopConns {
         self.reading.store(c.reading, Ordering::Relaxed);
         self.processing.store(c.processing, Ordering::Relaxed);
         self.writing.store(c.writing, Ordering::Relaxed);
+        self.paused.store(c.paused, Ordering::Relaxed);
         self.closing.store(c.closing, Ordering::Relaxed);
     }
 }
@@ -343,6 +349,7 @@ impl Stats {
             c.reading += l.reading.load(Ordering::Relaxed);
             c.processing += l.processing.load(Ordering::Relaxed);
             c.writing += l.writing.load(Ordering::Relaxed);
+            c.paused += l.paused.load(Ordering::Relaxed);
             c.closing += l.closing.load(Ordering::Relaxed);
         }
         c

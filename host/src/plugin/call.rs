@@ -10,7 +10,7 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::{RMut, RRef};
 use abi_stable::std_types::{ROption, RResult, RSlice, RSliceMut, RStr, RString};
 use portico_api::abi::{
-    Body, Environ, ErrorStream, ErrorStream_TO, Field, Input, Input_TO, NextApplication, NextApplication_TO,
+    Body, Body_NE, Environ, ErrorStream, ErrorStream_TO, Field, Input, Input_TO, NextApplication, NextApplication_TO,
     StartResponse, StartResponse_TO,
 };
 
@@ -155,8 +155,9 @@ pub struct CallInfo<'a> {
 pub struct AppOutcome {
     /// The start_response state.
     pub start: HostStartResponse,
-    /// The body it returned.
-    pub body: Body,
+    /// The body it returned, as it crossed the boundary (a variant newer than the host's
+    /// `portico-api` is possible: see `crate::worker::respond`).
+    pub body: Body_NE,
     /// Whether reading the body failed (client gone or timed out).
     pub input_failed: bool,
 }
@@ -205,7 +206,7 @@ struct HostNext<'p> {
 }
 
 impl NextApplication for HostNext<'_> {
-    fn call(&self, environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> Body {
+    fn call(&self, environ: &mut Environ<'_>, start_response: StartResponse_TO<'_, RMut<'_, ()>>) -> Body_NE {
         run_pipeline(self.middleware, self.app, environ, start_response)
     }
 }
@@ -218,7 +219,7 @@ fn run_pipeline(
     app: Final<'_>,
     environ: &mut Environ<'_>,
     start_response: StartResponse_TO<'_, RMut<'_, ()>>,
-) -> Body {
+) -> Body_NE {
     match middleware.split_first() {
         Some((first, rest)) => match first.module.middleware() {
             ROption::RSome(entry) => {
@@ -230,7 +231,7 @@ fn run_pipeline(
             ROption::RNone => {
                 tracing::error!(plugin = %first.name, "plugin {} has no middleware entry point; answering 500", first.name);
                 let _ = (rest, environ, start_response);
-                Body::Empty
+                Body_NE::new(Body::Empty)
             }
         },
         None => match app {
@@ -238,13 +239,14 @@ fn run_pipeline(
             // Host code called from inside a plugin (through HostNext): a panic must not unwind
             // into it. Caught, it leaves start_response uncalled, so the worker answers 500.
             Final::Docroot { statics, head, path, allowed } => {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     crate::static_files::app::call(statics, head, path, allowed, start_response)
                 }))
                 .unwrap_or_else(|_| {
                     tracing::error!("static files behind middleware panicked; answering 500");
                     Body::Empty
-                })
+                });
+                Body_NE::new(body)
             }
         },
     }

@@ -9,11 +9,12 @@
 //!    glibc returns the already-loaded library for a path (or inode) it has seen, so reloading
 //!    "the same file" needs a new path; and the server never maps a file someone may
 //!    overwrite in place (that crashed the host in the research prototype).
-//! 4. `dlopen` the copy and check its root module with abi_stable
-//!    (`lib_header_from_path` + `init_root_module`: `RootModule::load_from_file` caches one
-//!    module per type for the whole process and would return the first plugin for every file).
-//!    abi_stable checks the `portico-api` version (semver) and every type layout reachable
-//!    from the root module.
+//! 4. `dlopen` the copy and check its root module (`lib_header_from_path`, then
+//!    `portico_api::compat::init_root_module`: `RootModule::load_from_file` caches one module
+//!    per type for the whole process and would return the first plugin for every file). The
+//!    check covers the `portico-api` version (same 0.minor) and every type layout reachable
+//!    from the root module, in both directions of growth: a plugin built against an earlier
+//!    0.2.x is checked as a prefix of ours, a later one as an extension (see that module).
 //! 5. Refuse plugins built with `panic = "abort"`.
 //! 6. Unlink the copy (its mapping stays valid).
 //!
@@ -21,7 +22,8 @@
 //!
 //! The host crate is `#![forbid(unsafe_code)]`: the unsafety of `dlopen` (running the
 //! library's initializers, trusting its symbols) is inside abi_stable's
-//! `lib_header_from_path`, which checks the root module's layout before handing it out.
+//! `lib_header_from_path`, and the unchecked initialization after the swapped layout check is
+//! inside `portico_api::compat`, next to the types whose growth it relies on.
 //! What no check can catch is a plugin's own memory-unsafe code.
 
 use std::fs;
@@ -216,6 +218,16 @@ fn summarize(report: &str) -> String {
             para.push_str(next);
             lines.next();
         }
+        // The nesting count that follows ("0 error(s)inside: <other>") differs per type.
+        if let Some(at) = para.find(" error(s)inside") {
+            para.truncate(para[..at].rfind(' ').unwrap_or(at));
+        }
+        // A version mismatch, reported once per type: said once, as for the root module.
+        if let Some(versions) = para.strip_prefix("incompatible package versions Expected: ")
+            && let Some((expected, found_version)) = versions.split_once(" Found: ")
+        {
+            para = format!("expected portico-api {expected}, found {found_version}");
+        }
         if !found.contains(&para) {
             found.push(para);
         }
@@ -271,7 +283,7 @@ pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64, config
         fs::OpenOptions::new().write(true).create_new(true).open(&copy).map_err(io("create private copy"))?;
     std::io::Write::write_all(&mut file, &data).map_err(io("write private copy"))?;
     drop(file);
-    let loaded = lib_header_from_path(&copy).and_then(|header| header.init_root_module::<PluginMod_Ref>());
+    let loaded = lib_header_from_path(&copy).and_then(portico_api::compat::init_root_module);
     // The mapping outlives the path; the copy's disk space is held until exit.
     if let Err(e) = fs::remove_file(&copy) {
         tracing::warn!(file = %copy.display(), "could not remove the private copy: {e}");

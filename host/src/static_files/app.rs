@@ -7,7 +7,9 @@
 //! to `start_response` and the body the way a plugin would: the status and the
 //! representation's fields (validators, ranges, `Content-Encoding`, `Vary`, `Content-Length`
 //! …; `Date`, `Server` and `Connection` stay the host's), and the body as bytes (up to
-//! [`INLINE_BODY`]) or as a stream that reads the file in [`CHUNK`]-byte pieces. Conditional
+//! [`INLINE_BODY`]), as a file body sent with `sendfile(2)` (one range of one file: the common
+//! case, zero-copy behind middleware too), or as a stream that reads the file in
+//! [`CHUNK`]-byte pieces (a `multipart/byteranges` answer). Conditional
 //! requests, ranges and precompressed siblings behave exactly as without the mount.
 
 use std::fs::File;
@@ -18,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::RMut;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
-use portico_api::abi::{Body, BodyStream, BodyStream_TO, Field, StartResponse_TO};
+use portico_api::abi::{Body, BodyStream, BodyStream_TO, Chunk, Chunk_NE, Field, FileBody, StartResponse_TO, Waker};
 
 use super::StaticFiles;
 use crate::http::outgoing::{Piece, Response};
@@ -75,6 +77,13 @@ pub fn call(
         }
         return Body::Bytes(RVec::from(bytes));
     }
+    if let [Piece::File { file, offset, len }] = body.as_slice() {
+        // A descriptor of its own: the body owns it, the cache keeps its `File`.
+        match file.try_clone() {
+            Ok(own) => return Body::File(FileBody::new(own, *offset, *len)),
+            Err(e) => tracing::warn!("static files behind middleware: dup of an open file failed ({e}); streaming it"),
+        }
+    }
     Body::Stream(BodyStream_TO::from_value(FileStream { pieces: body.into_iter().collect(), pos: 0 }, TD_Opaque))
 }
 
@@ -98,8 +107,9 @@ struct FileStream {
 }
 
 impl BodyStream for FileStream {
-    fn next_chunk(&mut self) -> RResult<ROption<RVec<u8>>, RString> {
-        let Some(front) = self.pieces.front() else { return RResult::ROk(ROption::RNone) };
+    fn poll_chunk(&mut self, _waker: &Waker) -> RResult<Chunk_NE, RString> {
+        let data = |bytes: Vec<u8>| RResult::ROk(Chunk_NE::new(Chunk::Data(RVec::from(bytes))));
+        let Some(front) = self.pieces.front() else { return RResult::ROk(Chunk_NE::new(Chunk::End)) };
         let chunk = match front {
             Piece::File { file, offset, len } => {
                 let n = (len - self.pos).min(CHUNK as u64) as usize;
@@ -107,7 +117,7 @@ impl BodyStream for FileStream {
                     Ok(buf) => {
                         self.pos += n as u64;
                         if self.pos < *len {
-                            return RResult::ROk(ROption::RSome(RVec::from(buf)));
+                            return data(buf);
                         }
                         buf
                     }
@@ -118,7 +128,7 @@ impl BodyStream for FileStream {
         };
         self.pieces.pop_front();
         self.pos = 0;
-        RResult::ROk(ROption::RSome(RVec::from(chunk)))
+        data(chunk)
     }
 }
 

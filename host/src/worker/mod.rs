@@ -181,7 +181,7 @@ fn run_call(job: Box<CallJob>, shared: &Shared, slot: &Slot, counters: &mut Work
     let plugin = job.route.named().map(|p| counters.get(&shared.stats, p));
     let in_flight = plugin.map(|p| p.start());
     let started = Instant::now();
-    let reply = respond::run_call(*job, &shared.docroot, &shared.shutting_down);
+    let reply = respond::run_call(*job, &shared.docroot, &shared.shutting_down, &shared.notifier);
     if !slot.end() {
         // Cut off by the watchdog: the client has its 504, the slot went on.
         drop(reply);

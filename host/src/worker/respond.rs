@@ -10,18 +10,25 @@
 //! - Bytes: `Content-Length` is the application's, else their length. Longer than its
 //!   `Content-Length`: cut and the connection closed; shorter: sent and the connection closed
 //!   (the client sees a short body). Both logged.
+//! - A file (`Body::File`): as bytes, its length being the file body's; sent with
+//!   `sendfile(2)` by the event loop.
 //! - A stream: `Content-Length` if given, else chunked (HTTP/1.1) or close-delimited
-//!   (HTTP/1.0); chunks are framed by the stream's [`Encoder`].
+//!   (HTTP/1.0); chunks are framed by the stream's [`Encoder`]. A poll that answers `Pending`
+//!   hands the stream back to its connection, which holds it without a worker until the
+//!   plugin wakes it (`crate::exchange::stream_wake`).
+//! - A body of a kind this host does not know (a `NonExhaustive` variant added after the
+//!   host's `portico-api`, from a newer plugin): 500, logged; a chunk of an unknown kind ends
+//!   the response (the connection is closed).
 //! - Keep-alive only if the request's whole body was read off the socket (RFC 9112 §9.6 lets
 //!   us close instead of draining) and the server is not shutting down.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use abi_stable::std_types::{ROption, RResult};
-use portico_api::abi::Body;
+use abi_stable::std_types::RResult;
+use portico_api::abi::{self, Body};
 
-use crate::exchange::{CallJob, Chunk, ConnId, Reply, StreamState};
+use crate::exchange::{CallJob, Chunk, ConnId, Notifier, Reply, StreamState};
 use crate::http::encode::{Encoder, Ending};
 use crate::http::outgoing::{Piece, Response};
 use crate::http::request::Version;
@@ -30,8 +37,9 @@ use crate::plugin::call::{self, CallInfo, Final};
 use crate::routing::Target;
 use crate::static_files::StaticFiles;
 
-/// Runs the application of `job` and turns its answer into a [`Reply`].
-pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &AtomicBool) -> Reply {
+/// Runs the application of `job` and turns its answer into a [`Reply`]; a streamed body's
+/// wakes go through `notifier`.
+pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &AtomicBool, notifier: &Notifier) -> Reply {
     let CallJob { conn, route, head, peer, mut body } = job;
     let info = CallInfo { script_name: &route.script_name, path_info: &route.path_info, peer: &peer };
     let Some(named) = route.named() else {
@@ -71,12 +79,27 @@ pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &Atom
             return Reply { conn, prepared, stream: None };
         }
     };
+    let name = &named.name;
+    let body = match outcome.body.into_enum() {
+        Ok(body) => body,
+        Err(unknown) => {
+            let kind = unknown.non_exhaustive.get_discriminant();
+            drop(unknown); // through the plugin's own vtable
+            tracing::error!(
+                plugin = %name,
+                "plugin {name}: returned a body of a kind (discriminant {kind}) this server's portico-api {} does not \
+                 know (built against a newer one?); answered 500",
+                portico_api::abi::VERSION
+            );
+            let prepared = Response::error(500).prepare(version, close, head_request);
+            return Reply { conn, prepared, stream: None };
+        }
+    };
     let declared = start.content_length;
     let no_body = bodiless(answer.code, head_request);
-    let name = &named.name;
     let mut pieces = Vec::new();
     let mut stream = None;
-    answer.framing = match outcome.body {
+    answer.framing = match body {
         Body::Stream(s) if !no_body => {
             let framing = match (declared, version) {
                 (Some(len), _) => Framing::Length(len),
@@ -87,7 +110,8 @@ pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &Atom
                 drop(s);
             } else {
                 let (plugin, app) = (Arc::clone(named), Arc::clone(&route.app));
-                stream = Some(Box::new(StreamState { stream: s, plugin, app, encoder: Encoder::new(framing) }));
+                let state = StreamState::new(s, plugin, app, Encoder::new(framing), conn, notifier.clone());
+                stream = Some(Box::new(state));
             }
             framing
         }
@@ -103,10 +127,14 @@ pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &Atom
             }
             Framing::Length(declared.unwrap_or(0))
         }
-        body @ (Body::Bytes(_) | Body::Static(_)) => {
+        body @ (Body::Bytes(_) | Body::Static(_) | Body::File(_)) => {
             let piece = match body {
                 Body::Bytes(v) => Piece::Plugin(v),
                 Body::Static(s) => Piece::Static(s.as_slice()),
+                Body::File(f) => {
+                    let (offset, len) = (f.offset(), f.len());
+                    Piece::File { file: Arc::new(f.into_file()), offset, len }
+                }
                 _ => unreachable!("matched above"),
             };
             let len = piece.len();
@@ -119,8 +147,10 @@ pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &Atom
                 Some(cl) if cl < len => {
                     tracing::warn!(plugin = %name, "plugin {name}: body of {len} bytes longer than its Content-Length {cl}; cut and closing");
                     close = true;
-                    let bytes = piece.bytes().unwrap_or_default();
-                    pieces.push(Piece::Owned(bytes[..cl as usize].to_vec()));
+                    pieces.push(match piece {
+                        Piece::File { file, offset, .. } => Piece::File { file, offset, len: cl },
+                        other => Piece::Owned(other.bytes().unwrap_or_default()[..cl as usize].to_vec()),
+                    });
                     Framing::Length(cl)
                 }
                 Some(cl) => {
@@ -137,18 +167,39 @@ pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &Atom
                 }
             }
         }
+        // A variant added to the ABI after this match was written: into_enum above already
+        // refused what this host's portico-api does not know, so this is a host bug.
+        other => {
+            drop(other);
+            tracing::error!(plugin = %name, "plugin {name}: a body kind this server does not handle; answered 500");
+            let prepared = Response::error(500).prepare(version, close, head_request);
+            return Reply { conn, prepared, stream: None };
+        }
     };
     let prepared = Response { head: answer, body: pieces }.prepare(version, close, head_request);
     Reply { conn, prepared, stream }
 }
 
-/// Pulls the next chunk of a streamed body (empty chunks are skipped, up to 64 of them).
+/// Polls a streamed body for its next chunk (empty chunks are skipped, up to 64 of them).
+/// A `Pending` answer hands the stream back marked `waiting`, unless the plugin woke it during
+/// the poll: then it is handed back ready, and the connection asks for the next pull.
 pub fn pull(conn: ConnId, mut st: Box<StreamState>) -> Chunk {
     let mut data = Vec::new();
     for _ in 0..64 {
-        match st.stream.next_chunk() {
-            RResult::ROk(ROption::RSome(chunk)) if chunk.is_empty() => continue,
-            RResult::ROk(ROption::RSome(chunk)) => {
+        st.wake.begin_poll();
+        let polled = match st.stream.poll_chunk(&st.waker) {
+            RResult::ROk(chunk) => chunk.into_enum(),
+            RResult::RErr(e) => {
+                st.wake.polled();
+                let name = &st.plugin.name;
+                tracing::error!(plugin = %name, "plugin {name}: {e}; response cut short, closing the connection");
+                return Chunk { conn, data, payload: 0, stream: None, close: true, waiting: false };
+            }
+        };
+        match polled {
+            Ok(abi::Chunk::Data(chunk)) if chunk.is_empty() => continue,
+            Ok(abi::Chunk::Data(chunk)) => {
+                st.wake.polled();
                 let e = st.encoder.encode(chunk.as_slice(), &mut data);
                 if e.cut {
                     let name = &st.plugin.name;
@@ -157,9 +208,13 @@ pub fn pull(conn: ConnId, mut st: Box<StreamState>) -> Chunk {
                 // Done (cut, or every promised byte sent): the stream is dropped here, on the
                 // worker.
                 let stream = (!e.cut && !e.complete).then_some(st);
-                return Chunk { conn, data, payload: e.payload, stream, close: e.cut };
+                return Chunk { conn, data, payload: e.payload, stream, close: e.cut, waiting: false };
             }
-            RResult::ROk(ROption::RNone) => {
+            Ok(abi::Chunk::Pending) => {
+                let waiting = st.wake.park();
+                return Chunk { conn, data, payload: 0, stream: Some(st), close: false, waiting };
+            }
+            Ok(abi::Chunk::End) => {
                 let close = match st.encoder.finish(&mut data) {
                     Ending::Clean => false,
                     Ending::Close => true,
@@ -169,14 +224,20 @@ pub fn pull(conn: ConnId, mut st: Box<StreamState>) -> Chunk {
                         true
                     }
                 };
-                return Chunk { conn, data, payload: 0, stream: None, close };
+                return Chunk { conn, data, payload: 0, stream: None, close, waiting: false };
             }
-            RResult::RErr(e) => {
+            Ok(_) | Err(_) => {
                 let name = &st.plugin.name;
-                tracing::error!(plugin = %name, "plugin {name}: {e}; response cut short, closing the connection");
-                return Chunk { conn, data, payload: 0, stream: None, close: true };
+                tracing::error!(
+                    plugin = %name,
+                    "plugin {name}: a body chunk of a kind this server's portico-api {} does not know; response cut \
+                     short, closing the connection",
+                    portico_api::abi::VERSION
+                );
+                return Chunk { conn, data, payload: 0, stream: None, close: true, waiting: false };
             }
         }
     }
-    Chunk { conn, data, payload: 0, stream: Some(st), close: false }
+    st.wake.polled();
+    Chunk { conn, data, payload: 0, stream: Some(st), close: false, waiting: false }
 }

@@ -130,7 +130,8 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Opti
                 stopped
             }
             Kind::Pull => {
-                let chunk = Chunk { conn: e.conn, data: Vec::new(), payload: 0, stream: None, close: true };
+                let chunk =
+                    Chunk { conn: e.conn, data: Vec::new(), payload: 0, stream: None, close: true, waiting: false };
                 notifier.notify(Completion::Chunk(Box::new(chunk)));
                 tracing::error!(
                     app = %name,
