@@ -1,9 +1,15 @@
 //! Slow and idle clients for `scripts/slowloris`, in one mio thread so the attacker itself
 //! costs little CPU (the measurement is about the server, on a 2-core machine).
 //!
-//! `attackers PORT SLOW IDLE SECONDS` (127.0.0.1 only; at most 300 s):
-//! - SLOW connections send a request line, then one header byte a second (start times spread
-//!   over a second), never finishing the head; they reconnect when the server closes them.
+//! `attackers PORT SLOW IDLE SECONDS [MODE]` (127.0.0.1 only; at most 300 s). The SLOW
+//! connections (start times spread over a second; each reconnects when the server closes it)
+//! depend on MODE:
+//! - `head` (the default, slowloris): a request line, then one header byte a second, never
+//!   finishing the head.
+//! - `body` (a slow upload): a whole head for `POST /echo.py` with `Content-Length: 1000000`,
+//!   then one body byte a second.
+//! - `stream` (a waiting stream): `GET /stream.py?n=100000&delay_ms=10000`, whose chunks come
+//!   10 s apart, read as they come (server-sent events, long polling).
 //! - IDLE connections (connects spread over 5 s) send one keep-alive request, read the
 //!   answer, then sit idle; they reconnect when the server closes them.
 //!
@@ -16,6 +22,25 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+
+/// What the SLOW connections do.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Head,
+    Body,
+    Stream,
+}
+
+impl Mode {
+    /// The first bytes a slow connection sends.
+    fn first(self) -> &'static [u8] {
+        match self {
+            Mode::Head => b"GET /hello.py HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ",
+            Mode::Body => b"POST /echo.py HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n",
+            Mode::Stream => b"GET /stream.py?n=100000&delay_ms=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        }
+    }
+}
 
 #[derive(PartialEq)]
 enum Kind {
@@ -36,6 +61,12 @@ fn main() {
     let addr: SocketAddr = format!("127.0.0.1:{}", num(1, 8000)).parse().expect("port");
     let (slow, idle) = (num(2, 1000) as usize, num(3, 1000) as usize);
     let deadline = Instant::now() + Duration::from_secs(num(4, 30).min(300));
+    let mode = match args.get(5).map(String::as_str) {
+        None | Some("head") => Mode::Head,
+        Some("body") => Mode::Body,
+        Some("stream") => Mode::Stream,
+        Some(other) => panic!("MODE is head, body or stream, not {other}"),
+    };
     let mut poll = Poll::new().expect("poll");
     let start = Instant::now();
     let mut clients: Vec<Client> = (0..slow + idle)
@@ -68,10 +99,9 @@ fn main() {
                     c.next_at = now + Duration::from_millis(50); // let the connect finish
                 }
                 (Some(s), Kind::Slow) => {
-                    let first: &[u8] = b"GET /hello.py HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
-                    let msg = if c.answered { &b"a"[..] } else { first };
+                    let msg = if c.answered { &b"a"[..] } else { mode.first() };
                     match s.write(msg) {
-                        Ok(_) => c.answered = true, // for a slow client: the head has started
+                        Ok(_) => c.answered = true, // for a slow client: the request has started
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                         Err(_) => {
                             let _ = poll.registry().deregister(s);
@@ -79,7 +109,9 @@ fn main() {
                             reconnect_slow += 1;
                         }
                     }
-                    c.next_at = now + Duration::from_secs(1);
+                    // A waiting stream sends nothing more: it reads what comes.
+                    let sent_all = mode == Mode::Stream && c.answered;
+                    c.next_at = if sent_all { deadline } else { now + Duration::from_secs(1) };
                 }
                 (Some(s), Kind::Idle) => {
                     if !c.answered {

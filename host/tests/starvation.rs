@@ -276,3 +276,36 @@ fn a_push_stream_resumes_when_its_timer_wakes_it() {
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(3), "three 150 ms waits took {took:?}");
 }
+
+#[test]
+fn a_client_that_leaves_the_queue_takes_its_call_with_it() {
+    let dir = support::TempDir::new("portico-starvation");
+    let config = dir.path().join("portico.toml");
+    support::install_bytes(
+        b"[[mount]]\nprefix = \"/f\"\napp = \"fixture\"\nmax_concurrency = 1\nqueue = 10\n",
+        &config,
+    );
+    let server = Server::builder().plugins(&["fixture"]).args(["--config".as_ref(), config.as_os_str()]).start();
+    let addr = server.addr();
+    let running = std::thread::spawn(move || support::get(addr, "/f/slow?ms=3000"));
+    std::thread::sleep(Duration::from_millis(300));
+    let waiting: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(b"GET /f/version HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+            s
+        })
+        .collect();
+    let queued = support::poll_until(Duration::from_secs(2), Duration::from_millis(20), || {
+        (u(&app(&status(&server), "/f")["waiting"]) == 5).then_some(())
+    });
+    assert!(queued.is_some(), "five calls should wait: {:#}", status(&server));
+    // They close while the first call still runs: their calls leave the queue at once (their
+    // heads and bodies are freed), long before a slot would have come.
+    drop(waiting);
+    let left = support::poll_until(Duration::from_secs(2), Duration::from_millis(20), || {
+        (u(&app(&status(&server), "/f")["waiting"]) == 0).then_some(())
+    });
+    assert!(left.is_some(), "closed clients' calls stay queued: {:#}", status(&server));
+    assert_eq!(running.join().expect("running").status, 200);
+}

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::Transport;
 use super::body::{BodyIn, Fed};
+use super::read_buf::{self, READ_CHUNK};
 use super::stream_slot::StreamSlot;
 use super::write::{Flushed, WriteQueue};
 use crate::access_log::{self, Access};
@@ -42,10 +43,6 @@ use crate::metrics::counters::ConnCounts;
 use crate::routing::App;
 use crate::settings::Config;
 
-/// Most bytes the read buffer grows by for one `read` call. 16 KiB.
-const READ_CHUNK: usize = 16 * 1024;
-/// Spare room below which the read buffer grows before a `read`. 1 KiB.
-const READ_MIN: usize = 1024;
 /// Bytes read and dropped per `read` while lingering. 4 KiB.
 const DISCARD_CHUNK: usize = 4 * 1024;
 /// Bytes buffered before a read turn yields to other connections. 128 KiB.
@@ -275,10 +272,10 @@ impl<S: Transport> Conn<S> {
     /// The socket is readable (or closed, or in error): makes all the progress the input
     /// allows — parse heads, feed bodies, start requests.
     pub fn on_readable(&mut self, h: &mut impl Handler) -> Step {
-        if let Phase::Writing { body: None, stream } = &self.phase
-            && stream.is_waiting()
-        {
-            return self.watch_input(h);
+        match &self.phase {
+            Phase::Writing { body: None, stream } if stream.is_waiting() => return self.watch_input(h),
+            Phase::Request { body: None, queued: Some(_), .. } => return self.watch_input(h),
+            _ => {}
         }
         for _ in 0..PUMP_ROUNDS {
             match &mut self.phase {
@@ -380,12 +377,12 @@ impl<S: Transport> Conn<S> {
         self.flush(h)
     }
 
-    /// While a stream waits for its plugin: a client that closes its side (EOF) or resets is
-    /// gone, and the stream is dropped (as nginx does for a response it waits on). Pipelined
-    /// bytes are kept for the next request, up to [`READ_SHARE`].
+    /// While a stream waits for its plugin, or a request in its application's queue: a client
+    /// that closes its side (EOF) or resets is gone, and the stream or the queued call is
+    /// dropped (nginx's client abort, 499). Pipelined bytes are kept, up to [`READ_SHARE`].
     fn watch_input(&mut self, h: &mut impl Handler) -> Step {
         if self.rbuf.len() < READ_SHARE && (matches!(self.read_socket(h), ReadOutcome::Failed) || self.eof) {
-            tracing::debug!(peer = %self.peer.remote, "client gone while its stream waited; closing");
+            tracing::debug!(peer = %self.peer.remote, "client gone while its response waited; closing");
             return self.close(h);
         }
         Step::Open
@@ -498,25 +495,7 @@ impl<S: Transport> Conn<S> {
     fn read_socket(&mut self, h: &mut impl Handler) -> ReadOutcome {
         let mut progress = false;
         loop {
-            // Into spare room that is never cleared first (a 16 KiB stack buffer cleared per
-            // read was most of a small request's instructions, measured with callgrind). An
-            // empty buffer reads into the loop's scratch and keeps only what came, so an idle
-            // connection holds no buffer and a read that finds nothing allocates nothing.
-            let read = if self.rbuf.is_empty() {
-                let scratch = h.scratch();
-                scratch.clear();
-                let n = self.sock.read_into(scratch);
-                if let Ok(n) = n {
-                    self.rbuf.extend_from_slice(&scratch[..n]);
-                }
-                n
-            } else {
-                if self.rbuf.capacity() - self.rbuf.len() < READ_MIN {
-                    self.rbuf.reserve(self.rbuf.len().clamp(4 * READ_MIN, READ_CHUNK));
-                }
-                self.sock.read_into(&mut self.rbuf)
-            };
-            match read {
+            match read_buf::read_once(&self.sock, &mut self.rbuf, h.scratch()) {
                 Ok(0) => {
                     self.eof = true;
                     return ReadOutcome::Progress;
@@ -615,6 +594,9 @@ impl<S: Transport> Conn<S> {
     /// a slot, into the gate's queue if not (a worker of the application runs it when one is
     /// free), or refused with 503 when the queue is full.
     fn dispatch(&mut self, job: Box<CallJob>, h: &mut impl Handler) -> Step {
+        if self.phase.body().is_none() {
+            read_buf::release(&mut self.rbuf); // the request is whole: keep only what is next
+        }
         let app = Arc::clone(&job.route.app);
         match h.admit(job) {
             Admission::Sent => Step::Open,

@@ -6,6 +6,7 @@
 //! | [`balance`] | placing each accepted connection on the least-loaded event loop; the `--max-connections` count |
 //! | [`dispatch`] | what answers a parsed request: a static file, an admin page or a server-made answer here, or a job for a worker |
 //! | [`conn`] | the per-connection state machine (HTTP/1.1 keep-alive, pipelining, request bodies, 100-continue, lingering close, timeouts) |
+//! | [`read_buf`] | a connection's read buffer: growing for a read, shrinking once a request is whole |
 //! | [`stream_slot`] | where a streamed response body is between pulls: parked, waiting for its plugin's wake, or with a worker |
 //! | [`write`](mod@write) | a connection's write queue: `writev` of in-memory pieces, `sendfile` of file pieces |
 //!
@@ -24,6 +25,7 @@ pub mod body;
 pub mod conn;
 pub mod dispatch;
 pub mod event_loop;
+pub mod read_buf;
 pub mod stream_slot;
 pub mod write;
 
