@@ -309,3 +309,27 @@ fn a_client_that_leaves_the_queue_takes_its_call_with_it() {
     assert!(left.is_some(), "closed clients' calls stay queued: {:#}", status(&server));
     assert_eq!(running.join().expect("running").status, 200);
 }
+
+#[test]
+fn a_stream_pull_past_its_deadline_closes_the_connection_and_the_pool_keeps_its_size() {
+    // The deadline covers each pull of a streamed body, not the stream's whole life: chunks
+    // 300 ms apart stream past a 1 s deadline; one pull of 3 s is cut off.
+    let server =
+        Server::builder().plugins(&["fixture", "hello"]).args(["--threads", "2", "--app-timeout", "1"]).start();
+    let r = server.get("/fixture.py/slow-stream?n=5&ms=300");
+    assert_eq!((r.status, r.text().lines().count()), (200, 5), "a 1.5 s stream of short pulls: {}", r.summary());
+    let started = Instant::now();
+    let mut sock = TcpStream::connect(server.addr()).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    sock.write_all(b"GET /fixture.py/slow-stream?n=3&ms=3000 HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "the body must be cut short, not ended: {text}");
+    assert!(took >= Duration::from_millis(950) && took < Duration::from_millis(2500), "closed after {took:?}");
+    server.wait_for_log("next chunk took more than 1 s", Duration::from_secs(5));
+    assert_eq!(u(&status(&server)["workers"]["threads"]), 2, "the stuck thread was replaced");
+    assert_eq!(server.get("/hello.py").status, 200);
+}
