@@ -55,6 +55,8 @@ ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1; then
         die "cargo not found. Portico needs a Rust toolchain (rust-version in Cargo.toml): install it with rustup (https://rustup.rs), then open a new shell or run 'source ~/.cargo/env'."
     fi
+    # The host's allocator (tikv-jemalloc-sys) builds jemalloc from C: a C compiler and make.
+    ensure_apt gcc make
 }
 
 # ensure_rust_components COMPONENT...: rustfmt / clippy, added with rustup when missing.
