@@ -17,6 +17,8 @@ use crate::settings::Config;
 pub struct BodyIn {
     decoder: Decoder,
     sink: Sink,
+    /// Decoded bytes of one `feed`, reused from feed to feed for a spooled body.
+    decoded: Vec<u8>,
     /// Bytes on the wire so far, framing included.
     received: u64,
     /// When the client began sending it (or was told to, with a `100 Continue`).
@@ -28,11 +30,7 @@ enum Sink {
     /// Request buffering: collected here; the application is called once it is whole.
     Spool(Spool),
     /// Streamed: pushed to the running application's pipe.
-    Pipe {
-        pipe: Arc<BodyPipe>,
-        /// The client waits for a `100 Continue` (sent on the application's first read).
-        expect_continue: bool,
-    },
+    Pipe(Arc<BodyPipe>),
 }
 
 /// What [`BodyIn::feed`] did.
@@ -43,19 +41,19 @@ pub struct Fed {
     /// The body is complete.
     pub done: bool,
     /// The application may be called now: a buffered body is whole; a streamed one has its
-    /// first `--body-buffer-size` bytes here (or the client waits for a 100).
+    /// first `--body-buffer-size` bytes here.
     pub ready: bool,
 }
 
 impl BodyIn {
     /// A body collected whole before the call.
     pub fn buffered(decoder: Decoder) -> BodyIn {
-        BodyIn { decoder, sink: Sink::Spool(Spool::new()), received: 0, started: Instant::now() }
+        BodyIn { decoder, sink: Sink::Spool(Spool::new()), decoded: Vec::new(), received: 0, started: Instant::now() }
     }
 
     /// A body streamed to the application through `pipe`.
-    pub fn streamed(decoder: Decoder, pipe: Arc<BodyPipe>, expect_continue: bool) -> BodyIn {
-        BodyIn { decoder, sink: Sink::Pipe { pipe, expect_continue }, received: 0, started: Instant::now() }
+    pub fn streamed(decoder: Decoder, pipe: Arc<BodyPipe>) -> BodyIn {
+        BodyIn { decoder, sink: Sink::Pipe(pipe), decoded: Vec::new(), received: 0, started: Instant::now() }
     }
 
     /// Decodes `input` into the sink.
@@ -64,8 +62,9 @@ impl BodyIn {
     /// Malformed chunked framing (400), over `--max-body` counting framing bytes (413), a
     /// temporary file that cannot be written (500).
     pub fn feed(&mut self, input: &[u8], cfg: &Config) -> Result<Fed, RequestError> {
-        let mut data = Vec::new();
-        let (used, done) = self.decoder.decode(input, &mut data).map_err(|e| {
+        let data = &mut self.decoded;
+        data.clear();
+        let (used, done) = self.decoder.decode(input, data).map_err(|e| {
             tracing::debug!("chunked body: {e}");
             RequestError::BadRequest("malformed chunked body")
         })?;
@@ -77,18 +76,18 @@ impl BodyIn {
         }
         let ready = match &mut self.sink {
             Sink::Spool(spool) => {
-                spool.push(&data, cfg.body_buffer, &cfg.body_temp_dir).map_err(|e| {
+                spool.push(data, cfg.body_buffer, &cfg.body_temp_dir).map_err(|e| {
                     tracing::error!("request body: temporary file in {}: {e}", cfg.body_temp_dir.display());
                     RequestError::Internal("the request body could not be stored")
                 })?;
                 done
             }
-            Sink::Pipe { pipe, expect_continue } => {
-                pipe.push(data);
+            Sink::Pipe(pipe) => {
+                pipe.push(std::mem::take(data));
                 if done {
                     pipe.finish();
                 }
-                done || pipe.buffered() >= cfg.body_buffer || *expect_continue
+                done || pipe.buffered() >= cfg.body_buffer
             }
         };
         Ok(Fed { used, done, ready })
@@ -111,7 +110,7 @@ impl BodyIn {
 
     /// The body will not be completed: the application reading it sees an error.
     pub fn fail(self, why: &str) {
-        if let Sink::Pipe { pipe, .. } = self.sink {
+        if let Sink::Pipe(pipe) = self.sink {
             pipe.fail(why);
         }
     }
@@ -119,7 +118,7 @@ impl BodyIn {
     /// Whether reading stops for now: a streamed body's pipe is full (the worker asks to
     /// resume when it has read).
     pub fn hold_back(&self) -> bool {
-        matches!(&self.sink, Sink::Pipe { pipe, .. } if pipe.full_then_pause())
+        matches!(&self.sink, Sink::Pipe(pipe) if pipe.full_then_pause())
     }
 
     /// The client starts sending now (it had a `100 Continue`): the clocks count from here.
@@ -132,7 +131,7 @@ impl BodyIn {
     pub fn waiting_on_client(&self) -> bool {
         match &self.sink {
             Sink::Spool(_) => true,
-            Sink::Pipe { pipe, .. } => !pipe.is_paused() && !pipe.awaiting_continue(),
+            Sink::Pipe(pipe) => !pipe.is_paused() && !pipe.awaiting_continue(),
         }
     }
 

@@ -43,8 +43,6 @@ use crate::metrics::counters::ConnCounts;
 use crate::routing::App;
 use crate::settings::Config;
 
-/// Bytes read and dropped per `read` while lingering. 4 KiB.
-const DISCARD_CHUNK: usize = 4 * 1024;
 /// Bytes buffered before a read turn yields to other connections. 128 KiB.
 const READ_SHARE: usize = READ_CHUNK * 8;
 /// Most bytes one connection writes in one turn of the loop before the others get theirs.
@@ -78,8 +76,8 @@ pub trait Handler {
     fn pump_later(&mut self, token: usize);
     /// Asks for [`Conn::on_writable`] on the next turn (a fast reader used its share).
     fn flush_later(&mut self, token: usize);
-    /// The loop's scratch buffer for a read into an empty connection buffer (with spare
-    /// capacity, its contents meaningless).
+    /// The loop's scratch buffer for reads whose bytes are not kept as they come (its
+    /// contents are meaningless between calls; readers reserve what they need).
     fn scratch(&mut self) -> &mut Vec<u8>;
 }
 
@@ -556,7 +554,7 @@ impl<S: Transport> Conn<S> {
                 // at once when the client waits for a 100 (sent on its first read).
                 let pipe = h.body_pipe(self.id, expect_continue);
                 job.body = RequestBody::Streamed(Arc::clone(&pipe));
-                let body = Some(BodyIn::streamed(decoder, pipe, expect_continue));
+                let body = Some(BodyIn::streamed(decoder, pipe));
                 if expect_continue {
                     self.phase = Phase::Request { body, pending: None, queued: None };
                     return self.dispatch(job, h);
@@ -636,8 +634,7 @@ impl<S: Transport> Conn<S> {
             body.fail(&e.to_string());
         }
         if let Phase::Request { pending: Some(_), .. } = self.phase {
-            // The application has not started: answer the error ourselves.
-            self.drop_pending();
+            // The application has not started: answer the error ourselves (reject drops the job).
             return self.reject(&e, h);
         }
         // The application runs or has answered: close once its response is out.
@@ -729,11 +726,9 @@ impl<S: Transport> Conn<S> {
         self.phase = Phase::head();
         self.exchange = Exchange::none();
         self.idle_since = Instant::now();
-        if self.rbuf.is_empty() {
-            // An idle keep-alive connection holds no read buffer: idle connections stay at a
-            // few hundred bytes each.
-            self.rbuf = Vec::new();
-        }
+        // An idle keep-alive connection holds no read buffer: idle connections stay at a few
+        // hundred bytes each.
+        read_buf::release(&mut self.rbuf);
         h.pump_later(self.id.token);
         Step::Open
     }
@@ -754,9 +749,11 @@ impl<S: Transport> Conn<S> {
 
     /// Reads and drops whatever the client still sends; closes at EOF.
     fn discard_input(&mut self, h: &mut impl Handler) -> Step {
-        let mut buf = [0u8; DISCARD_CHUNK];
         loop {
-            match self.sock.read(&mut buf) {
+            let scratch = h.scratch();
+            scratch.clear();
+            scratch.reserve(READ_CHUNK);
+            match self.sock.read_into(scratch) {
                 Ok(0) => break,
                 Ok(_) => self.last_read = Instant::now(),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Step::Open,
@@ -893,9 +890,6 @@ mod tests {
             self.flush.push(token);
         }
         fn scratch(&mut self) -> &mut Vec<u8> {
-            if self.scratch.capacity() == 0 {
-                self.scratch.reserve(READ_CHUNK);
-            }
             &mut self.scratch
         }
     }

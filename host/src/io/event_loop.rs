@@ -38,8 +38,6 @@ use crate::static_files::StaticFiles;
 pub const WAKER: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE + i`.
 const LISTENER_BASE: usize = usize::MAX - 1024;
-/// Capacity of the loop's read scratch buffer, in bytes. 16 KiB.
-const SCRATCH: usize = 16 * 1024;
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(250);
 
@@ -134,7 +132,7 @@ impl EventLoop {
             draining: None,
             ready: Vec::new(),
             flush_again: Vec::new(),
-            scratch: Vec::with_capacity(SCRATCH),
+            scratch: Vec::new(),
             statics: StaticFiles::new(shared.docroot.clone(), shared.statics.clone()),
             shared,
         })

@@ -33,14 +33,8 @@ use std::io;
 use std::os::fd::AsFd;
 
 /// What a connection runs over: a stream socket the event loop polls. TCP in production; a
-/// Unix stream socket pair in the state machine's unit tests (and for `unix:` listeners).
+/// Unix stream socket pair in the state machine's unit tests.
 pub trait Transport: AsFd + mio::event::Source {
-    /// Reads into `buf` (`Ok(0)` at end of input).
-    ///
-    /// # Errors
-    /// As `read(2)`; `WouldBlock` when nothing is there.
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
-
     /// Reads into the spare capacity of `buf` (which must have some), extending it by what
     /// was read; `Ok(0)` at end of input. Nothing is cleared or copied first.
     ///
@@ -67,9 +61,6 @@ pub trait Transport: AsFd + mio::event::Source {
 macro_rules! transport {
     ($($stream:ty),*) => {$(
         impl Transport for $stream {
-            fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-                io::Read::read(&mut &*self, buf)
-            }
             fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
                 io::Write::write_vectored(&mut &*self, bufs)
             }
@@ -80,4 +71,6 @@ macro_rules! transport {
     )*};
 }
 
-transport!(mio::net::TcpStream, mio::net::UnixStream);
+transport!(mio::net::TcpStream);
+#[cfg(test)]
+transport!(mio::net::UnixStream);

@@ -27,6 +27,7 @@ const READ_MIN: usize = 1024;
 pub fn read_once(sock: &impl Transport, buf: &mut Vec<u8>, scratch: &mut Vec<u8>) -> io::Result<usize> {
     if buf.is_empty() {
         scratch.clear();
+        scratch.reserve(READ_CHUNK); // allocates once: `clear` keeps the capacity
         let n = sock.read_into(scratch)?;
         buf.extend_from_slice(&scratch[..n]);
         return Ok(n);

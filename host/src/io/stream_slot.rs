@@ -41,7 +41,7 @@ impl StreamSlot {
             Some(s) => StreamSlot::Parked(s),
             None => StreamSlot::None,
         };
-        waiting && matches!(self, StreamSlot::Waiting(_))
+        self.is_waiting()
     }
 
     /// Its plugin woke it (`StreamReady`). A wake of a stream that is not waiting (an earlier
@@ -56,12 +56,12 @@ impl StreamSlot {
 
     /// The stream, for a worker to pull, if it is ready.
     pub fn take_for_pull(&mut self) -> Option<Box<StreamState>> {
-        if !matches!(self, StreamSlot::Parked(_)) {
-            return None;
-        }
         match std::mem::replace(self, StreamSlot::Pulling { woken: false }) {
             StreamSlot::Parked(s) => Some(s),
-            _ => None,
+            other => {
+                *self = other;
+                None
+            }
         }
     }
 
