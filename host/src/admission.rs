@@ -38,23 +38,24 @@ pub struct Limits {
     /// How long a call may run until its response head is ready (and each pull of a streamed
     /// body's next chunk); `None`: no deadline.
     pub timeout: Option<Duration>,
-    /// Threads the application may leave stuck past their deadline before it is stopped.
+    /// Threads the application may leave stuck past their deadline before it is stopped (the
+    /// pool's size, at least 1).
     pub max_abandoned: usize,
 }
 
 /// A call waiting in a gate.
 pub type Waiting = Box<dyn Any + Send>;
 
-/// What [`Gate::admit`] decided.
+/// What [`Gate::admit`] decided about a call of type `T`.
 #[derive(Debug)]
-pub enum Admit {
+pub enum Admit<T> {
     /// A slot is taken: run the call now (it is handed back).
-    Now(Waiting),
+    Now(Box<T>),
     /// Queued: a worker finishing a call of this application will run it
     /// ([`Gate::release`]).
     Queued,
     /// Refused: 503 with `Retry-After` (the call is handed back).
-    Refused(Waiting, Refusal),
+    Refused(Box<T>, Refusal),
 }
 
 /// Why a call was refused.
@@ -90,9 +91,9 @@ impl std::fmt::Debug for State {
 pub struct Gate {
     name: String,
     limits: Limits,
-    /// What the gate was made for (its key and the plugin version), to keep it across a reload
-    /// that changes nothing about it.
-    identity: (String, u64),
+    /// The plugin version the gate was made for, to keep it across a reload that changes
+    /// nothing about it.
+    generation: u64,
     state: Mutex<State>,
     admitted: AtomicU64,
     timeouts: AtomicU64,
@@ -130,7 +131,7 @@ impl Gate {
     pub fn new(name: String, limits: Limits, generation: u64) -> Gate {
         let limits = Limits { max_concurrency: limits.max_concurrency.max(1), ..limits };
         Gate {
-            identity: (name.clone(), generation),
+            generation,
             name,
             limits,
             state: Mutex::new(State::default()),
@@ -154,14 +155,16 @@ impl Gate {
         &self.limits
     }
 
-    /// Whether this gate can stand for an application `name` of plugin version `generation`
-    /// with `limits` (then a reload keeps it, with its counts and its stopped state).
-    pub fn is_for(&self, name: &str, generation: u64, limits: &Limits) -> bool {
-        self.identity.0 == name && self.identity.1 == generation && self.limits == *limits
+    /// Whether this gate (found under its application's name) can stand for that application
+    /// at plugin version `generation` with `limits` (then a reload keeps it, with its counts
+    /// and its stopped state).
+    pub fn is_for(&self, generation: u64, limits: &Limits) -> bool {
+        self.generation == generation && self.limits == *limits
     }
 
-    /// `call`, of connection `conn`, asks to run.
-    pub fn admit(&self, conn: ConnId, call: Waiting) -> Admit {
+    /// `call`, of connection `conn`, asks to run. A queued call comes back out of
+    /// [`Gate::release`] as a [`Waiting`] of the same type.
+    pub fn admit<T: Any + Send>(&self, conn: ConnId, call: Box<T>) -> Admit<T> {
         let mut s = self.lock();
         let verdict = if s.stopped {
             Admit::Refused(call, Refusal::Stopped)
@@ -169,7 +172,7 @@ impl Gate {
             s.running += 1;
             Admit::Now(call)
         } else if s.waiting.len() < self.limits.queue {
-            s.waiting.push_back((conn, call));
+            s.waiting.push_back((conn, call as Waiting));
             Admit::Queued
         } else {
             Admit::Refused(call, Refusal::QueueFull)
@@ -207,21 +210,16 @@ impl Gate {
     /// [`Gate::release`]. Returns the next waiting call and whether the application is now
     /// stopped (it left [`Limits::max_abandoned`] threads stuck).
     pub fn abandon(&self) -> (Option<Waiting>, bool) {
-        self.timeouts.fetch_add(1, Ordering::Relaxed);
-        let next = self.release();
-        let mut s = self.lock();
-        s.abandoned += 1;
-        let newly = !s.stopped && s.abandoned >= self.limits.max_abandoned.max(1);
-        s.stopped |= newly;
-        (next, newly)
+        (self.release(), self.abandon_pull())
     }
 
-    /// A pull of a streamed body ran past its deadline (it held no slot).
+    /// A pull of a streamed body ran past its deadline (it held no slot). Returns whether the
+    /// application is now stopped.
     pub fn abandon_pull(&self) -> bool {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
         let mut s = self.lock();
         s.abandoned += 1;
-        let newly = !s.stopped && s.abandoned >= self.limits.max_abandoned.max(1);
+        let newly = !s.stopped && s.abandoned >= self.limits.max_abandoned;
         s.stopped |= newly;
         newly
     }
@@ -263,13 +261,12 @@ mod tests {
     }
 
     /// What a verdict holds: `Now`/`Refused` give the call back, `Queued` keeps it.
-    fn verdict(a: Admit) -> (&'static str, Option<usize>) {
-        let num = |w: Waiting| *w.downcast::<usize>().expect("the test's call");
+    fn verdict(a: Admit<usize>) -> (&'static str, Option<usize>) {
         match a {
-            Admit::Now(w) => ("now", Some(num(w))),
+            Admit::Now(w) => ("now", Some(*w)),
             Admit::Queued => ("queued", None),
-            Admit::Refused(w, Refusal::QueueFull) => ("full", Some(num(w))),
-            Admit::Refused(w, Refusal::Stopped) => ("stopped", Some(num(w))),
+            Admit::Refused(w, Refusal::QueueFull) => ("full", Some(*w)),
+            Admit::Refused(w, Refusal::Stopped) => ("stopped", Some(*w)),
         }
     }
 
@@ -319,6 +316,6 @@ mod tests {
         assert_eq!(call(&g, 4).0, "stopped", "until a reload");
         let c = g.counts();
         assert_eq!((c.timeouts, c.abandoned, c.stopped, c.running), (2, 0, true, 0));
-        assert!(g.is_for("/app", 1, g.limits()) && !g.is_for("/app", 2, g.limits()));
+        assert!(g.is_for(1, g.limits()) && !g.is_for(2, g.limits()));
     }
 }

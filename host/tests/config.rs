@@ -71,6 +71,7 @@ fn an_invalid_file_at_start_names_line_and_column_and_exits_2() {
         ("[server]\nbind = [\"nonsense\"]\n", "--bind"),
         ("[[mount]]\nprefix = \"/x\"\n", "needs app"),
         ("[[mount]]\nprefix = \"/x\"\napp = \"hello\"\nstatic = true\n", "either app or static"),
+        ("[server]\nthreads = 0\n", "threads"),
     ] {
         let config = write_config(&dir, text);
         let out = Command::new(env!("CARGO_BIN_EXE_portico"))

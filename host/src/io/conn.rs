@@ -30,7 +30,7 @@ use super::read_buf::{self, READ_CHUNK};
 use super::stream_slot::StreamSlot;
 use super::write::{Flushed, WriteQueue};
 use crate::access_log::{self, Access};
-use crate::admission::Refusal;
+use crate::admission::{Admit, Refusal};
 use crate::exchange::body_pipe::BodyPipe;
 use crate::exchange::{CallJob, Chunk, ConnId, Job, Peer, Reply, RequestBody, StreamState};
 use crate::http::decode::Decoder;
@@ -69,7 +69,17 @@ pub trait Handler {
     fn submit(&mut self, job: Job);
     /// Hands a call to its application's gate (see [`crate::admission`]): sent to the pool,
     /// queued, or refused.
-    fn admit(&mut self, job: Box<CallJob>) -> Admission;
+    fn admit(&mut self, job: Box<CallJob>) -> Admission {
+        let app = Arc::clone(&job.route.app);
+        match app.gate.admit(job.conn, job) {
+            Admit::Now(job) => {
+                self.submit(Job::Call(job));
+                Admission::Sent
+            }
+            Admit::Queued => Admission::Queued,
+            Admit::Refused(_, why) => Admission::Refused(why),
+        }
+    }
     /// A new pipe for a request body of connection `id`.
     fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe>;
     /// Asks for [`Conn::on_readable`] on the next turn (fairness; a pipelined request).
@@ -778,7 +788,6 @@ mod tests {
     use crossbeam_channel::Receiver;
 
     use super::*;
-    use crate::admission::Admit;
     use crate::exchange::{Completion, Notifier};
     use crate::http::response::{Framing as ResponseFraming, ResponseHead};
     use crate::settings::Args;
@@ -868,17 +877,6 @@ mod tests {
 
         fn submit(&mut self, job: Job) {
             self.jobs.push(job);
-        }
-        fn admit(&mut self, job: Box<CallJob>) -> Admission {
-            let app = Arc::clone(&job.route.app);
-            match app.gate.admit(job.conn, job) {
-                Admit::Now(job) => {
-                    self.jobs.push(Job::Call(job.downcast().expect("a call")));
-                    Admission::Sent
-                }
-                Admit::Queued => Admission::Queued,
-                Admit::Refused(_, why) => Admission::Refused(why),
-            }
         }
         fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe> {
             Arc::new(BodyPipe::new(id, self.notifier.clone(), self.config.body_timeout, expect_continue))

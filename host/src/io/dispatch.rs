@@ -6,10 +6,9 @@
 
 use std::sync::Arc;
 
-use super::conn::{Admission, Decision, Handler};
+use super::conn::{Decision, Handler};
 use super::event_loop::EventLoop;
 use crate::admin;
-use crate::admission::Admit;
 use crate::exchange::body_pipe::BodyPipe;
 use crate::exchange::{CallJob, ConnId, Job, Peer, RequestBody};
 use crate::http::outgoing::Response;
@@ -75,21 +74,6 @@ impl Handler for EventLoop {
 
     fn submit(&mut self, job: Job) {
         self.send_job(job);
-    }
-
-    fn admit(&mut self, job: Box<CallJob>) -> Admission {
-        let app = Arc::clone(&job.route.app);
-        match app.gate.admit(job.conn, job) {
-            Admit::Now(job) => {
-                // What went in comes out: the gate holds calls of this type only.
-                if let Ok(job) = job.downcast::<CallJob>() {
-                    self.send_job(Job::Call(job));
-                }
-                Admission::Sent
-            }
-            Admit::Queued => Admission::Queued,
-            Admit::Refused(_, why) => Admission::Refused(why),
-        }
     }
 
     fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe> {

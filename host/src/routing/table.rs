@@ -81,7 +81,7 @@ impl Table {
                 let request_buffering = mount.is_none_or(|m| m.request_buffering);
                 let kept = previous
                     .and_then(|t| t.apps.get(&name))
-                    .filter(|a| a.request_buffering == request_buffering && a.gate.is_for(&name, generation, &limits));
+                    .filter(|a| a.request_buffering == request_buffering && a.gate.is_for(generation, &limits));
                 let app = match kept {
                     Some(a) => Arc::clone(a),
                     None => Arc::new(App { request_buffering, gate: Gate::new(name.clone(), limits, generation) }),

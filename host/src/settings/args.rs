@@ -40,8 +40,8 @@ pub struct Args {
     /// [default: PLUGINS/.cache].
     #[arg(long, env = "PORTICO_CACHE_DIR", value_hint = ValueHint::DirPath)]
     pub cache_dir: Option<PathBuf>,
-    /// Worker threads that run applications [default: 2 × cores, at least 4].
-    #[arg(long, env = "PORTICO_THREADS")]
+    /// Worker threads that run applications, at least 1 [default: 2 × cores, at least 4].
+    #[arg(long, env = "PORTICO_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub threads: Option<usize>,
     /// Event loops, one thread each: each accepts connections, reads requests, serves static
     /// files and writes responses. `--max-connections` is shared out between them.

@@ -122,11 +122,8 @@ fn spawn_worker(inner: &Arc<Inner>, first: Option<Box<CallJob>>) -> std::io::Res
     let (worker_inner, worker_slot) = (Arc::clone(inner), Arc::clone(&slot));
     let handle = std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {
         let mut counters = WorkerCache::default();
-        if let Some(job) = first {
-            let _busy = worker_inner.shared.stats.worker_busy();
-            run(Job::Call(job), &worker_inner.shared, &worker_slot, &mut counters);
-        }
-        for job in worker_inner.jobs.iter() {
+        // `first` is watched like any job: cut off too, this thread takes no other.
+        for job in first.map(Job::Call).into_iter().chain(worker_inner.jobs.iter()) {
             let _busy = worker_inner.shared.stats.worker_busy();
             run(job, &worker_inner.shared, &worker_slot, &mut counters);
             if worker_slot.abandoned() {

@@ -52,14 +52,13 @@ pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &Atom
     // A docroot mount: the files answer at the end of the pipeline (the request is named by
     // its outermost middleware).
     let full_path: Vec<u8>;
-    let fenced: Box<dyn Fn(&std::path::Path) -> bool>;
+    let fenced;
     let app = match &route.target {
         Target::Plugin(p) => Final::Plugin(p),
         Target::Docroot { prefix, fence } => {
             full_path = [route.script_name.as_bytes(), &route.path_info].concat();
-            let (prefix, fence) = (prefix.clone(), Arc::clone(fence));
-            fenced = Box::new(move |real| fence.allows(real, Some(&prefix)));
-            Final::Docroot { statics: docroot, head: &head, path: &full_path, allowed: &*fenced }
+            fenced = |real: &std::path::Path| fence.allows(real, Some(prefix));
+            Final::Docroot { statics: docroot, head: &head, path: &full_path, allowed: &fenced }
         }
     };
     let outcome = call::call(named, app, &route.middleware, &head, &info, &mut body);

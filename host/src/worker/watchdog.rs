@@ -86,17 +86,27 @@ impl Slot {
     }
 }
 
-/// A call the watchdog cut off, handled after the slot's lock is released.
+/// A call the watchdog cut off: counted against its gate under the slot's lock, answered and
+/// logged after it is released.
 struct Expired {
     conn: ConnId,
     app: Arc<App>,
     kind: Kind,
     late_by: Duration,
+    /// The waiting call that takes over the slot (a call's only).
+    next: Option<Box<CallJob>>,
+    /// The application is stopped now.
+    stopped: bool,
 }
 
 /// Looks at `slots` once: cuts off what is past its deadline. Returns one entry per abandoned
 /// thread (the caller starts one in its place), with the call that takes over its
 /// application's slot, if one was waiting (the new thread runs it first).
+///
+/// The stuck thread is counted against its gate while the slot's lock is held: a worker that
+/// finishes just after the deadline then finds its call cut off (`Slot::end`) and reaps a count
+/// that is already there, so no abandoned thread is counted that nothing will reap. (Lock order:
+/// a slot, then a gate; nothing takes a slot's lock while holding a gate's.)
 pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Option<Box<CallJob>>> {
     let mut expired = Vec::new();
     for slot in slots {
@@ -107,27 +117,32 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Opti
         {
             r.timed_out = true;
             slot.abandoned.store(true, Ordering::Relaxed);
+            let (next, stopped) = match r.kind {
+                Kind::Call { .. } => {
+                    let (next, stopped) = r.app.gate.abandon();
+                    // What goes into a gate comes out: calls only.
+                    (next.and_then(|w| w.downcast::<CallJob>().ok()), stopped)
+                }
+                Kind::Pull => (None, r.app.gate.abandon_pull()),
+            };
             let late_by = now - r.deadline;
-            expired.push(Expired { conn: r.conn, app: Arc::clone(&r.app), kind: r.kind, late_by });
+            expired.push(Expired { conn: r.conn, app: Arc::clone(&r.app), kind: r.kind, late_by, next, stopped });
         }
     }
     let mut replacements = Vec::with_capacity(expired.len());
-    for e in &expired {
+    for e in expired {
         let name = e.app.gate.name();
         let limit = e.app.gate.limits().timeout.map_or(0.0, |t| t.as_secs_f64());
-        let stopped = match e.kind {
+        match e.kind {
             Kind::Call { version, head_request } => {
                 let prepared = Response::error(504).prepare(version, true, head_request);
                 notifier.notify(Completion::Response(Box::new(Reply { conn: e.conn, prepared, stream: None })));
-                let (next, stopped) = e.app.gate.abandon();
-                replacements.push(next.and_then(|w| w.downcast::<CallJob>().ok()));
                 tracing::error!(
                     app = %name,
                     "application {name}: call ran past its {limit} s deadline (by {} ms); answered 504, its worker \
                      thread is abandoned and replaced",
                     e.late_by.as_millis()
                 );
-                stopped
             }
             Kind::Pull => {
                 let chunk =
@@ -138,17 +153,16 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Opti
                     "application {name}: a streamed body's next chunk took more than {limit} s; connection closed, \
                      worker thread abandoned and replaced"
                 );
-                replacements.push(None);
-                e.app.gate.abandon_pull()
             }
-        };
-        if stopped {
+        }
+        if e.stopped {
             tracing::error!(
                 app = %name,
                 "application {name} left {} worker threads stuck: it answers 503 until a reload loads a new copy",
                 e.app.gate.limits().max_abandoned
             );
         }
+        replacements.push(e.next);
     }
     replacements
 }
