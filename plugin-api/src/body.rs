@@ -131,8 +131,9 @@ impl Body {
         Body::File(FileBody::new(file, offset, len))
     }
 
-    /// The body as an iterator of chunks, for a middleware that rewrites the body of the
-    /// next application (wrap the result in [`Body::try_stream`] to return it).
+    /// The body as an iterator of chunks: for a test, or a middleware that needs the whole
+    /// body at once (to rewrite chunk by chunk, use [`Body::map_chunks`], which keeps a push
+    /// stream waiting without a worker).
     ///
     /// A complete body ([`Body::Bytes`], [`Body::Static`]) is one chunk (a static body is
     /// copied); [`Body::Empty`] is none; a [`Body::File`] is read in chunks of 64 KiB; a
@@ -155,6 +156,26 @@ impl Body {
             Body::File(_) => Chunks::Failed("file bodies need a unix host".to_owned()),
         };
         std::iter::from_fn(move || state.next())
+    }
+
+    /// The body with `f` applied to each chunk, for a middleware that rewrites the body of the
+    /// next application (`Body::map_chunks(body, |c| Ok::<_, String>(c.to_ascii_uppercase()))`).
+    ///
+    /// A stream stays a stream polled by the host: while a push stream waits, so does the
+    /// rewritten body, holding no worker ([`Body::into_chunks`] would block one). A complete
+    /// body or a file becomes a stream of its rewritten chunks. `f` runs inside the panic fence;
+    /// an `Err` (or a panic) ends the response (the connection is closed) and is logged.
+    pub fn map_chunks<F, E>(self, mut f: F) -> Body
+    where
+        F: FnMut(Vec<u8>) -> Result<Vec<u8>, E> + Send + 'static,
+        E: fmt::Display,
+    {
+        match self {
+            Body::Stream(inner) => Body::Stream(BodyStream_TO::from_value(MapStream { inner, f: Some(f) }, TD_Opaque)),
+            other => {
+                Body::try_stream(other.into_chunks().map(move |c| c.and_then(|c| f(c).map_err(|e| e.to_string()))))
+            }
+        }
     }
 
     /// The body as it crosses the boundary (what an entry point returns).
@@ -190,12 +211,19 @@ impl fmt::Display for UnknownVariant {
             "a {} of a kind (discriminant {}) newer than this plugin's portico-api {}",
             self.what,
             self.discriminant,
-            env!("CARGO_PKG_VERSION")
+            crate::abi::VERSION
         )
     }
 }
 
 impl std::error::Error for UnknownVariant {}
+
+impl UnknownVariant {
+    /// A [`Chunk`] of the kind `discriminant`.
+    fn chunk(discriminant: u8) -> UnknownVariant {
+        UnknownVariant { what: "body chunk", discriminant }
+    }
+}
 
 /// The state of [`Body::into_chunks`].
 enum Chunks {
@@ -238,11 +266,7 @@ impl Chunks {
                         Ok(Chunk::Pending) => std::thread::park(),
                         Ok(Chunk::End) => return None,
                         Err(e) => {
-                            let unknown = UnknownVariant {
-                                what: "body chunk",
-                                discriminant: e.non_exhaustive.get_discriminant(),
-                            };
-                            return Some(Err(unknown.to_string()));
+                            return Some(Err(UnknownVariant::chunk(e.non_exhaustive.get_discriminant()).to_string()));
                         }
                     }
                 }
@@ -320,22 +344,8 @@ where
         let Some(iter) = self.inner.as_mut() else {
             return end();
         };
-        match fenced(|| iter.next()) {
-            Ok(Some(Ok(chunk))) => data(chunk),
-            Ok(None) => {
-                close(&mut self.inner);
-                end()
-            }
-            Ok(Some(Err(e))) => {
-                close(&mut self.inner);
-                RResult::RErr(RString::from(format!("body stream failed: {e}")))
-            }
-            Err(msg) => {
-                // The iterator's state is unknown after a panic: drop it (fenced).
-                close(&mut self.inner);
-                RResult::RErr(RString::from(format!("body stream panicked: {msg}")))
-            }
-        }
+        let polled = fenced(|| iter.next()).map(Poll::Ready);
+        settle(&mut self.inner, polled)
     }
 }
 
@@ -343,6 +353,26 @@ impl<I> Drop for IterStream<I> {
     fn drop(&mut self) {
         close(&mut self.inner);
     }
+}
+
+/// What a poll of plugin code answers: [`Body::poll_fn`]'s shape.
+type Polled<E> = Poll<Option<Result<Vec<u8>, E>>>;
+/// The outcome of a call inside the fence (`Err`: the panic message).
+type Fenced<T> = Result<T, String>;
+
+/// One poll of plugin state (an iterator, a poll function) run inside the fence, as the host
+/// sees it. Once the body ends, fails or panics (its state is unknown then), the state in `slot`
+/// is dropped, fenced too.
+fn settle<T, E: fmt::Display>(slot: &mut Option<T>, polled: Fenced<Polled<E>>) -> RResult<Chunk_NE, RString> {
+    let last = match polled {
+        Ok(Poll::Ready(Some(Ok(chunk)))) => return data(chunk),
+        Ok(Poll::Pending) => return pending(),
+        Ok(Poll::Ready(None)) => end(),
+        Ok(Poll::Ready(Some(Err(e)))) => RResult::RErr(RString::from(format!("body stream failed: {e}"))),
+        Err(panic) => RResult::RErr(RString::from(format!("body stream panicked: {panic}"))),
+    };
+    close(slot);
+    last
 }
 
 /// Drops plugin state (an iterator, a poll function) inside the fence.
@@ -368,28 +398,57 @@ where
         };
         let waker = std::task::Waker::from(Arc::new(StdWake(waker.clone())));
         let mut cx = Context::from_waker(&waker);
-        match fenced(|| poll(&mut cx)) {
-            Ok(Poll::Ready(Some(Ok(chunk)))) => data(chunk),
-            Ok(Poll::Pending) => pending(),
-            Ok(Poll::Ready(None)) => {
-                close(&mut self.poll);
-                end()
-            }
-            Ok(Poll::Ready(Some(Err(e)))) => {
-                close(&mut self.poll);
-                RResult::RErr(RString::from(format!("body stream failed: {e}")))
-            }
-            Err(msg) => {
-                close(&mut self.poll);
-                RResult::RErr(RString::from(format!("body stream panicked: {msg}")))
-            }
-        }
+        let polled = fenced(|| poll(&mut cx));
+        settle(&mut self.poll, polled)
     }
 }
 
 impl<F> Drop for PollFnStream<F> {
     fn drop(&mut self) {
         close(&mut self.poll);
+    }
+}
+
+/// [`Body::map_chunks`] of a stream: polls the inner stream with the host's waker, so a
+/// `Pending` passes straight through.
+struct MapStream<F> {
+    inner: BodyStream_TO<'static, RBox<()>>,
+    f: Option<F>,
+}
+
+impl<F, E> BodyStream for MapStream<F>
+where
+    F: FnMut(Vec<u8>) -> Result<Vec<u8>, E> + Send,
+    E: fmt::Display,
+{
+    fn poll_chunk(&mut self, waker: &Waker) -> RResult<Chunk_NE, RString> {
+        let Some(f) = self.f.as_mut() else {
+            return end();
+        };
+        let chunk = match self.inner.poll_chunk(waker) {
+            RResult::ROk(chunk) => chunk.into_enum(),
+            RResult::RErr(e) => {
+                close(&mut self.f);
+                return RResult::RErr(e);
+            }
+        };
+        let polled = match chunk {
+            Ok(Chunk::Data(bytes)) => fenced(|| Poll::Ready(Some(f(bytes.into_vec())))),
+            Ok(Chunk::Pending) => Ok(Poll::Pending),
+            Ok(Chunk::End) => Ok(Poll::Ready(None)),
+            Err(unknown) => {
+                close(&mut self.f);
+                let why = UnknownVariant::chunk(unknown.non_exhaustive.get_discriminant());
+                return RResult::RErr(RString::from(why.to_string()));
+            }
+        };
+        settle(&mut self.f, polled)
+    }
+}
+
+impl<F> Drop for MapStream<F> {
+    fn drop(&mut self) {
+        close(&mut self.f);
     }
 }
 
@@ -417,9 +476,12 @@ impl Wake for ThreadWake {
     }
 }
 
-/// A waker for the calling thread: its `wake` unparks it.
+/// A waker for the calling thread: its `wake` unparks it (made once per thread).
 pub(crate) fn thread_waker() -> Waker {
-    Wake_TO::from_ptr(RArc::new(ThreadWake(std::thread::current())), TD_Opaque)
+    thread_local! {
+        static WAKER: Waker = Wake_TO::from_ptr(RArc::new(ThreadWake(std::thread::current())), TD_Opaque);
+    }
+    WAKER.with(Waker::clone)
 }
 
 /// What [`BodySender`] and the body share.
@@ -447,6 +509,12 @@ struct ChannelState {
 }
 
 impl Channel {
+    /// Whether senders must wait: `capacity` bytes or more are queued (one chunk of any size
+    /// is accepted into an empty queue).
+    fn full(&self, queued: usize) -> bool {
+        queued > 0 && queued >= self.capacity
+    }
+
     fn lock(&self) -> MutexGuard<'_, ChannelState> {
         // No code that can panic runs under this lock.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -462,9 +530,14 @@ impl BodyStream for ChannelStream {
     fn poll_chunk(&mut self, waker: &Waker) -> RResult<Chunk_NE, RString> {
         let mut state = self.shared.lock();
         if let Some(chunk) = state.queue.pop_front() {
+            let was_full = self.shared.full(state.queued);
             state.queued -= chunk.len();
+            let room = was_full && !self.shared.full(state.queued);
             drop(state);
-            self.shared.space.notify_all();
+            if room {
+                // Only a full queue has senders blocked on it.
+                self.shared.space.notify_all();
+            }
             return data(chunk);
         }
         if let Some(why) = state.failed.take() {
@@ -519,14 +592,17 @@ impl std::error::Error for SendError {}
 
 impl BodySender {
     /// Queues `chunk` and wakes the host, blocking while the queue holds `capacity` bytes
-    /// or more.
+    /// or more. Call it from a thread of the plugin's own, never from the application before
+    /// it has returned the body: nothing takes from the queue until the host has the body, so
+    /// a full queue would block that call for good (use [`BodySender::try_send`] to fill it
+    /// up front).
     ///
     /// # Errors
     /// [`SendError::Disconnected`] once the host dropped the body.
     pub fn send(&self, chunk: impl Into<Vec<u8>>) -> Result<(), SendError> {
         let chunk = chunk.into();
         let mut state = self.shared.lock();
-        while !state.disconnected && state.queued > 0 && state.queued >= self.shared.capacity {
+        while !state.disconnected && self.shared.full(state.queued) {
             state = self.shared.space.wait(state).unwrap_or_else(PoisonError::into_inner);
         }
         self.queue(state, chunk)
@@ -540,7 +616,7 @@ impl BodySender {
     pub fn try_send(&self, chunk: impl Into<Vec<u8>>) -> Result<(), SendError> {
         let chunk = chunk.into();
         let state = self.shared.lock();
-        if !state.disconnected && state.queued > 0 && state.queued >= self.shared.capacity {
+        if !state.disconnected && self.shared.full(state.queued) {
             return Err(SendError::Full(chunk));
         }
         self.queue(state, chunk)
@@ -655,6 +731,37 @@ mod tests {
             }
         });
         assert_eq!(collect(body).unwrap(), [b"2".to_vec(), b"4".to_vec()]);
+    }
+
+    #[test]
+    fn a_mapped_push_stream_stays_pending_without_blocking_and_maps_what_comes() {
+        let (tx, body) = Body::channel(1024);
+        let Body::Stream(mut mapped) = body.map_chunks(|c| Ok::<_, String>(c.to_ascii_uppercase())) else {
+            panic!("a stream stays a stream");
+        };
+        let waker = thread_waker();
+        let mut poll = || match mapped.poll_chunk(&waker) {
+            RResult::ROk(c) => match c.into_enum() {
+                Ok(Chunk::Data(d)) => format!("data {}", String::from_utf8_lossy(&d)),
+                Ok(Chunk::Pending) => "pending".to_owned(),
+                Ok(Chunk::End) => "end".to_owned(),
+                Err(_) => "unknown".to_owned(),
+            },
+            RResult::RErr(e) => format!("error {e}"),
+        };
+        assert_eq!(poll(), "pending", "nothing sent: the mapped body waits, it does not block");
+        tx.send(b"abc".to_vec()).unwrap();
+        assert_eq!(poll(), "data ABC");
+        drop(tx);
+        assert_eq!(poll(), "end");
+    }
+
+    #[test]
+    fn mapping_a_complete_body_maps_its_one_chunk_and_an_error_ends_it() {
+        assert_eq!(collect(Body::from("ab").map_chunks(|c| Ok::<_, String>(c.repeat(2)))).unwrap(), [b"abab".to_vec()]);
+        let failed: Vec<_> =
+            Body::stream(vec![b"x".to_vec()]).map_chunks(|_| Err::<Vec<u8>, _>("no")).into_chunks().collect();
+        assert_eq!(failed, [Err("body stream failed: no".to_owned())]);
     }
 
     #[test]

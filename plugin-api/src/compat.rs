@@ -36,7 +36,9 @@ pub fn init_root_module(header: &'static LibHeader) -> Result<PluginMod_Ref, Lib
     let parse = |s| VersionNumber::new(s).map_err(LibraryError::ParseVersionError);
     let theirs = parse(header.version_strings())?;
     let ours = parse(PluginMod_Ref::VERSION_STRINGS)?;
-    let older = (theirs.major, theirs.minor, theirs.patch) < (ours.major, ours.minor, ours.patch);
+    // The swapped check is for another 0.2.x; another 0.minor is refused by the normal one.
+    let same_line = (theirs.major, theirs.minor) == (ours.major, ours.minor);
+    let older = same_line && theirs.patch < ours.patch;
     if older && plugin_is_prefix(header) {
         // SAFETY: `plugin_is_prefix` ran abi_stable's full layout check with the plugin's
         // layout as the expected one: every type reachable from its root module is ours or a
@@ -47,7 +49,7 @@ pub fn init_root_module(header: &'static LibHeader) -> Result<PluginMod_Ref, Lib
         return unsafe { header.init_root_module_with_unchecked_layout::<PluginMod_Ref>() };
     }
     match header.init_root_module::<PluginMod_Ref>() {
-        Err(LibraryError::AbiInstability(_)) if !older && plugin_is_prefix(header) => {
+        Err(LibraryError::AbiInstability(_)) if same_line && !older && plugin_is_prefix(header) => {
             // SAFETY: as above: a plugin that grew no further than a prefix of our layout
             // under the same version number.
             unsafe { header.init_root_module_with_unchecked_layout::<PluginMod_Ref>() }

@@ -5,7 +5,7 @@
 //! application. A middleware may answer by itself (a filter refusing a request), call the
 //! next application with its own `start_response` ([`Next::call`]), or with one that edits
 //! the status and fields on the way out ([`Next::call_with_headers`]), and may wrap the body
-//! it gets back ([`Body::into_chunks`], [`Body::try_stream`]).
+//! it gets back ([`Body::map_chunks`]).
 
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::sabi_types::{RMut, RRef};
@@ -391,8 +391,7 @@ mod tests {
     #[test]
     fn wrapping_the_body_of_the_next_app() {
         let upper = |environ: &mut Environ<'_>, sr: &mut StartResponse<'_, '_>, next: &Next<'_>| {
-            let body = next.call(environ, sr);
-            Body::try_stream(body.into_chunks().map(|c| c.map(|b| b.to_ascii_uppercase())))
+            next.call(environ, sr).map_chunks(|b| Ok::<_, String>(b.to_ascii_uppercase()))
         };
         assert_eq!(TestRequest::get("/q").call_middleware(&upper, &app).text(), "APP SAW /Q\n");
         assert_eq!(TestRequest::get("/").call_middleware(&upper, &streaming_app).text(), "AB");

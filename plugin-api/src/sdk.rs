@@ -1,8 +1,9 @@
 //! The SDK: what a plugin author uses on top of the raw [`crate::abi`] types.
 //!
 //! Owns the panic fence ([`guard`]), the [`Application`] trait behind [`crate::export_app!`],
-//! the [`StartResponse`] wrapper, the [`Environ`] accessors and the [`Body`] constructors. It
-//! does no I/O of its own: everything goes through the host's trait objects.
+//! the [`StartResponse`] wrapper, the [`Environ`] accessors, [`Response`] and [`status`] (the
+//! [`Body`] constructors are in `body.rs`). It does no I/O of its own: everything goes through
+//! the host's trait objects.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -19,8 +19,7 @@ pub fn wake_at(deadline: Instant, waker: Waker) {
     let timer = TIMER.get_or_init(start);
     let mut heap = timer.heap.lock().unwrap_or_else(PoisonError::into_inner);
     let earliest = heap.peek().is_none_or(|e| deadline < e.deadline);
-    let seq = timer.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    heap.push(Entry { deadline, seq, waker });
+    heap.push(Entry { deadline, waker });
     drop(heap);
     if earliest {
         timer.changed.notify_one();
@@ -35,7 +34,6 @@ pub fn wake_after(delay: Duration, waker: Waker) {
 struct Timer {
     heap: Mutex<BinaryHeap<Entry>>,
     changed: Condvar,
-    seq: std::sync::atomic::AtomicU64,
 }
 
 static TIMER: OnceLock<Timer> = OnceLock::new();
@@ -45,7 +43,7 @@ fn start() -> Timer {
         .name("portico-api timer".to_owned())
         .spawn(run)
         .expect("the SDK timer thread could not start");
-    Timer { heap: Mutex::new(BinaryHeap::new()), changed: Condvar::new(), seq: Default::default() }
+    Timer { heap: Mutex::new(BinaryHeap::new()), changed: Condvar::new() }
 }
 
 fn run() {
@@ -73,16 +71,16 @@ fn run() {
     }
 }
 
-/// A deadline in the min-heap: the earliest deadline (then the first registered) on top.
+/// A deadline in the min-heap: the earliest on top (those due are woken together, so the order
+/// among equal deadlines does not matter).
 struct Entry {
     deadline: Instant,
-    seq: u64,
     waker: Waker,
 }
 
 impl Ord for Entry {
     fn cmp(&self, other: &Self) -> Ordering {
-        (other.deadline, other.seq).cmp(&(self.deadline, self.seq))
+        other.deadline.cmp(&self.deadline)
     }
 }
 

@@ -501,19 +501,22 @@ impl IpFilter {
     pub fn handle(&self, environ: &mut Environ<'_>, sr: &mut StartResponse<'_, '_>, next: &Next<'_>) -> Body {
         let verdict = {
             let request = Request::from_environ(environ);
+            // Formatted only when a line will be written (a flood of refusals formats one a second).
             self.rules.check(&request).map_err(|refusal| {
-                format!(
-                    "ip_filter: refused {} {:?}: {refusal} (REMOTE_ADDR {})",
-                    environ.method(),
-                    environ.path_info(),
-                    request.remote_addr
-                )
+                self.log_line(Instant::now(), || {
+                    format!(
+                        "ip_filter: refused {} {:?}: {refusal} (REMOTE_ADDR {})",
+                        environ.method(),
+                        environ.path_info(),
+                        request.remote_addr
+                    )
+                })
             })
         };
         match verdict {
             Ok(_) => next.call(environ, sr),
             Err(line) => {
-                if let Some(line) = self.log_line(line, Instant::now()) {
+                if let Some(line) = line {
                     environ.log(&line);
                 }
                 sr.start(status::FORBIDDEN, &[("Content-Type", "text/plain; charset=utf-8")]);
@@ -522,9 +525,9 @@ impl IpFilter {
         }
     }
 
-    /// The line to log for a refusal at `now`, or `None` when one was logged less than
-    /// [`LOG_EVERY`] ago (the refusal is counted for the next line).
-    fn log_line(&self, line: String, now: Instant) -> Option<String> {
+    /// The line to log for a refusal at `now` (made by `line`), or `None` when one was logged
+    /// less than [`LOG_EVERY`] ago (the refusal is counted for the next line).
+    fn log_line(&self, now: Instant, line: impl FnOnce() -> String) -> Option<String> {
         let mut t = self.throttle.lock().unwrap_or_else(|e| e.into_inner());
         if t.last.is_some_and(|last| now.duration_since(last) < LOG_EVERY) {
             t.unlogged += 1;
@@ -533,6 +536,8 @@ impl IpFilter {
         let unlogged = std::mem::take(&mut t.unlogged);
         let since = t.last.map(|last| now.duration_since(last).as_secs());
         t.last = Some(now);
+        drop(t);
+        let line = line();
         Some(match (unlogged, since) {
             (0, _) | (_, None) => line,
             (n, Some(s)) => format!("{line} (and {n} more refused in the {s} s before, not logged one by one)"),

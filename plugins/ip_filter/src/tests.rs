@@ -366,13 +366,13 @@ fn a_path_cannot_forge_a_log_line() {
 fn repeated_refusals_are_summarised() {
     let filter = IpFilter::new(rules(r#"deny = ["203.0.113.0/24"]"#));
     let t0 = std::time::Instant::now();
-    assert!(filter.log_line("first".into(), t0).is_some());
+    assert!(filter.log_line(t0, || "first".into()).is_some());
     for i in 1..=5 {
-        assert_eq!(filter.log_line(format!("refusal {i}"), t0 + LOG_EVERY / 10 * i), None, "within a second");
+        assert_eq!(filter.log_line(t0 + LOG_EVERY / 10 * i, || format!("refusal {i}")), None, "within a second");
     }
-    let next = filter.log_line("later".into(), t0 + LOG_EVERY * 2).expect("a line after a second");
+    let next = filter.log_line(t0 + LOG_EVERY * 2, || "later".into()).expect("a line after a second");
     assert_eq!(next, "later (and 5 more refused in the 2 s before, not logged one by one)");
-    assert_eq!(filter.log_line("again".into(), t0 + LOG_EVERY * 4).as_deref(), Some("again"));
+    assert_eq!(filter.log_line(t0 + LOG_EVERY * 4, || "again".into()).as_deref(), Some("again"));
     // Through the middleware: the second refusal right after the first is not a line.
     let filter = IpFilter::new(rules(r#"deny = ["203.0.113.0/24"]"#));
     let r1 = through(&filter, TestRequest::get("/a").remote_addr("203.0.113.9"));
