@@ -30,7 +30,32 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Fmt {
     e.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, u64>(&v, None)
 }
 
-/// One family labelled by `app` (an application's name), the value of each from `value`.
+/// One counter or gauge family with one label, `key` = `label(row)`, and `value(row)` for
+/// each row.
+#[allow(clippy::too_many_arguments)] // a family's name, help, type, label and value: one call each
+fn family<R>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    key: &str,
+    rows: &[R],
+    label: impl Fn(&R) -> &str,
+    value: impl Fn(&R) -> u64,
+) -> Fmt {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for row in rows {
+        let labels = [(key, label(row))];
+        let mut family = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => family.encode_counter::<NoLabelSet, _, u64>(&value(row), None)?,
+            _ => family.encode_gauge(&value(row))?,
+        }
+    }
+    Ok(())
+}
+
+/// A family labelled by `app` (an application's name), the value of each from `value`.
 fn app_family(
     e: &mut DescriptorEncoder,
     name: &str,
@@ -39,19 +64,10 @@ fn app_family(
     apps: &[AppRow],
     value: fn(&GateCounts) -> u64,
 ) -> Fmt {
-    let mut m = e.encode_descriptor(name, help, None, kind)?;
-    for a in apps {
-        let labels = [("app", a.name.as_str())];
-        let mut family = m.encode_family(&labels)?;
-        match kind {
-            MetricType::Counter => family.encode_counter::<NoLabelSet, _, u64>(&value(&a.counts), None)?,
-            _ => family.encode_gauge(&value(&a.counts))?,
-        }
-    }
-    Ok(())
+    family(e, name, help, kind, "app", apps, |a| a.name.as_str(), |a| value(&a.counts))
 }
 
-/// One counter family labelled by `plugin`, the value of each row from `value`.
+/// A counter family labelled by `plugin`, the value of each row from `value`.
 fn plugin_counter(
     e: &mut DescriptorEncoder,
     name: &str,
@@ -59,11 +75,7 @@ fn plugin_counter(
     rows: &[PluginRow],
     value: fn(&PluginRow) -> u64,
 ) -> Fmt {
-    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for p in rows {
-        m.encode_family(&[("plugin", p.name.as_str())])?.encode_counter::<NoLabelSet, _, u64>(&value(p), None)?;
-    }
-    Ok(())
+    family(e, name, help, MetricType::Counter, "plugin", rows, |p| p.name.as_str(), value)
 }
 
 impl Collector for Collect {
@@ -91,17 +103,16 @@ impl Collector for Collect {
                 }
             }
         }
-        {
-            let mut m = e.encode_descriptor(
-                "portico_plugin_in_flight",
-                "Plugin application calls running now.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for p in &s.plugins {
-                m.encode_family(&[("plugin", p.name.as_str())])?.encode_gauge(&p.in_flight)?;
-            }
-        }
+        family(
+            &mut e,
+            "portico_plugin_in_flight",
+            "Plugin application calls running now.",
+            MetricType::Gauge,
+            "plugin",
+            &s.plugins,
+            |p| p.name.as_str(),
+            |p| p.in_flight,
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "portico_plugin_request_duration",

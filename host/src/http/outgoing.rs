@@ -102,23 +102,24 @@ impl Response {
     /// the body behind it — none for a `HEAD` request (`head_request`).
     pub fn prepare(self, version: Version, close: bool, head_request: bool) -> Prepared {
         let Response { head, mut body } = self;
-        let mut bytes = Vec::with_capacity(256);
-        head.encode(version, close, &mut bytes);
-        let close = close || head.framing == Framing::CloseDelimited;
         if head_request {
             body.clear();
-            return Prepared { status: head.code, head: bytes, body, body_len: 0, close };
         }
         body.retain(|p| !p.is_empty());
         let body_len = body.iter().map(Piece::len).sum();
         // One small in-memory body rides in the head's buffer. Cached static bytes stay shared.
-        if let [only] = body.as_slice()
-            && coalesces(only)
-            && only.len() <= COALESCE as u64
-        {
-            bytes.extend_from_slice(only.bytes().unwrap_or_default());
+        let copied = match body.as_slice() {
+            [only] if coalesces(only) && only.len() <= COALESCE as u64 => only.bytes(),
+            _ => None,
+        };
+        // One allocation for the head and what rides in it.
+        let mut bytes = Vec::with_capacity(head.encoded_len_hint() + copied.map_or(0, <[u8]>::len));
+        head.encode(version, close, &mut bytes);
+        if let Some(copied) = copied {
+            bytes.extend_from_slice(copied);
             body.clear();
         }
+        let close = close || head.framing == Framing::CloseDelimited;
         Prepared { status: head.code, head: bytes, body, body_len, close }
     }
 }

@@ -204,13 +204,19 @@ impl ResponseHead {
         self
     }
 
+    /// Bytes [`ResponseHead::encode`] writes, or a little more: the fields, and 160 for the
+    /// status line, `Date`, `Server`, the framing and `Connection` fields.
+    pub fn encoded_len_hint(&self) -> usize {
+        160 + self.fields.buf.len()
+    }
+
     /// Writes the head to `out`: status line, `Date`, `Server`, the fields, the framing field,
     /// `Connection` and the empty line. `close`: the connection closes after this response
     /// (`Connection: close`, RFC 9112 §9.6); an HTTP/1.0 connection kept open says
     /// `Connection: keep-alive`, since HTTP/1.0 closes by default (RFC 9112 §9.3).
     /// [`Framing::CloseDelimited`] always closes.
     pub fn encode(&self, version: Version, close: bool, out: &mut Vec<u8>) {
-        out.reserve(160 + self.fields.buf.len());
+        out.reserve(self.encoded_len_hint());
         out.extend_from_slice(version.as_str().as_bytes());
         let _ = write!(out, " {} ", self.code);
         let reason = self.reason.as_deref().unwrap_or_else(|| portico_api::status::reason(self.code));

@@ -73,10 +73,7 @@ impl Mounts {
                 app: m.app.as_ref().map_or(MountApp::Docroot, |a| MountApp::Plugin(a.get_ref().clone())),
                 middleware: m.middleware.iter().map(|s| s.get_ref().clone()).collect::<Vec<_>>().into(),
                 request_buffering: m.request_buffering.unwrap_or(true),
-                timeout: m
-                    .timeout
-                    .as_ref()
-                    .map(|t| Some(*t.get_ref()).filter(|s| *s > 0.0).map(Duration::from_secs_f64)),
+                timeout: m.timeout.as_ref().map(|t| crate::settings::deadline(*t.get_ref())),
                 max_concurrency: m.max_concurrency.as_ref().map(|n| *n.get_ref() as usize),
                 queue: m.queue,
             })

@@ -111,7 +111,7 @@ pub struct Fence {
 
 impl Fence {
     fn of(mounts: &Mounts, docroot: &Path) -> Fence {
-        let mut dirs: Vec<(PathBuf, Option<String>)> = mounts
+        let dirs = mounts
             .list()
             .iter()
             .filter(|m| m.app == MountApp::Docroot)
@@ -121,6 +121,12 @@ impl Fence {
                 (std::fs::canonicalize(&joined).unwrap_or(joined), guard)
             })
             .collect();
+        Fence::new(dirs)
+    }
+
+    /// A fence over `dirs` (directory, guarding prefix), in any order: the innermost is found
+    /// first.
+    fn new(mut dirs: Vec<(PathBuf, Option<String>)>) -> Fence {
         dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
         Fence { dirs }
     }
@@ -167,11 +173,11 @@ mod tests {
 
     #[test]
     fn the_innermost_static_mount_decides_who_may_serve_a_file() {
-        let dirs = |d: &[(&str, Option<&str>)]| Fence {
-            dirs: d.iter().map(|(p, g)| (PathBuf::from(p), g.map(str::to_owned))).collect(),
+        let dirs = |d: &[(&str, Option<&str>)]| {
+            Fence::new(d.iter().map(|(p, g)| (PathBuf::from(p), g.map(str::to_owned))).collect())
         };
-        // Innermost first, as Fence::of sorts them.
-        let f = dirs(&[("/root/private/open", None), ("/root/private", Some("/private"))]);
+        // Outermost first: the fence finds the innermost anyway.
+        let f = dirs(&[("/root/private", Some("/private")), ("/root/private/open", None)]);
         let p = Path::new;
         assert!(f.allows(p("/root/private/a.txt"), Some("/private")));
         assert!(!f.allows(p("/root/private/a.txt"), None), "around the mount");

@@ -80,11 +80,16 @@ impl AppDefaults {
     }
 }
 
+/// An application's deadline from its seconds (`--app-timeout`, a mount's `timeout`): 0 is none.
+pub fn deadline(seconds: f64) -> Option<Duration> {
+    (seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
 impl Args {
     /// The server-wide limits of applications.
     pub fn app_defaults(&self) -> AppDefaults {
         AppDefaults {
-            timeout: (self.app_timeout > 0.0).then(|| Duration::from_secs_f64(self.app_timeout)),
+            timeout: deadline(self.app_timeout),
             max_concurrency: self.app_max_concurrency.map(|n| n as usize),
             queue: self.app_queue,
             threads: self.worker_threads(),
