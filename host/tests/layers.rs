@@ -205,32 +205,30 @@ fn rel(p: &Path) -> String {
     p.strip_prefix(src()).unwrap_or(p).display().to_string()
 }
 
-#[test]
-fn every_module_uses_only_lower_layers() {
+/// Every edge that goes up a layer, or sideways into another part of the same layer.
+fn layer_breaks(edges: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Vec<String> {
     let mut wrong = Vec::new();
-    for (from, targets) in graph() {
+    for (from, targets) in edges {
         if from.ends_with("lib.rs") {
             continue;
         }
-        let Some((lf, kf)) = layer(&from) else {
-            wrong.push(format!("{} is in no layer: add it to LAYERS and ARCHITECTURE.md", rel(&from)));
+        let Some((lf, kf)) = layer(from) else {
+            wrong.push(format!("{} is in no layer: add it to LAYERS and ARCHITECTURE.md", rel(from)));
             continue;
         };
         for to in targets {
-            let Some((lt, kt)) = layer(&to) else { continue };
+            let Some((lt, kt)) = layer(to) else { continue };
             let own = kf.split('/').next() == kt.split('/').next();
             if lt > lf || (lt == lf && !own) {
-                wrong.push(format!("{} (layer {lf}, {kf}) uses {} (layer {lt}, {kt})", rel(&from), rel(&to)));
+                wrong.push(format!("{} (layer {lf}, {kf}) uses {} (layer {lt}, {kt})", rel(from), rel(to)));
             }
         }
     }
-    assert!(wrong.is_empty(), "module layering broken:\n{}", wrong.join("\n"));
+    wrong
 }
 
-#[test]
-fn the_module_graph_has_no_cycle() {
-    let edges = graph();
-    // Depth-first search; a back edge is a cycle, reported with its path.
+/// A cycle in `edges`, as its path, if there is one (depth-first search: a back edge).
+fn find_cycle(edges: &BTreeMap<PathBuf, BTreeSet<PathBuf>>) -> Option<Vec<PathBuf>> {
     fn visit(
         v: &PathBuf,
         edges: &BTreeMap<PathBuf, BTreeSet<PathBuf>>,
@@ -258,13 +256,20 @@ fn the_module_graph_has_no_cycle() {
         None
     }
     let mut state = BTreeMap::new();
-    for v in edges.keys() {
-        if !state.contains_key(v)
-            && let Some(cycle) = visit(v, &edges, &mut state, &mut Vec::new())
-        {
-            let names: Vec<String> = cycle.iter().map(|p| rel(p)).collect();
-            panic!("import cycle: {} → {}", names.join(" → "), names[0]);
-        }
+    edges.keys().find_map(|v| if state.contains_key(v) { None } else { visit(v, edges, &mut state, &mut Vec::new()) })
+}
+
+#[test]
+fn every_module_uses_only_lower_layers() {
+    let wrong = layer_breaks(&graph());
+    assert!(wrong.is_empty(), "module layering broken:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    if let Some(cycle) = find_cycle(&graph()) {
+        let names: Vec<String> = cycle.iter().map(|p| rel(p)).collect();
+        panic!("import cycle: {} → {}", names.join(" → "), names[0]);
     }
 }
 
@@ -293,4 +298,20 @@ fn the_checker_sees_a_cycle_and_a_layer_break() {
     let f = src().join("io").join("conn.rs");
     assert_eq!(layer(&f), Some((7, "io")));
     assert_eq!(layer(&src().join("plugin").join("call.rs")), Some((5, "plugin/call")));
+    // The checks themselves, on graphs made up here.
+    let (request, conn, call) = (src().join("http/request.rs"), f.clone(), src().join("plugin/call.rs"));
+    let graph = |edges: &[(&PathBuf, &PathBuf)]| {
+        let mut g: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+        for (from, to) in edges {
+            g.entry((*from).clone()).or_default().insert((*to).clone());
+            g.entry((*to).clone()).or_default();
+        }
+        g
+    };
+    let down = graph(&[(&conn, &call), (&call, &request)]);
+    assert!(layer_breaks(&down).is_empty() && find_cycle(&down).is_none(), "downward edges are fine");
+    let up = layer_breaks(&graph(&[(&request, &conn)]));
+    assert!(up.len() == 1 && up[0].starts_with("http/request.rs (layer"), "an upward edge is reported: {up:?}");
+    let cycle = find_cycle(&graph(&[(&conn, &call), (&call, &request), (&request, &conn)]));
+    assert_eq!(cycle.map(|c| c.len()), Some(3), "a three-module cycle is found");
 }

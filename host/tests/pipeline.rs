@@ -102,6 +102,19 @@ fn ip_filter_refusals_cannot_forge_or_flood_the_log() {
     assert!(!text.lines().any(|l| l.starts_with("2026-11-29T00:00:00Z ERROR portico: FAKE")), "{text}");
     let refusals = text.lines().filter(|l| l.contains("ip_filter: refused")).count();
     assert!(refusals < 5, "51 refusals in well under a second made {refusals} lines:\n{text}");
+    // The refusals not logged are counted on the next line written (a second later).
+    let summary = support::poll_until(Duration::from_secs(5), Duration::from_millis(100), || {
+        assert_eq!(server.get("/api/dog").status, 403);
+        server.stderr_text().lines().find(|l| l.contains("more refused")).map(str::to_owned)
+    });
+    let summary = summary.unwrap_or_else(|| panic!("no line counts the unlogged refusals:\n{}", server.stderr_text()));
+    let counted: u64 = summary
+        .split("(and ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {summary:?}"));
+    assert!(counted >= 50 - refusals as u64, "{counted} counted of the 50 after the first: {summary:?}");
 }
 
 #[test]

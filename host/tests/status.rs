@@ -532,6 +532,7 @@ fn reloads_are_reported_with_their_error() {
     let metrics = get_ok(&server, "/_portico/metrics").text();
     assert!(metrics.contains("portico_reloads_total 2\n"), "{metrics}");
     // The last reload succeeded: its time is the last success's.
+    assert!(r["last_success_at_unix"].as_f64().is_some(), "{r:#}");
     assert_eq!(r["last_success_at_unix"], r["last"]["at_unix"], "{r:#}");
     let (samples, _) = parse_openmetrics(&metrics).unwrap_or_else(|e| panic!("{e}\n{metrics}"));
     let success = sample(&samples, "portico_reload_last_success_timestamp_seconds", &[]);
