@@ -55,8 +55,9 @@ ensure_rust() {
     if ! command -v cargo >/dev/null 2>&1; then
         die "cargo not found. Portico needs a Rust toolchain (rust-version in Cargo.toml): install it with rustup (https://rustup.rs), then open a new shell or run 'source ~/.cargo/env'."
     fi
-    # The host's allocator (tikv-jemalloc-sys) builds jemalloc from C: a C compiler and make.
-    ensure_apt gcc make
+    # The host's allocator (tikv-jemalloc-sys) builds jemalloc from C: a C compiler (the cc
+    # crate calls `cc`) and make.
+    ensure_apt gcc:cc make
 }
 
 # ensure_rust_components COMPONENT...: rustfmt / clippy, added with rustup when missing.
@@ -202,6 +203,15 @@ _CLEANUP_PIDS=()
 _CLEANUP_DIRS=()
 
 cleanup_pid() { _CLEANUP_PIDS+=("$1"); }
+# forget_pid PID: a process already stopped and reaped is not stopped again at exit (its PID
+# may have been reused by then).
+forget_pid() {
+    local pid kept=()
+    for pid in ${_CLEANUP_PIDS[@]+"${_CLEANUP_PIDS[@]}"}; do
+        [[ "$pid" == "$1" ]] || kept+=("$pid")
+    done
+    _CLEANUP_PIDS=(${kept[@]+"${kept[@]}"})
+}
 cleanup_dir() { _CLEANUP_DIRS+=("$1"); }
 
 # stop_pid PID: SIGTERM, wait up to 5 s for it to drain, then SIGKILL.
