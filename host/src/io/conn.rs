@@ -867,7 +867,7 @@ mod tests {
             let app = if buffering { &self.buffered } else { &self.streamed };
             let route = crate::routing::AppRoute {
                 target: crate::routing::Target::Docroot { prefix: "/app".into(), fence: Arc::default() },
-                middleware: Vec::new(),
+                middleware: Arc::new([]),
                 script_name: String::new(),
                 path_info: Vec::new(),
                 app: Arc::clone(app),

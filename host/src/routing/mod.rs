@@ -29,9 +29,8 @@ use crate::http::request::RequestHead;
 use crate::http::target::{self, TargetForm};
 use crate::plugin::loader::Plugin;
 use crate::settings::{AdminPage, AdminPaths};
-use mount::MountApp;
 pub(crate) use table::Current;
-pub use table::{App, Fence, Table};
+pub use table::{App, Fence, Resolved, Table};
 
 /// What answers at the end of an application route.
 #[derive(Clone)]
@@ -41,7 +40,7 @@ pub enum Target {
     /// The docroot, behind the middleware of the static mount at `prefix`.
     Docroot {
         /// The mount's prefix.
-        prefix: String,
+        prefix: Arc<str>,
         /// The fence of the table the request was routed with.
         fence: Arc<Fence>,
     },
@@ -53,7 +52,7 @@ pub struct AppRoute {
     /// What answers at the end of the pipeline.
     pub target: Target,
     /// Middleware around it, outermost first (a mount's pipeline), from the same table.
-    pub middleware: Vec<Arc<Plugin>>,
+    pub middleware: Arc<[Arc<Plugin>]>,
     /// `SCRIPT_NAME`.
     pub script_name: String,
     /// `PATH_INFO`, decoded.
@@ -118,28 +117,23 @@ pub fn route(head: &RequestHead, table: &Table, admin: Option<&AdminPaths>) -> R
         return Ok(Route::Admin(page));
     }
     if let Some((m, n)) = table.mounts.find(&decoded) {
-        let mut middleware = Vec::with_capacity(m.middleware.len());
-        // Every middleware of the pipeline, from the same table as the application. One
+        // Every middleware of the pipeline comes from the same table as the application; one
         // missing fails closed (500): the filter in front of an application is never skipped.
-        for name in m.middleware.iter() {
-            match table.plugins.get(name).filter(|p| p.is_middleware()) {
-                Some(p) => middleware.push(Arc::clone(p)),
-                None => return Ok(Route::FailClosed { mount: m.prefix.clone(), missing: name.clone() }),
+        return Ok(match table.resolved.get(&m.prefix) {
+            Some(Resolved::Static) => Route::Static { path: decoded.into_owned() },
+            Some(Resolved::App { target, middleware, app }) => Route::App(AppRoute {
+                target: target.clone(),
+                middleware: Arc::clone(middleware),
+                // PEP 3333: an application mounted at the root has an empty SCRIPT_NAME.
+                script_name: if m.prefix == "/" { String::new() } else { m.prefix.clone() },
+                path_info: decoded[n..].to_vec(),
+                app: Arc::clone(app),
+            }),
+            Some(Resolved::FailClosed { missing }) => {
+                Route::FailClosed { mount: m.prefix.clone(), missing: missing.clone() }
             }
-        }
-        let target = match &m.app {
-            MountApp::Docroot if middleware.is_empty() => return Ok(Route::Static { path: decoded.into_owned() }),
-            MountApp::Docroot => Target::Docroot { prefix: m.prefix.clone(), fence: Arc::clone(&table.fence) },
-            MountApp::Plugin(name) => match table.plugins.get(name) {
-                Some(p) => Target::Plugin(Arc::clone(p)),
-                None => return Ok(Route::NotFound),
-            },
-        };
-        // PEP 3333: an application mounted at the root has an empty SCRIPT_NAME.
-        let script_name = if m.prefix == "/" { String::new() } else { m.prefix.clone() };
-        let Some(app) = table.apps.get(&m.prefix) else { return Ok(Route::NotFound) };
-        let app = Arc::clone(app);
-        return Ok(Route::App(AppRoute { target, middleware, script_name, path_info: decoded[n..].to_vec(), app }));
+            Some(Resolved::NotFound) | None => Route::NotFound,
+        });
     }
     match split_path(parts.path)? {
         Split::NamePy { name, .. } if table.mounts.is_mounted(&name) => {
@@ -149,7 +143,7 @@ pub fn route(head: &RequestHead, table: &Table, admin: Option<&AdminPaths>) -> R
             match (table.plugins.get(&name), table.apps.get(&script_name)) {
                 (Some(p), Some(app)) => Ok(Route::App(AppRoute {
                     target: Target::Plugin(Arc::clone(p)),
-                    middleware: Vec::new(),
+                    middleware: Arc::clone(&table.no_middleware),
                     script_name,
                     path_info,
                     app: Arc::clone(app),

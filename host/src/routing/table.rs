@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::mount::{MountApp, Mounts};
+use super::Target;
+use super::mount::{Mount, MountApp, Mounts};
 use crate::admission::{Gate, Limits};
+use crate::plugin::loader::Plugin;
 use crate::plugin::registry::PluginSet;
 use crate::settings::AppDefaults;
 
@@ -36,6 +38,58 @@ pub struct Table {
     pub fence: Arc<Fence>,
     /// Every application a request can reach, by name: a mount's prefix, or `/NAME.py`.
     pub apps: HashMap<String, Arc<App>>,
+    /// What each mount resolves to, by prefix: worked out once here, so routing a request to
+    /// a mount is one lookup and reference counts.
+    pub resolved: HashMap<String, Resolved>,
+    /// The empty pipeline of a `/NAME.py` route (shared, so such a route allocates none).
+    pub no_middleware: Arc<[Arc<Plugin>]>,
+}
+
+/// What a mount resolves to in one table.
+pub enum Resolved {
+    /// Plain static files: a static mount without middleware.
+    Static,
+    /// An application behind its middleware (outermost first).
+    App {
+        /// What answers at the end of the pipeline.
+        target: Target,
+        /// The pipeline's middleware, from this table.
+        middleware: Arc<[Arc<Plugin>]>,
+        /// The mount's application (its gate).
+        app: Arc<App>,
+    },
+    /// A middleware of the pipeline is not loaded, or is not a middleware: 500, never the
+    /// application without its filter.
+    FailClosed {
+        /// The missing middleware's name.
+        missing: String,
+    },
+    /// The mount's plugin is not loaded.
+    NotFound,
+}
+
+impl Resolved {
+    fn of(m: &Mount, plugins: &PluginSet, fence: &Arc<Fence>, apps: &HashMap<String, Arc<App>>) -> Resolved {
+        let mut middleware = Vec::with_capacity(m.middleware.len());
+        for name in m.middleware.iter() {
+            match plugins.get(name).filter(|p| p.is_middleware()) {
+                Some(p) => middleware.push(Arc::clone(p)),
+                None => return Resolved::FailClosed { missing: name.clone() },
+            }
+        }
+        let target = match &m.app {
+            MountApp::Docroot if middleware.is_empty() => return Resolved::Static,
+            MountApp::Docroot => Target::Docroot { prefix: m.prefix.as_str().into(), fence: Arc::clone(fence) },
+            MountApp::Plugin(name) => match plugins.get(name) {
+                Some(p) => Target::Plugin(Arc::clone(p)),
+                None => return Resolved::NotFound,
+            },
+        };
+        match apps.get(&m.prefix) {
+            Some(app) => Resolved::App { target, middleware: middleware.into(), app: Arc::clone(app) },
+            None => Resolved::NotFound,
+        }
+    }
 }
 
 impl Table {
@@ -89,7 +143,9 @@ impl Table {
                 (name, app)
             })
             .collect();
-        Table { mounts, plugins, fence, apps }
+        let resolved =
+            mounts.list().iter().map(|m| (m.prefix.clone(), Resolved::of(m, &plugins, &fence, &apps))).collect();
+        Table { mounts, plugins, fence, apps, resolved, no_middleware: Arc::new([]) }
     }
 }
 

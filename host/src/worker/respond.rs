@@ -57,7 +57,7 @@ pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &Atom
         Target::Plugin(p) => Final::Plugin(p),
         Target::Docroot { prefix, fence } => {
             full_path = [route.script_name.as_bytes(), &route.path_info].concat();
-            fenced = |real: &std::path::Path| fence.allows(real, Some(prefix));
+            fenced = |real: &std::path::Path| fence.allows(real, Some(&**prefix));
             Final::Docroot { statics: docroot, head: &head, path: &full_path, allowed: &fenced }
         }
     };
