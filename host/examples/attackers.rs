@@ -13,7 +13,7 @@
 //! - IDLE connections (connects spread over 5 s) send one keep-alive request, read the
 //!   answer, then sit idle; they reconnect when the server closes them.
 //!
-//! Prints `attackers: slow open N, idle open N, reconnects slow N idle N` once a second to
+//! Prints `attackers: slow open N, idle open N, reconnects slow N idle N, connect errors N` once a second to
 //! stderr.
 
 use std::io::{ErrorKind, Read, Write};
@@ -77,7 +77,7 @@ fn main() {
             Client { kind, sock: None, next_at: start + Duration::from_millis(spread as u64), answered: false }
         })
         .collect();
-    let (mut reconnect_slow, mut reconnect_idle) = (0u64, 0u64);
+    let (mut reconnect_slow, mut reconnect_idle, mut connect_errors) = (0u64, 0u64, 0u64);
     let mut events = Events::with_capacity(1024);
     let mut next_report = start;
     let mut buf = [0u8; 4096];
@@ -90,6 +90,7 @@ fn main() {
             match (&mut c.sock, &c.kind) {
                 (None, _) => {
                     let Ok(mut s) = TcpStream::connect(addr) else {
+                        connect_errors += 1;
                         c.next_at = now + Duration::from_millis(500);
                         continue;
                     };
@@ -154,7 +155,7 @@ fn main() {
         if Instant::now() >= next_report {
             let open = |k: Kind| clients.iter().filter(|c| c.kind == k && c.sock.is_some()).count();
             eprintln!(
-                "attackers: slow open {}, idle open {}, reconnects slow {reconnect_slow} idle {reconnect_idle}, connect errors 0",
+                "attackers: slow open {}, idle open {}, reconnects slow {reconnect_slow} idle {reconnect_idle}, connect errors {connect_errors}",
                 open(Kind::Slow),
                 open(Kind::Idle)
             );
