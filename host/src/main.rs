@@ -13,8 +13,8 @@ use tracing_subscriber::prelude::*;
 /// jemalloc, with its background purging thread, not glibc's malloc: memory a burst of requests
 /// used goes back to the system within seconds. Measured with `scripts/memory` (1,000 queued
 /// requests with 60 KB heads, then every client closes): 10 s after, glibc still held the peak
-/// (72 MiB; buffers below its mmap threshold stay in its arenas), jemalloc was back to 1 MiB
-/// over the start. Plugins keep their own allocator: every buffer crosses the boundary with
+/// (72 MiB; buffers below its mmap threshold stay in its arenas), jemalloc was back within 1–5 MiB of
+/// the start (three runs). Plugins keep their own allocator: every buffer crosses the boundary with
 /// its own vtable (`RVec`, `RBox`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
