@@ -5,8 +5,9 @@
 use std::fs::OpenOptions;
 
 use anyhow::Context;
-use portico::access_log;
+use portico::master::{self, spawn};
 use portico::settings::{file as config_file, print};
+use portico::{access_log, listeners};
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 
@@ -24,7 +25,10 @@ fn main() -> anyhow::Result<()> {
     if argv.nth(1).is_some_and(|a| a == "check") {
         std::process::exit(portico::check::run(argv.collect()));
     }
-    let (args, config) = match config_file::parse_args(std::env::args_os()) {
+    // Before any thread exists: taking the sockets removes `LISTEN_*` from the environment.
+    let inherited = listeners::inherited();
+    let worker_of = std::env::var(spawn::WORKER_ENV).ok();
+    let (mut args, config) = match config_file::parse_args(std::env::args_os()) {
         Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("portico: {e}");
@@ -67,5 +71,19 @@ fn main() -> anyhow::Result<()> {
     });
     tracing_subscriber::registry().with(error_log).with(access_layer).init();
 
-    portico::server::run(args, config)
+    let (inherited, control) = inherited?;
+    match (worker_of, control) {
+        (Some(_), Some(control)) => {
+            // A worker process: the master chose its plugins (a generation's snapshot).
+            if let Some(dir) = std::env::var_os(spawn::SNAPSHOT_ENV) {
+                args.plugins = dir.into();
+            }
+            if let Some(dir) = std::env::var_os(spawn::CACHE_ENV) {
+                args.cache_dir = Some(dir.into());
+            }
+            portico::server::run_worker(args, config, inherited, control)
+        }
+        _ if args.workers == 0 => portico::server::run(args, config, inherited),
+        _ => master::run(args, config, inherited),
+    }
 }

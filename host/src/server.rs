@@ -1,24 +1,31 @@
-//! Wiring: binds the listeners, loads what serves ([`crate::reload::initial`]), starts the
-//! worker pool, the event loops and the signal thread, and waits for shutdown.
+//! Wiring of one serving process: loads what serves ([`crate::reload::initial`]), starts the
+//! worker pool, the event loops and the signal thread over the listeners it is given, and
+//! waits for shutdown. It runs as a worker process under the master (`crate::master`; the
+//! listeners and a control socket inherited), or alone with `--workers 0` (it binds the
+//! listeners itself, or takes systemd's).
 //!
-//! Signals (signal-hook): SIGHUP reloads on the signal thread ([`crate::reload::reload`];
-//! requests never wait for it); SIGTERM and SIGINT stop accepting and drain requests in flight
-//! for up to the graceful timeout, then the process exits 0. A second SIGTERM/SIGINT exits at
-//! once (1).
+//! Signals (signal-hook): SIGTERM and SIGINT stop accepting and drain requests in flight for
+//! up to the graceful timeout, then the process exits 0; a second one exits at once (1).
+//! SIGQUIT exits at once (0). SIGHUP reloads on the signal thread when alone
+//! ([`crate::reload::reload`], each changed plugin test-loaded in a child process first;
+//! requests never wait for it); a worker ignores it (the master reloads by generation).
 
-use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use mio::{Poll, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::control::{self, PluginTotals, ToMaster, ToWorker, WorkerReport};
 use crate::exchange::Notifier;
 use crate::io::balance::Balance;
 use crate::io::event_loop::{self, EventLoop};
-use crate::metrics::counters::Stats;
+use crate::listeners::{self, Listener};
+use crate::metrics::counters::{Stats, resident_memory_bytes};
 use crate::plugin::registry::Registry;
 use crate::reload;
 use crate::routing::Current;
@@ -27,24 +34,68 @@ use crate::settings::file::Loaded;
 use crate::static_files::{self, StaticFiles};
 use crate::worker::{self, Pool};
 
-/// Runs the server until SIGTERM/SIGINT has drained it.
+/// How this process serves.
+enum Role {
+    /// Alone (`--workers 0`): it bound the listeners, and reloads in place on SIGHUP.
+    Alone,
+    /// A worker process of generation `generation`, talking to its master over `control`.
+    Worker {
+        /// The control socket.
+        control: UnixStream,
+    },
+}
+
+/// Runs the server in this one process (`--workers 0`) until SIGTERM/SIGINT has drained it;
+/// `inherited` are systemd's sockets (served instead of `--bind` when there are any).
 ///
 /// # Errors
 /// The docroot does not exist, a mount names a plugin that did not load, a listener cannot be
 /// bound, or a thread cannot start.
-pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
+pub fn run(args: Args, config: Option<Loaded>, inherited: Vec<Listener>) -> anyhow::Result<()> {
+    let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode)?;
+    let result = serve(args, config, &listeners, Role::Alone);
+    for l in &listeners {
+        l.remove_file();
+    }
+    result
+}
+
+/// Runs a worker process: serves `listeners` (inherited from the master) until told to stop,
+/// reporting to the master over `control`.
+///
+/// # Errors
+/// As [`run`], except binding.
+pub fn run_worker(
+    args: Args,
+    config: Option<Loaded>,
+    listeners: Vec<Listener>,
+    control: UnixStream,
+) -> anyhow::Result<()> {
+    if !args.worker_core_dumps {
+        // A crashing worker's clients wait for its core to be written (2.7 s for 512 MiB in
+        // the process-model research): none unless asked for.
+        let none = rustix::process::Rlimit { current: Some(0), maximum: None };
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Core).maximum;
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Core,
+            rustix::process::Rlimit { maximum: hard, ..none },
+        );
+    }
+    // Should the master die without stopping us, drain and exit rather than linger.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    serve(args, config, &listeners, Role::Worker { control })
+}
+
+fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role) -> anyhow::Result<()> {
     let docroot = std::fs::canonicalize(&args.docroot)
         .with_context(|| format!("docroot {} does not exist", args.docroot.display()))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
     let registry = Arc::new(Registry::new(args.plugins.clone(), cache_dir));
     let site = reload::Site { docroot: docroot.clone(), apps: args.app_defaults() };
     let routes = Arc::new(Current::new(reload::initial(&registry, config.as_ref(), &site)?));
-
-    let listeners = args
-        .bind
-        .iter()
-        .map(|addr| TcpListener::bind(addr).with_context(|| format!("binding {addr}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    if matches!(role, Role::Alone) {
+        registry.probe_first(Duration::from_secs_f64(args.worker_ready_timeout));
+    }
 
     raise_open_file_limit();
     let threads = args.worker_threads();
@@ -75,44 +126,54 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
     }
     let wakers: Vec<Arc<Waker>> = loops.iter().map(|(_, w)| Arc::clone(w)).collect();
     let notifier = Notifier::new(loops);
-    let addrs: Vec<_> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let mut event_loops = Vec::with_capacity(io_threads);
     for (index, (poll, completions)) in polls.into_iter().zip(receivers).enumerate() {
         // Every event loop registers the same listening sockets; whichever wakes first
         // accepts (the others see WouldBlock).
-        let ls = listeners.iter().map(TcpListener::try_clone).collect::<std::io::Result<Vec<_>>>()?;
+        let ls = listeners.iter().map(Listener::try_clone).collect::<std::io::Result<Vec<_>>>()?;
         let l = EventLoop::new(index, poll, ls, completions, notifier.clone(), job_tx.clone(), Arc::clone(&shared))
             .context("starting an event loop")?;
         event_loops.push(l);
     }
     drop(job_tx);
-    drop(listeners);
     let workers = Arc::new(worker::Shared {
         notifier,
         shutting_down: Arc::clone(&shutting_down),
         stats: Arc::clone(&stats),
         docroot: Arc::new(Mutex::new(StaticFiles::new(docroot.clone(), static_files::Options::from_args(&args)))),
     });
-    let pool = Pool::start(threads, job_rx, workers).context("starting the workers")?;
+    let pool = Arc::new(Pool::start(threads, job_rx, workers).context("starting the workers")?);
 
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let stop = {
+        let shutting_down = Arc::clone(&shutting_down);
+        let wakers = wakers.clone();
+        move || {
+            if shutting_down.swap(true, Ordering::SeqCst) {
+                tracing::warn!("second shutdown signal: exiting now");
+                std::process::exit(1);
+            }
+            for waker in &wakers {
+                let _ = waker.wake();
+            }
+        }
+    };
+    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT]).context("installing signal handlers")?;
     {
         let routes = Arc::clone(&routes);
         let stats = Arc::clone(&stats);
         let mut config = config;
+        let alone = matches!(role, Role::Alone);
+        let stop = stop.clone();
         std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP => reload::reload(&registry, &routes, &stats, &mut config, &site),
-                    _ => {
-                        if shutting_down.swap(true, Ordering::SeqCst) {
-                            tracing::warn!("second shutdown signal: exiting now");
-                            std::process::exit(1);
-                        }
-                        for waker in &wakers {
-                            let _ = waker.wake();
-                        }
+                    SIGHUP if alone => reload::reload(&registry, &routes, &stats, &mut config, &site),
+                    SIGHUP => {}
+                    SIGQUIT => {
+                        tracing::warn!("SIGQUIT: exiting now");
+                        std::process::exit(0);
                     }
+                    _ => stop(),
                 }
             }
         })?;
@@ -135,15 +196,28 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
     let table = routes.load_full();
     let mut names: Vec<_> = table.plugins.values().map(|p| format!("{} {}", p.name, p.version)).collect();
     names.sort();
-    tracing::info!(
-        "docroot {}; plugins from {}: {}",
-        docroot.display(),
-        args.plugins.display(),
-        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
-    );
-    tracing::info!("{threads} worker threads, {io_threads} event loop{}", if io_threads == 1 { "" } else { "s" });
-    for addr in &addrs {
-        tracing::info!("listening on http://{addr}");
+    match role {
+        Role::Alone => {
+            tracing::info!(
+                "docroot {}; plugins from {}: {}",
+                docroot.display(),
+                args.plugins.display(),
+                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            );
+            tracing::info!(
+                "{threads} worker threads, {io_threads} event loop{}",
+                if io_threads == 1 { "" } else { "s" }
+            );
+            for l in listeners {
+                tracing::info!("listening on {}", l.describe());
+            }
+        }
+        Role::Worker { control } => {
+            let link = Arc::new(Mutex::new(control.try_clone().context("cloning the control socket")?));
+            control::send(&link, &ToMaster::Ready { plugins: names })?;
+            start_link(control, Arc::clone(&link), Arc::clone(&stats), stop.clone())?;
+            start_recycler(&args, link, Arc::clone(&stats), Arc::clone(&pool))?;
+        }
     }
 
     let mut drained = true;
@@ -154,13 +228,103 @@ pub fn run(args: Args, config: Option<Loaded>) -> anyhow::Result<()> {
     if drained {
         // Every connection is done, so the workers are idle; the job sender is gone, so
         // they exit.
-        pool.join();
+        if let Ok(pool) = Arc::try_unwrap(pool) {
+            pool.join();
+        }
     } else {
         // Past the graceful timeout an application may still be running: do not wait for
         // it. Returning from main ends the process and its worker threads.
         tracing::warn!("exiting with applications still running on workers");
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The worker's side of the control channel: answers the master's requests; the master gone
+/// (end of input) drains this worker like SIGTERM.
+fn start_link(
+    control: UnixStream,
+    link: Arc<Mutex<UnixStream>>,
+    stats: Arc<Stats>,
+    stop: impl Fn() + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name("portico-control".into()).spawn(move || {
+        control::read_all(control, |msg: ToWorker| match msg {
+            ToWorker::Report => {
+                let _ = control::send(&link, &ToMaster::Report(report(&stats)));
+            }
+            ToWorker::Tree { .. } => {}
+        });
+        tracing::warn!("the master process is gone: draining");
+        stop();
+    })?;
+    Ok(())
+}
+
+/// This worker's counters for the master.
+pub(crate) fn report(stats: &Stats) -> WorkerReport {
+    let plugins = stats
+        .plugins()
+        .into_iter()
+        .map(|(name, c)| PluginTotals {
+            name,
+            requests: c.requests,
+            classes: c.responses.to_vec(),
+            in_flight: c.in_flight,
+            sum_seconds: c.sum_seconds,
+            buckets: c.buckets.to_vec(),
+        })
+        .collect();
+    WorkerReport {
+        requests: stats.requests_served(),
+        rss_bytes: resident_memory_bytes(),
+        connections: stats.connections().open as u64,
+        plugins,
+    }
+}
+
+/// Checks once a second whether this worker should be replaced (`--max-requests` with its
+/// jitter, `--max-worker-memory`, `--max-abandoned`) and asks the master once.
+fn start_recycler(
+    args: &Args,
+    link: Arc<Mutex<UnixStream>>,
+    stats: Arc<Stats>,
+    pool: Arc<Pool>,
+) -> std::io::Result<()> {
+    let jitter = if args.max_requests_jitter > 0 {
+        // Spread by the pid: workers started together get different limits.
+        u64::from(std::process::id()) % (args.max_requests_jitter + 1)
+    } else {
+        0
+    };
+    let max_requests = (args.max_requests > 0).then(|| args.max_requests + jitter);
+    let max_memory = (args.max_worker_memory > 0).then(|| args.max_worker_memory * 1024 * 1024);
+    let max_abandoned = (args.max_abandoned > 0).then_some(args.max_abandoned as usize);
+    if max_requests.is_none() && max_memory.is_none() && max_abandoned.is_none() {
+        return Ok(());
+    }
+    std::thread::Builder::new().name("portico-recycle".into()).spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let served = stats.requests_served();
+            let reason = if let Some(max) = max_requests.filter(|&m| served >= m) {
+                format!("served {served} requests (--max-requests {max})")
+            } else if let Some((rss, max)) =
+                max_memory.and_then(|max| resident_memory_bytes().filter(|&r| r > max).map(|r| (r, max)))
+            {
+                format!("resident memory {} MiB over --max-worker-memory {} MiB", rss >> 20, max >> 20)
+            } else if let Some(n) =
+                max_abandoned.map(|_| pool.abandoned_running()).filter(|&n| Some(n) >= max_abandoned)
+            {
+                format!("{n} application calls abandoned past their deadline still running (--max-abandoned)")
+            } else {
+                continue;
+            };
+            tracing::info!("asking to be replaced: {reason}");
+            let _ = control::send(&link, &ToMaster::Retire { reason });
+            return;
+        }
+    })?;
     Ok(())
 }
 

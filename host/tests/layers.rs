@@ -16,15 +16,15 @@ const MAX_LINES: usize = 600;
 /// The layers, lowest first: a module may use modules of lower layers only (and its own).
 /// Keys are module paths as files name them (`http`, `plugin/loader`, `io`).
 const LAYERS: &[&[&str]] = &[
-    &["escape", "http", "ids"],
+    &["escape", "http", "ids", "control"],
     &["settings", "access_log"],
-    &["plugin/loader", "plugin/registry", "plugin", "admission"],
+    &["plugin/loader", "plugin/registry", "plugin", "admission", "listeners"],
     &["routing", "static_files", "metrics"],
     &["exchange"],
     &["plugin/call"],
     &["worker", "admin", "reload", "check"],
     &["io"],
-    &["server"],
+    &["server", "master"],
 ];
 
 fn src() -> PathBuf {

@@ -54,14 +54,24 @@ pub struct Peer {
     pub remote: SocketAddr,
     /// The local address it connected to (`SERVER_PORT`; `SERVER_NAME` without `Host`).
     pub local: SocketAddr,
-    /// `remote`'s and `local`'s IP as text, formatted once per connection.
+    /// `remote`'s and `local`'s IP as text, formatted once per connection (both empty on a
+    /// Unix socket).
     pub ips: Arc<(String, String)>,
+    /// The connection came on a Unix socket: it has no addresses (`REMOTE_ADDR` is empty, the
+    /// ports are 0), and counts as local for the admin pages.
+    pub unix: bool,
 }
 
 impl Peer {
-    /// The addresses of a new connection.
+    /// The addresses of a new TCP connection.
     pub fn new(remote: SocketAddr, local: SocketAddr) -> Peer {
-        Peer { remote, local, ips: Arc::new((remote.ip().to_string(), local.ip().to_string())) }
+        Peer { remote, local, ips: Arc::new((remote.ip().to_string(), local.ip().to_string())), unix: false }
+    }
+
+    /// A connection on a Unix socket.
+    pub fn unix() -> Peer {
+        let none = SocketAddr::from(([0, 0, 0, 0], 0));
+        Peer { remote: none, local: none, ips: Arc::new((String::new(), String::new())), unix: true }
     }
 }
 
@@ -184,11 +194,9 @@ pub(crate) struct Adopted {
     /// The event loop that takes it.
     pub event_loop: usize,
     /// The socket.
-    pub sock: mio::net::TcpStream,
-    /// The client's address.
-    pub remote: SocketAddr,
-    /// The local address.
-    pub local: SocketAddr,
+    pub sock: crate::listeners::Stream,
+    /// Its addresses.
+    pub peer: Peer,
 }
 
 /// A message for an event loop.

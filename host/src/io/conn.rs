@@ -89,6 +89,8 @@ pub trait Handler {
     /// The loop's scratch buffer for reads whose bytes are not kept as they come (its
     /// contents are meaningless between calls; readers reserve what they need).
     fn scratch(&mut self) -> &mut Vec<u8>;
+    /// A request's response has been written (counted for `--max-requests`).
+    fn served(&mut self) {}
 }
 
 /// What answers a request (the handler's decision).
@@ -424,13 +426,21 @@ impl<S: Transport> Conn<S> {
         self.on_readable(h)
     }
 
-    /// The server is shutting down: a connection between requests closes now; the others
-    /// close after their response.
-    pub fn drain(&mut self, h: &mut impl Handler) -> Step {
-        if matches!(self.phase, Phase::Head { .. }) {
+    /// The server is shutting down: the connection closes after its current response (with
+    /// `Connection: close`). One between requests is left open: the event loop closes it
+    /// after a short grace ([`Conn::close_if_idle`]), because a close races with a request the
+    /// client may already have sent (RFC 9112 §9.6; nginx's `keepalive_min_timeout`).
+    pub fn drain(&mut self) -> Step {
+        self.close_after = true;
+        Step::Open
+    }
+
+    /// Closes the connection if it is between requests with nothing received (the end of a
+    /// drain's grace).
+    pub fn close_if_idle(&mut self, h: &mut impl Handler) -> Step {
+        if matches!(self.phase, Phase::Head { .. }) && self.rbuf.is_empty() {
             return self.close(h);
         }
-        self.close_after = true;
         Step::Open
     }
 
@@ -727,6 +737,7 @@ impl<S: Transport> Conn<S> {
             access_log::write(&a, self.exchange.status, self.exchange.body_bytes);
         }
         self.requests += 1;
+        h.served();
         // A body still arriving means we do not know where the next request starts.
         if self.close_after || self.phase.body().is_some() {
             // Input we never read may still be on its way (a body we refused, a pipelined
@@ -1230,14 +1241,16 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_closes_idle_connections_and_lets_busy_ones_finish() {
+    fn shutdown_closes_idle_connections_after_the_grace_and_lets_busy_ones_finish() {
         let mut h = Loop::new();
         let (mut idle, _c1) = connect();
-        assert_eq!(idle.drain(&mut h), Step::Close);
+        assert_eq!(idle.drain(), Step::Open, "an idle connection gets the grace");
+        assert_eq!(idle.close_if_idle(&mut h), Step::Close);
         let (mut busy, mut client) = connect();
         client.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(turn(&mut busy, &mut h), Step::Open);
-        assert_eq!(busy.drain(&mut h), Step::Open);
+        assert_eq!(busy.drain(), Step::Open);
+        assert_eq!(busy.close_if_idle(&mut h), Step::Open, "a connection with a request in flight stays");
         // (The worker's head says `Connection: close` when it sees the shutdown flag.)
         assert_eq!(busy.on_reply(reply(busy.id(), 200, b"last"), &mut h), Step::Open);
         assert_eq!(response(&mut client).1, b"last");

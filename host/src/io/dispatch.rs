@@ -38,7 +38,8 @@ impl Handler for EventLoop {
         let config = &self.shared.config;
         // The server's own pages, for the clients allowed to see them (the others are routed
         // as if the pages did not exist).
-        let admin = config.admin.as_ref().filter(|_| config.admin_public || admin::is_loopback(peer.remote.ip()));
+        let admin =
+            config.admin.as_ref().filter(|_| config.admin_public || peer.unix || admin::is_loopback(peer.remote.ip()));
         let table = self.shared.routes.load();
         let route = match routing::route(&head, &table, admin) {
             Ok(r) => r,
@@ -90,5 +91,9 @@ impl Handler for EventLoop {
 
     fn scratch(&mut self) -> &mut Vec<u8> {
         &mut self.scratch
+    }
+
+    fn served(&mut self) {
+        self.shared.stats.loop_conns(self.index).served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }

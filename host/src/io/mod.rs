@@ -32,8 +32,8 @@ pub mod write;
 use std::io;
 use std::os::fd::AsFd;
 
-/// What a connection runs over: a stream socket the event loop polls. TCP in production; a
-/// Unix stream socket pair in the state machine's unit tests.
+/// What a connection runs over: a stream socket the event loop polls ([`crate::listeners::Stream`]:
+/// TCP or a Unix stream socket; a bare Unix socket pair in the state machine's unit tests).
 pub trait Transport: AsFd + mio::event::Source {
     /// Reads into the spare capacity of `buf` (which must have some), extending it by what
     /// was read; `Ok(0)` at end of input. Nothing is cleared or copied first.
@@ -71,6 +71,13 @@ macro_rules! transport {
     )*};
 }
 
-transport!(mio::net::TcpStream);
-#[cfg(test)]
-transport!(mio::net::UnixStream);
+transport!(mio::net::TcpStream, mio::net::UnixStream);
+
+impl Transport for crate::listeners::Stream {
+    fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        crate::listeners::Stream::write_vectored(self, bufs)
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}

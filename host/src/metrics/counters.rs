@@ -193,6 +193,8 @@ pub struct LoopConns {
     pub paused: AtomicUsize,
     /// Lingering close: the response is out, the client's leftover input is being drained.
     pub closing: AtomicUsize,
+    /// Requests answered on this loop since it started (every kind; for `--max-requests`).
+    pub served: std::sync::atomic::AtomicU64,
 }
 
 /// Connections by state, all loops added up.
@@ -317,6 +319,12 @@ impl Stats {
             queue,
             reloads: Mutex::new(Reloads { count: 0, failures: 0, last: None, last_success: now }),
         }
+    }
+
+    /// Requests answered since the process started, every kind (static files, applications,
+    /// admin pages, errors).
+    pub fn requests_served(&self) -> u64 {
+        self.loops.iter().map(|l| l.served.load(Ordering::Relaxed)).sum()
     }
 
     /// The counters of plugin `name`, created at zero on first use. Takes a lock: the request

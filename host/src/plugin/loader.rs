@@ -1,14 +1,15 @@
 //! Loading one plugin file: the only module that opens shared libraries.
 //!
 //! Steps, each one refusing the file with a [`LoadError`] (and never the whole server):
-//! 1. Read the file whole, and stat it before and after: a file still being written is
-//!    refused ([`LoadError::Unstable`]); install plugins with a temporary name and `rename`.
-//! 2. Check the ELF program headers against the file length ([`check_elf`]): `dlopen` of a
-//!    truncated library kills the process with SIGBUS inside glibc.
-//! 3. Write the checked bytes to a private copy at a unique path in the cache directory.
-//!    glibc returns the already-loaded library for a path (or inode) it has seen, so reloading
-//!    "the same file" needs a new path; and the server never maps a file someone may
-//!    overwrite in place (that crashed the host in the research prototype).
+//! 1. Copy the file to a private copy at a unique path in the cache directory, in the kernel
+//!    (`copy_file_range`: no plugin passes through the heap), and stat the source before and
+//!    after: a file still being written is refused ([`LoadError::Unstable`]); install plugins
+//!    with a temporary name and `rename`. glibc returns the already-loaded library for a path
+//!    (or inode) it has seen, so reloading "the same file" needs a new path; and the server
+//!    never maps a file someone may overwrite in place (that crashed the host in the research
+//!    prototype).
+//! 2. Check the copy's ELF program headers against its length ([`check_elf_in`], reading only
+//!    the headers): `dlopen` of a truncated library kills the process with SIGBUS inside glibc.
 //! 4. `dlopen` the copy and check its root module (`lib_header_from_path`, then
 //!    `portico_api::compat::init_root_module`: `RootModule::load_from_file` caches one module
 //!    per type for the whole process and would return the first plugin for every file). The
@@ -133,6 +134,10 @@ pub enum LoadError {
     /// Built with `panic = "abort"`: its first panic would abort the server.
     #[error("built with panic = \"abort\"; portico plugins must unwind so the SDK can turn a panic into a 500")]
     PanicAbort,
+    /// Its test load in a child process failed (a crash or hang in `init`, or any error
+    /// above, seen from the child).
+    #[error("test load in a child process failed: {0}")]
+    Probe(String),
 }
 
 /// abi_stable's full layout report: kept for the debug log, elided from `Debug`.
@@ -156,7 +161,11 @@ impl LoadError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            LoadError::NotElf(_) | LoadError::NotAPlugin(_) | LoadError::Incompatible { .. } | LoadError::PanicAbort
+            LoadError::NotElf(_)
+                | LoadError::NotAPlugin(_)
+                | LoadError::Incompatible { .. }
+                | LoadError::PanicAbort
+                | LoadError::Probe(_)
         )
     }
 }
@@ -166,10 +175,19 @@ impl LoadError {
 /// # Errors
 /// [`LoadError::NotElf`] naming the first problem found.
 pub fn check_elf(data: &[u8]) -> Result<(), LoadError> {
+    check_elf_in(data, data.len() as u64)
+}
+
+/// [`check_elf`] over any of `object`'s readers (a file through a `ReadCache` reads only the
+/// headers), for a file of `len` bytes.
+///
+/// # Errors
+/// As [`check_elf`].
+pub fn check_elf_in<'a, R: object::ReadRef<'a>>(data: R, len: u64) -> Result<(), LoadError> {
     use object::elf::{ET_DYN, PT_DYNAMIC, PT_LOAD, PT_TLS};
     use object::read::elf::{FileHeader, ProgramHeader};
     let bad = |m: &str| LoadError::NotElf(m.to_owned());
-    if data.len() < 64 || &data[..4] != b"\x7fELF" {
+    if len < 64 || data.read_bytes_at(0, 4).ok() != Some(&b"\x7fELF"[..]) {
         return Err(bad("no ELF header"));
     }
     let header = object::elf::FileHeader64::<object::Endianness>::parse(data).map_err(|e| bad(&e.to_string()))?;
@@ -193,7 +211,7 @@ pub fn check_elf(data: &[u8]) -> Result<(), LoadError> {
         let kind = ph.p_type(endian);
         if matches!(kind, PT_LOAD | PT_DYNAMIC | PT_TLS) {
             let end = ph.p_offset(endian).checked_add(ph.p_filesz(endian));
-            if end.is_none_or(|end| end > data.len() as u64) {
+            if end.is_none_or(|end| end > len) {
                 return Err(bad("truncated: a loadable segment ends past the end of the file"));
             }
         }
@@ -267,22 +285,33 @@ fn classify(err: LibraryError) -> LoadError {
 pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64, config: &str) -> Result<Plugin, LoadError> {
     let io = |what| move |source| LoadError::Io { what, source };
     let before = fs::metadata(source).map_err(io("stat plugin file"))?;
-    let data = fs::read(source).map_err(io("read plugin file"))?;
-    let after = fs::metadata(source).map_err(io("stat plugin file"))?;
     let fingerprint = Fingerprint::of(&before);
-    if fingerprint != Fingerprint::of(&after) || data.len() as u64 != before.len() {
-        return Err(LoadError::Unstable);
-    }
-    check_elf(&data)?;
-
     fs::create_dir_all(cache_dir).map_err(io("create plugin cache directory"))?;
     let copy = cache_dir.join(format!("{name}-{}-{generation}{}", std::process::id(), std::env::consts::DLL_SUFFIX));
     // create_new: never truncate a file someone else (another server sharing the directory)
     // may be loading.
-    let mut file =
-        fs::OpenOptions::new().write(true).create_new(true).open(&copy).map_err(io("create private copy"))?;
-    std::io::Write::write_all(&mut file, &data).map_err(io("write private copy"))?;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&copy)
+        .map_err(io("create private copy"))?;
+    // Copied in the kernel (`copy_file_range`), never through this process's heap: a plugin
+    // of many megabytes costs no memory to load but its mapping.
+    let copied =
+        fs::File::open(source).and_then(|mut from| std::io::copy(&mut from, &mut file)).map_err(io("copy plugin file"));
+    let after = fs::metadata(source).map_err(io("stat plugin file"));
+    let checked = match (copied, after) {
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok(n), Ok(after)) if fingerprint != Fingerprint::of(&after) || n != before.len() => Err(LoadError::Unstable),
+        // Only the headers are read, through a small cache.
+        (Ok(n), Ok(_)) => check_elf_in(&object::ReadCache::new(&file), n),
+    };
     drop(file);
+    if let Err(e) = checked {
+        let _ = fs::remove_file(&copy);
+        return Err(e);
+    }
     let loaded = lib_header_from_path(&copy).and_then(portico_api::compat::init_root_module);
     // The mapping outlives the path; the copy's disk space is held until exit.
     if let Err(e) = fs::remove_file(&copy) {

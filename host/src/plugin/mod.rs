@@ -1,5 +1,6 @@
 //! Plugins: loading compiled applications ([`loader`]), the set currently serving and its
-//! hot reload ([`registry`]), and calling one ([`call`]).
+//! hot reload ([`registry`]), test-loading one in a child process ([`probe`]), and calling
+//! one ([`call`]).
 //!
 //! Invariants:
 //! - A plugin library is never unloaded: abi_stable never calls `dlclose`, and a request may
@@ -10,4 +11,5 @@
 
 pub mod call;
 pub mod loader;
+pub mod probe;
 pub(crate) mod registry;

@@ -44,6 +44,10 @@ pub struct Registry {
     configs: Mutex<HashMap<String, String>>,
     /// Serialises scans (SIGHUP during a scan waits for it).
     scanning: Mutex<()>,
+    /// Test-load each new or changed file in a child process before loading it here, for at
+    /// most this long (the single-process server's reloads: a crash in `init` refuses the
+    /// file instead of killing the server).
+    probe: Mutex<Option<std::time::Duration>>,
 }
 
 impl Registry {
@@ -57,7 +61,14 @@ impl Registry {
             failed: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
             scanning: Mutex::new(()),
+            probe: Mutex::new(None),
         }
+    }
+
+    /// From now on, test-load every new or changed file in a child process first, waiting
+    /// at most `timeout` for it.
+    pub fn probe_first(&self, timeout: std::time::Duration) {
+        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(timeout);
     }
 
     /// A new plugin set from the directory, given the set serving now (`current`): loads new
@@ -89,7 +100,14 @@ impl Registry {
                 continue;
             }
             let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-            match loader::load(&name, &path, &self.cache_dir, generation, config) {
+            let probe = *self.probe.lock().unwrap_or_else(|e| e.into_inner());
+            // A file the child's loader refused is loaded here anyway, for its typed error
+            // (refusing is safe); one that crashed or hung the child is not.
+            let probed = match probe.map(|t| super::probe::load_in_child(&name, &path, config, t)) {
+                Some(Err(super::probe::ProbeError::Died(why))) => Err(LoadError::Probe(why)),
+                _ => Ok(()),
+            };
+            match probed.and_then(|()| loader::load(&name, &path, &self.cache_dir, generation, config)) {
                 Ok(plugin) => {
                     failed.remove(&path);
                     let entry = (name.clone(), plugin.version.clone());

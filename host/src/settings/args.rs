@@ -6,12 +6,12 @@
 //! Every option has a default, so `portico` with no arguments serves `html/` and `plugins/`
 //! on 127.0.0.1:8000. Each can also be set through a `PORTICO_*` environment variable.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueHint};
 use serde::Serialize;
 
+use super::bind::{self, BindSpec};
 use crate::http::limits;
 
 /// Portico: static files and hot-reloadable compiled plugins over HTTP/1.1.
@@ -27,9 +27,48 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
-    /// Address to listen on; repeat for several. Port 0 picks a free port.
+    /// Where to listen: IP:PORT (`127.0.0.1:8000`, `[::1]:8000`; port 0 picks a free port) or
+    /// `unix:PATH` (a Unix stream socket); repeat for several. Ignored when systemd passes
+    /// sockets (socket activation: `LISTEN_FDS`).
     #[arg(long = "bind", env = "PORTICO_BIND", value_delimiter = ',', default_value = "127.0.0.1:8000")]
-    pub bind: Vec<SocketAddr>,
+    pub bind: Vec<BindSpec>,
+    /// Permission bits of Unix sockets made for `--bind unix:PATH`, in octal.
+    #[arg(long, env = "PORTICO_UNIX_SOCKET_MODE", default_value = "0660", value_parser = bind::parse_mode)]
+    #[serde(serialize_with = "octal")]
+    pub unix_socket_mode: u32,
+    /// Worker processes. The master process binds the listeners, never loads a plugin, and
+    /// starts this many workers (each with `--io-threads` event loops and `--threads` worker
+    /// threads); a worker that dies is replaced, SIGHUP starts a new generation of them. 0 runs
+    /// everything in this one process, with in-process reload (for debugging).
+    #[arg(long, env = "PORTICO_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub workers: u16,
+    /// Seconds a new worker has to load its plugins and report ready (a plugin that hangs in
+    /// its init is given up on then); also how long each plugin's test load in a child may take.
+    #[arg(long, env = "PORTICO_WORKER_READY_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub worker_ready_timeout: f64,
+    /// Requests a worker process serves before it is replaced gracefully (Gunicorn's
+    /// `max_requests`); 0: never.
+    #[arg(long, env = "PORTICO_MAX_REQUESTS", default_value_t = 0)]
+    pub max_requests: u64,
+    /// Up to this many requests more or less, chosen at random per worker, so workers are not
+    /// all replaced at once (Gunicorn's `max_requests_jitter`).
+    #[arg(long, env = "PORTICO_MAX_REQUESTS_JITTER", default_value_t = 0)]
+    pub max_requests_jitter: u64,
+    /// Resident memory in MiB past which a worker process is replaced gracefully (uWSGI's
+    /// `reload-on-rss`), checked every second; 0: no limit.
+    #[arg(long, env = "PORTICO_MAX_WORKER_MEMORY", default_value_t = 0)]
+    pub max_worker_memory: u64,
+    /// Application calls abandoned past their deadline (`--app-timeout`) and still running that
+    /// a worker process may hold before it is replaced gracefully; 0: never.
+    #[arg(long, env = "PORTICO_MAX_ABANDONED", default_value_t = 16)]
+    pub max_abandoned: u64,
+    /// Let worker processes write core dumps when they crash (off by default: dumping a large
+    /// worker keeps its clients waiting for seconds).
+    #[arg(long, env = "PORTICO_WORKER_CORE_DUMPS")]
+    pub worker_core_dumps: bool,
+    /// File to write the master's process id to (removed at exit).
+    #[arg(long, env = "PORTICO_PID_FILE", value_hint = ValueHint::FilePath)]
+    pub pid_file: Option<PathBuf>,
     /// Directory of static files (the docroot).
     #[arg(long, env = "PORTICO_DOCROOT", default_value = "html", value_hint = ValueHint::DirPath)]
     pub docroot: PathBuf,
@@ -131,6 +170,11 @@ pub struct Args {
     /// clients; others are routed as if the pages did not exist).
     #[arg(long, env = "PORTICO_STATUS_PUBLIC")]
     pub status_public: bool,
+}
+
+/// A file mode as TOML writes it back: octal text (`"0660"`).
+fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&format_args!("{mode:04o}"))
 }
 
 /// Seconds as a finite, non-negative number (fractions allowed).

@@ -272,6 +272,9 @@ impl Loaded {
                 let path_like = matches!(arg.get_value_hint(), ValueHint::DirPath | ValueHint::FilePath);
                 let text = if path_like && !matches!(text.as_str(), "-" | "off") && Path::new(&text).is_relative() {
                     base.join(&text).to_string_lossy().into_owned()
+                } else if let Some(socket) = text.strip_prefix("unix:").filter(|p| Path::new(p).is_relative()) {
+                    // A Unix socket's path, like every other path in the file.
+                    format!("unix:{}", base.join(socket).to_string_lossy())
                 } else {
                     text
                 };

@@ -3,6 +3,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`args`] | the command line ([`Args`], clap): every server setting, spelled once |
+//! | [`bind`] | what `--bind` names: a TCP address or `unix:PATH` |
 //! | [`file`](mod@file) | the configuration file: `[server]` keys checked against [`Args`], `[[mount]]`, `[plugin.NAME]`; merging under flags and environment |
 //! | [`print`](mod@print) | `--print-config`: every setting, in the file's own format |
 //!
@@ -10,6 +11,7 @@
 //! (limits and timeouts, with units) and [`AdminPaths`] (where the server's own pages are).
 
 pub mod args;
+pub mod bind;
 pub mod file;
 pub mod print;
 

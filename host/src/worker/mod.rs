@@ -98,6 +98,13 @@ impl Pool {
         Ok(Pool { inner, watchdog: Some(watchdog) })
     }
 
+    /// Threads abandoned past an application's deadline that are still running (each holds a
+    /// call the client no longer waits for).
+    pub fn abandoned_running(&self) -> usize {
+        let threads = self.inner.threads.lock().unwrap_or_else(|e| e.into_inner());
+        threads.iter().filter(|(slot, t)| slot.abandoned() && !t.is_finished()).count()
+    }
+
     /// Waits for every worker to finish (after the job sender is dropped), then stops the
     /// watchdog. Abandoned threads are not waited for.
     pub fn join(mut self) {

@@ -719,6 +719,12 @@ impl ServerBuilder {
         if !self.has_arg("--access-log") {
             cmd.args(["--access-log", "off"]);
         }
+        // The suite runs single-process (`--workers 0`): most tests are about HTTP, plugins and
+        // reload semantics, not processes. The process model's tests (tests/workers.rs) ask
+        // for `--workers N` themselves.
+        if !self.has_arg("--workers") {
+            cmd.args(["--workers", "0"]);
+        }
         cmd.arg("--docroot").arg(&docroot).arg("--plugins").arg(&plugins_dir);
         if !self.has_arg("--cache-dir") {
             cmd.arg("--cache-dir").arg(&cache);

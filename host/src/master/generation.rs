@@ -1,0 +1,157 @@
+//! A generation's plugins: a snapshot of the plugins directory that the master makes before
+//! starting a generation of workers (`CACHE/generations/ID/`), each file test-loaded in a child
+//! process with its `[plugin.NAME]` settings ([`crate::plugin::probe`]). Workers load from
+//! the snapshot, never from the live directory, so a worker started later in the same
+//! generation (after a crash) runs exactly what the generation's first workers ran.
+//!
+//! Rules, as in the single-process reload: a file refused at start is skipped with a log line;
+//! on a reload, a refused file keeps the previous generation's copy (the others move on),
+//! unless the configuration names the plugin (a mount or a `[plugin.NAME]` table), which
+//! refuses the whole generation. The mounts are checked against what the snapshot holds.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::plugin::{probe, registry};
+use crate::routing::mount::Mounts;
+use crate::settings::file::Loaded;
+
+/// One plugin in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The version it reported.
+    pub version: String,
+    /// Middleware rather than an application.
+    pub middleware: bool,
+}
+
+/// A generation's plugin files.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The generation's number (1 at start).
+    pub id: u64,
+    /// The directory its workers load from.
+    pub dir: PathBuf,
+    /// What it holds, by route name.
+    pub plugins: BTreeMap<String, Entry>,
+}
+
+/// What making a snapshot found besides the snapshot.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Files refused, with why (the log's and the status page's words).
+    pub refused: Vec<String>,
+    /// Plugins whose new file was refused and whose previous copy the generation keeps.
+    pub kept_previous: Vec<String>,
+}
+
+/// Makes generation `id`'s snapshot under `root` from `plugins_dir`, test-loading each file
+/// (at most `timeout` each, a few at a time); `previous` is the generation serving now (none
+/// at start).
+///
+/// # Errors
+/// Why the generation cannot start (the directory cannot be made, a plugin the configuration
+/// names was refused on a reload, the mounts do not check out); its directory is removed.
+pub fn prepare(
+    id: u64,
+    root: &Path,
+    plugins_dir: &Path,
+    config: Option<&Loaded>,
+    previous: Option<&Snapshot>,
+    timeout: Duration,
+) -> Result<(Snapshot, Findings), String> {
+    let dir = root.join(id.to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
+    let result = fill(id, &dir, plugins_dir, config, previous, timeout);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn fill(
+    id: u64,
+    dir: &Path,
+    plugins_dir: &Path,
+    config: Option<&Loaded>,
+    previous: Option<&Snapshot>,
+    timeout: Duration,
+) -> Result<(Snapshot, Findings), String> {
+    let files = registry::plugin_files(plugins_dir);
+    let settings = |name: &str| config.map(|c| c.plugin_config(name)).unwrap_or_default();
+    // Copy first, then test the copy: what was tested is byte for byte what the workers load.
+    let probed: Vec<(String, Result<Entry, String>)> = std::thread::scope(|scope| {
+        let jobs: Vec<_> = files
+            .chunks(files.len().div_ceil(4).max(1))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(name, src)| {
+                            let copy = dir.join(format!("{name}.so"));
+                            let result = std::fs::copy(src, &copy)
+                                .map_err(|e| format!("copying {}: {e}", src.display()))
+                                .and_then(|_| {
+                                    probe::load_in_child(name, &copy, &settings(name), timeout)
+                                        .map_err(|e| e.to_string())
+                                })
+                                .map(|p| Entry { version: p.version, middleware: p.middleware });
+                            (name.clone(), result)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        jobs.into_iter().flat_map(|j| j.join().unwrap_or_default()).collect()
+    });
+    let named: HashSet<String> = config
+        .map(|c| {
+            c.file
+                .plugin
+                .keys()
+                .cloned()
+                .chain(c.file.mount.iter().flat_map(|m| m.app.iter().chain(&m.middleware).map(|n| n.get_ref().clone())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut plugins = BTreeMap::new();
+    let mut findings = Findings::default();
+    let mut fatal = Vec::new();
+    for (name, result) in probed {
+        let copy = dir.join(format!("{name}.so"));
+        match result {
+            Ok(entry) => {
+                plugins.insert(name, entry);
+            }
+            Err(why) => {
+                let _ = std::fs::remove_file(&copy);
+                let line = format!("plugin {name}: {why}");
+                let kept = previous.and_then(|p| p.plugins.get(&name).map(|e| (p.dir.join(format!("{name}.so")), e)));
+                if previous.is_some() && named.contains(&name) {
+                    // Its old version with the new settings and mounts, or the new mounts
+                    // without it, could serve what the operator meant to filter.
+                    fatal.push(line.clone());
+                } else if let Some((old, entry)) = kept {
+                    std::fs::copy(&old, &copy).map_err(|e| format!("keeping the previous {name}: {e}"))?;
+                    plugins.insert(name.clone(), entry.clone());
+                    findings.kept_previous.push(name);
+                }
+                findings.refused.push(line);
+            }
+        }
+    }
+    if !fatal.is_empty() {
+        return Err(format!("a plugin the configuration names was refused: {}", fatal.join("; ")));
+    }
+    if let Some(c) = config
+        && let Err(e) = Mounts::validate_with(c, |n| plugins.get(n).map(|e| e.middleware))
+    {
+        // The refusals first: they usually say why a mount lacks its plugin.
+        let mut why = findings.refused;
+        why.push(e.to_string());
+        return Err(why.join("\n"));
+    }
+    Ok((Snapshot { id, dir: dir.to_owned(), plugins }, findings))
+}

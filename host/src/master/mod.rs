@@ -1,0 +1,404 @@
+//! The master process (`--workers N`, N ≥ 1): binds the listeners (or takes systemd's), starts
+//! N worker processes of this binary ([`spawn`]) and keeps them running. It never loads a
+//! plugin and never accepts a connection: what crashes is a worker, and the master replaces it.
+//!
+//! | module | owns |
+//! |---|---|
+//! | this one | the master's loop: signals, worker exits (pidfds), control messages, timers |
+//! | [`spawn`] | starting one worker: descriptors, environment, pidfd |
+//! | `workers` | starting, stopping and hearing from one worker; its exit and replacement |
+//! | `reload` | a generation's start, SIGHUP's preparation, promotion, discarding |
+//! | [`generation`] | a generation's snapshot of the plugins, each test-loaded in a child |
+//! | [`tree`] | what the master records (workers, deaths, generations) and the status page's view of the tree |
+//!
+//! Descriptors: the master holds every listening socket for its whole life (close-on-exec);
+//! each worker gets dups of them at 3, 4, … plus its control socket, and accepts from the
+//! shared sockets (whichever worker's event loop wakes first). Nothing queued on a listener is
+//! lost when a worker exits: the socket lives on in the master and the other workers.
+//!
+//! A generation's life (SIGHUP): the configuration is re-read, a snapshot of the plugins made
+//! and checked in children (on a helper thread; the loop goes on), then the new workers start.
+//! When every one of them said "ready", the old workers get SIGTERM: they stop accepting,
+//! finish what they hold with `Connection: close`, close idle keep-alive connections after a
+//! one-second grace, and exit within `--graceful-timeout` (SIGKILL 5 s after). A new
+//! generation that fails (a worker exits before ready, or `--worker-ready-timeout` passes) is
+//! killed and the old one keeps serving.
+//!
+//! Signals: SIGHUP reload; SIGTERM/SIGINT drain every worker, then exit 0; SIGQUIT stops
+//! every worker at once and exits; SIGTTIN/SIGTTOU add/remove a worker.
+
+pub mod generation;
+mod reload;
+pub mod spawn;
+pub mod tree;
+mod workers;
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender};
+use mio::{Events, Poll, Token, Waker};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
+use slab::Slab;
+
+use crate::control::{ToWorker, WorkerReport};
+use crate::listeners::{self, Listener};
+use crate::settings::Args;
+use crate::settings::file::Loaded;
+use generation::{Findings, Snapshot};
+use tree::Record;
+
+const WAKER: Token = Token(usize::MAX);
+/// How often timers are checked at least.
+const TICK: Duration = Duration::from_millis(250);
+/// How often each worker is asked for its counters (the workers table, and which
+/// applications a worker that dies was running).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// A worker that dies sooner than this after its start counts toward a crash loop.
+const QUICK_DEATH: Duration = Duration::from_secs(10);
+/// Longest wait before respawning in a crash loop (it doubles from 100 ms).
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long past `--graceful-timeout` a stopping worker gets before SIGKILL.
+const KILL_MARGIN: Duration = Duration::from_secs(5);
+
+/// A prepared generation (or why not), and the configuration it was prepared with.
+type Prepared = (Result<(Snapshot, Findings), String>, Option<Loaded>);
+
+/// What other threads tell the loop.
+enum Msg {
+    Signal(i32),
+    Prepared(Box<Prepared>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Ready,
+    Stopping,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Ready => "ready",
+            State::Stopping => "stopping",
+        }
+    }
+}
+
+struct Worker {
+    pid: u32,
+    child: Child,
+    pidfd: std::os::fd::OwnedFd,
+    control: mio::net::UnixStream,
+    inbuf: Vec<u8>,
+    generation: u64,
+    started: Instant,
+    started_at: SystemTime,
+    state: State,
+    report: Option<WorkerReport>,
+    cache: PathBuf,
+    /// SIGKILL if still running then.
+    kill_at: Option<Instant>,
+    /// Asked to be replaced (why); a replacement is starting.
+    retiring: Option<String>,
+    /// The worker this one replaces once it is ready.
+    replaces: Option<usize>,
+}
+
+/// A generation of workers.
+struct Generation {
+    snapshot: Snapshot,
+    /// When a starting generation is given up.
+    ready_by: Instant,
+}
+
+struct Master {
+    args: Args,
+    argv: Vec<OsString>,
+    exe: PathBuf,
+    listeners: Vec<Listener>,
+    poll: Poll,
+    rx: Receiver<Msg>,
+    tx: Sender<Msg>,
+    waker: Arc<Waker>,
+    workers: Slab<Worker>,
+    current: Option<Generation>,
+    pending: Option<Generation>,
+    config: Option<Loaded>,
+    root: PathBuf,
+    cache_root: PathBuf,
+    next_generation: u64,
+    target: usize,
+    respawn_at: Vec<Instant>,
+    crash_streak: u32,
+    preparing: bool,
+    reload_again: bool,
+    announced: bool,
+    stopping: Option<Instant>,
+    next_report: Instant,
+    record: Record,
+    trees: tree::Asks,
+}
+
+/// Runs the master until SIGTERM/SIGINT has drained every worker (or SIGQUIT).
+///
+/// # Errors
+/// A listener cannot be bound, the first generation cannot be prepared or started.
+pub fn run(args: Args, config: Option<Loaded>, inherited: Vec<Listener>) -> anyhow::Result<()> {
+    let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode)?;
+    if let Some(path) = &args.pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing the pid file {}", path.display()))?;
+    }
+    let cache_root = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
+    let root = cache_root.join("generations");
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(cache_root.join("workers"));
+    let poll = Poll::new().context("creating the poller")?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    start_signals(tx.clone(), Arc::clone(&waker))?;
+    let target = usize::from(args.workers);
+    let mut master = Master {
+        argv: std::env::args_os().skip(1).collect(),
+        exe: std::env::current_exe().context("finding the portico executable")?,
+        listeners,
+        poll,
+        rx,
+        tx,
+        waker,
+        workers: Slab::new(),
+        current: None,
+        pending: None,
+        config,
+        root,
+        cache_root,
+        next_generation: 1,
+        target,
+        respawn_at: Vec::new(),
+        crash_streak: 0,
+        preparing: false,
+        reload_again: false,
+        announced: false,
+        stopping: None,
+        next_report: Instant::now() + REPORT_EVERY,
+        record: Record::new(target),
+        trees: tree::Asks::default(),
+        args,
+    };
+    let timeout = master.ready_timeout();
+    let (snapshot, findings) =
+        generation::prepare(1, &master.root, &master.args.plugins, master.config.as_ref(), None, timeout)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    for line in &findings.refused {
+        tracing::error!("{line}; skipped");
+    }
+    master.next_generation = 2;
+    master.start_generation(snapshot)?;
+    let result = master.run_loop();
+    for l in &master.listeners {
+        l.remove_file();
+    }
+    if let Some(path) = &master.args.pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_dir_all(&master.root);
+    result
+}
+
+fn start_signals(tx: Sender<Msg>, waker: Arc<Waker>) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            let _ = tx.send(Msg::Signal(sig));
+            let _ = waker.wake();
+        }
+    })?;
+    Ok(())
+}
+
+/// `killed by SIGSEGV`, `exited with status 3`.
+fn cause(status: Option<std::process::ExitStatus>) -> String {
+    match status {
+        Some(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => {
+                let name =
+                    signal_hook::low_level::signal_name(sig).map_or_else(|| format!("signal {sig}"), str::to_owned);
+                format!("killed by {name}{}", if s.core_dumped() { " (core dumped)" } else { "" })
+            }
+            _ => format!("{s}"),
+        },
+        None => "gone (status unknown)".to_owned(),
+    }
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+impl Master {
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.args.worker_ready_timeout.max(0.1))
+    }
+
+    fn snapshot_of(&self, id: u64) -> Option<&Snapshot> {
+        [&self.current, &self.pending].into_iter().flatten().map(|g| &g.snapshot).find(|s| s.id == id)
+    }
+
+    fn run_loop(&mut self) -> anyhow::Result<()> {
+        let mut events = Events::with_capacity(64);
+        loop {
+            let timeout = self.next_deadline().saturating_duration_since(Instant::now()).min(TICK);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(e.into());
+            }
+            let tokens: Vec<Token> = events.iter().map(|e| e.token()).collect();
+            for token in tokens {
+                match token {
+                    WAKER => {}
+                    Token(t) if t % 2 == 0 => self.exited(t / 2),
+                    Token(t) => self.read_control(t / 2),
+                }
+            }
+            while let Ok(msg) = self.rx.try_recv() {
+                match msg {
+                    Msg::Signal(sig) => self.on_signal(sig),
+                    Msg::Prepared(prepared) => self.on_prepared(prepared.0, prepared.1),
+                }
+            }
+            self.timers(Instant::now());
+            if let Some(deadline) = self.stopping {
+                if self.workers.is_empty() {
+                    tracing::info!("every worker has exited; stopped");
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut next = self.next_report;
+        next = next.min(self.respawn_at.iter().copied().min().unwrap_or(next));
+        next = next.min(self.workers.iter().filter_map(|(_, w)| w.kill_at).min().unwrap_or(next));
+        next = next.min(self.pending.as_ref().map_or(next, |g| g.ready_by));
+        next = next.min(self.trees.deadline().unwrap_or(next));
+        next
+    }
+
+    fn timers(&mut self, now: Instant) {
+        let due = self.respawn_at.iter().filter(|&&t| t <= now).count();
+        self.respawn_at.retain(|&t| t > now);
+        for _ in 0..due {
+            let id = self.current.as_ref().map(|g| g.snapshot.id);
+            if let Some(id) = id.filter(|_| self.stopping.is_none())
+                && let Err(e) = self.spawn(id, None)
+            {
+                tracing::error!("starting a worker failed: {e:#}; trying again");
+                self.respawn_at.push(now + self.backoff());
+            }
+        }
+        let kill: Vec<u32> =
+            self.workers.iter().filter(|(_, w)| w.kill_at.is_some_and(|t| t <= now)).map(|(_, w)| w.pid).collect();
+        for pid in kill {
+            tracing::warn!(pid, "worker {pid} did not exit in time: SIGKILL");
+            signal(pid, rustix::process::Signal::KILL);
+        }
+        if self.pending.as_ref().is_some_and(|g| g.ready_by <= now) {
+            let secs = self.ready_timeout().as_secs_f64();
+            self.discard_pending(format!("not ready within --worker-ready-timeout {secs} s"));
+        }
+        if self.current.as_ref().is_some_and(|g| g.ready_by <= now) && !self.announced {
+            let secs = self.ready_timeout().as_secs_f64();
+            tracing::error!("no worker became ready within --worker-ready-timeout {secs} s; stopping");
+            self.shutdown(rustix::process::Signal::KILL);
+        }
+        if now >= self.next_report {
+            self.next_report = now + REPORT_EVERY;
+            let ready: Vec<usize> =
+                self.workers.iter().filter(|(_, w)| w.state == State::Ready).map(|(k, _)| k).collect();
+            for k in ready {
+                self.send(k, &ToWorker::Report);
+            }
+        }
+        for (key, id, tree) in self.trees.expired(now, &self.workers_view(), &self.record) {
+            self.send(key, &ToWorker::Tree { id, tree });
+        }
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        match sig {
+            SIGHUP if self.stopping.is_none() => self.reload(),
+            SIGTERM | SIGINT if self.stopping.is_none() => {
+                tracing::info!(
+                    "shutting down: draining {} worker(s) for up to {} s",
+                    self.workers.len(),
+                    self.args.graceful_timeout
+                );
+                self.shutdown(rustix::process::Signal::TERM);
+            }
+            SIGTERM | SIGINT => {
+                tracing::warn!("second shutdown signal: stopping every worker now");
+                self.shutdown(rustix::process::Signal::QUIT);
+            }
+            SIGQUIT => {
+                tracing::warn!("SIGQUIT: stopping every worker now");
+                self.shutdown(rustix::process::Signal::QUIT);
+            }
+            SIGTTIN if self.stopping.is_none() => {
+                self.target += 1;
+                self.record.target = self.target;
+                tracing::info!("SIGTTIN: {} worker(s)", self.target);
+                if let Some(id) = self.current.as_ref().map(|g| g.snapshot.id) {
+                    let _ = self.spawn(id, None).map_err(|e| tracing::error!("starting a worker failed: {e:#}"));
+                }
+            }
+            SIGTTOU if self.stopping.is_none() && self.target > 1 => {
+                self.target -= 1;
+                self.record.target = self.target;
+                tracing::info!("SIGTTOU: {} worker(s)", self.target);
+                let id = self.current.as_ref().map(|g| g.snapshot.id);
+                let newest = self
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| Some(w.generation) == id && w.state != State::Stopping)
+                    .max_by_key(|(_, w)| w.started)
+                    .map(|(k, _)| k);
+                if let Some(k) = newest {
+                    self.stop(k);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Stops every worker with `sig` (TERM drains, QUIT and KILL stop at once).
+    fn shutdown(&mut self, sig: rustix::process::Signal) {
+        let grace = Duration::from_secs(self.args.graceful_timeout) + KILL_MARGIN;
+        let deadline = if sig == rustix::process::Signal::TERM { grace } else { Duration::from_secs(2) };
+        self.stopping = Some(self.stopping.map_or(Instant::now() + deadline, |d| d.min(Instant::now() + deadline)));
+        self.respawn_at.clear();
+        self.pending = None;
+        for (_, w) in self.workers.iter_mut() {
+            w.state = State::Stopping;
+            w.kill_at = Some(w.kill_at.map_or(Instant::now() + deadline, |t| t.min(Instant::now() + deadline)));
+            signal(w.pid, sig);
+        }
+    }
+}

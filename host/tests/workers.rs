@@ -1,0 +1,397 @@
+//! The process model (`--workers N`): a master that never loads a plugin, worker processes that
+//! may crash alone, reload by generation, Unix sockets and inherited (systemd-style) sockets,
+//! SIGTTIN/SIGTTOU, recycling. Every test starts the real binary and talks over real sockets;
+//! the rest of the suite pins `--workers 0` (see support::ServerBuilder::start).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{Server, poll_until, request_bytes};
+
+/// One process-model test at a time: each runs several processes and a timed drain, and on
+/// two shared cores ten of them at once starve a client long enough to hit the end of an idle
+/// connection's grace (a race no server can close; see ARCHITECTURE.md, "Generations").
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The pids of `parent`'s child processes (from /proc).
+fn children(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("reading /proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid ...; comm may hold spaces, so split after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Resident memory of a process in KiB (VmRSS).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_workers(server: &Server, n: usize) -> Vec<u32> {
+    poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let c = children(server.pid());
+        (c.len() == n).then_some(c)
+    })
+    .unwrap_or_else(|| panic!("expected {n} worker processes, have {:?}{}", children(server.pid()), server.context()))
+}
+
+/// The pid of the worker that answered on `conn` (the fixture's `/pid`).
+fn served_by(conn: &mut support::Conn) -> u32 {
+    conn.send(&request_bytes("GET", "/fixture.py/pid", false));
+    let r = conn.read_response();
+    assert_eq!(r.status, 200, "{}", r.summary());
+    r.text().trim().parse().expect("a pid")
+}
+
+fn workers(n: usize) -> support::ServerBuilder {
+    Server::builder().plugins(&["hello", "fixture", "echo"]).args(["--workers", &n.to_string()])
+}
+
+#[test]
+fn a_crash_in_a_request_takes_only_its_worker_and_is_replaced() {
+    let _serial = serial();
+    for (path, signal) in [("/fixture.py/segfault", "SIGSEGV"), ("/fixture.py/abort", "SIGABRT")] {
+        let server = workers(2).start();
+        let before = wait_workers(&server, 2);
+        // Keep-alive connections spread over both workers (the kernel decides which accepts).
+        let mut conns: Vec<(support::Conn, u32)> = Vec::new();
+        let found_both = poll_until(Duration::from_secs(10), Duration::ZERO, || {
+            let mut c = server.connect();
+            let pid = served_by(&mut c);
+            conns.push((c, pid));
+            (conns.iter().any(|(_, p)| *p == before[0]) && conns.iter().any(|(_, p)| *p == before[1])).then_some(())
+        });
+        assert!(
+            found_both.is_some(),
+            "connections never reached both workers: {:?}",
+            conns.iter().map(|c| c.1).collect::<Vec<_>>()
+        );
+        let mark = server.log_mark();
+        let mut crasher = server.connect();
+        let victim = served_by(&mut crasher);
+        crasher.send(&request_bytes("GET", path, false));
+        crasher.set_read_timeout(Duration::from_secs(5));
+        assert!(crasher.try_read_response(false).is_err(), "{path} answered");
+        let crashed = Instant::now();
+        server.wait_for_line(
+            mark,
+            &[&format!("worker {victim}"), &format!("killed by {signal}")],
+            Duration::from_secs(5),
+        );
+        let r = server.get("/hello.py");
+        assert_eq!(r.status, 200, "{}", r.summary());
+        assert!(
+            crashed.elapsed() < Duration::from_secs(1),
+            "/hello.py answered {:?} after the crash",
+            crashed.elapsed()
+        );
+        let after = wait_workers(&server, 2);
+        assert!(!after.contains(&victim), "{victim} still listed: {after:?}");
+        // The other worker's keep-alive connections are untouched.
+        let mut others = 0;
+        for (c, pid) in conns.iter_mut().filter(|(_, p)| *p != victim) {
+            assert_eq!(served_by(c), *pid, "a connection of the surviving worker moved");
+            others += 1;
+        }
+        assert!(others > 0);
+        server.assert_alive();
+    }
+}
+
+/// A configuration file in its own directory (the server re-reads it on SIGHUP).
+fn config_file(text: &str) -> (support::TempDir, std::path::PathBuf) {
+    let dir = support::TempDir::new("portico-config");
+    let path = dir.path().join("portico.toml");
+    std::fs::write(&path, text).expect("writing the configuration");
+    (dir, path)
+}
+
+#[test]
+fn a_generation_whose_init_crashes_or_hangs_is_discarded_and_the_old_one_serves() {
+    let _serial = serial();
+    let (_dir, path) = config_file("[plugin.fixture]\nlevel = 1\n");
+    let server = workers(1).args(["--config".as_ref(), path.as_os_str()]).args(["--worker-ready-timeout", "2"]).start();
+    let first = wait_workers(&server, 1);
+    for bad in ["crash = true", "hang = true"] {
+        std::fs::write(&path, format!("[plugin.fixture]\n{bad}\n")).unwrap();
+        let mark = server.log_mark();
+        server.hup();
+        server.wait_for_line(
+            mark,
+            &["generation", "refused", "the current one keeps serving", "fixture"],
+            Duration::from_secs(10),
+        );
+        let r = server.get("/fixture.py/pid");
+        assert_eq!(r.text().trim(), first[0].to_string(), "the old worker no longer serves");
+        assert_eq!(children(server.pid()), first);
+    }
+    // A good change goes through: a new worker serves.
+    std::fs::write(&path, "[plugin.fixture]\nlevel = 2\n").unwrap();
+    let mark = server.log_mark();
+    server.hup();
+    server.wait_for_line(mark, &["generation", "serves"], Duration::from_secs(10));
+    let now = wait_workers(&server, 1);
+    assert_ne!(now, first);
+    assert_eq!(server.get("/fixture.py/pid").text().trim(), now[0].to_string());
+}
+
+/// Keep-alive clients in a loop; a response with `Connection: close` makes the client
+/// reconnect (allowed); anything else that is not a complete response is a failure.
+fn load(
+    server: &Server,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<AtomicU64>, Vec<std::thread::JoinHandle<Vec<String>>>) {
+    let done = Arc::new(AtomicU64::new(0));
+    let addr = server.addr();
+    let handles = (0..clients)
+        .map(|i| {
+            let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let mut conn = support::Conn::open(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    let path = if i % 2 == 0 { "/hello.py" } else { "/fixture.py/pid" };
+                    if let Err(e) = conn.try_send(&request_bytes("GET", path, false)) {
+                        failures.push(format!("send: {e}"));
+                        conn = support::Conn::open(addr);
+                        continue;
+                    }
+                    match conn.try_read_response(false) {
+                        Ok(r) if r.status == 200 && r.complete => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            if r.has_token("Connection", "close") {
+                                conn = support::Conn::open(addr);
+                            }
+                        }
+                        Ok(r) => failures.push(r.summary()),
+                        Err(e) => {
+                            failures.push(format!("read: {e}"));
+                            conn = support::Conn::open(addr);
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    (done, handles)
+}
+
+#[test]
+fn twenty_generation_reloads_under_keep_alive_load_fail_no_request() {
+    let _serial = serial();
+    let server = workers(2).start();
+    wait_workers(&server, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, handles) = load(&server, 4, Arc::clone(&stop));
+    for i in 0..20 {
+        let mark = server.log_mark();
+        server.hup();
+        server.wait_for_line(mark, &[&format!("generation {} serves", i + 2)], Duration::from_secs(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let n = done.load(Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "{} of {n} requests failed: {:?}{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        server.context()
+    );
+    assert!(n > 100, "only {n} requests in 20 reloads");
+    wait_workers(&server, 2);
+}
+
+#[test]
+fn memory_of_the_tree_is_returned_with_old_generations() {
+    let _serial = serial();
+    let server = workers(1).start();
+    let total = |s: &Server| rss_kib(s.pid()) + children(s.pid()).iter().map(|&p| rss_kib(p)).sum::<u64>();
+    let reload = |s: &Server, n: u64| {
+        let mark = s.log_mark();
+        s.hup();
+        s.wait_for_line(mark, &[&format!("generation {n} serves")], Duration::from_secs(20));
+        // The old worker has exited.
+        wait_workers(s, 1);
+    };
+    reload(&server, 2);
+    assert_eq!(server.get("/hello.py").status, 200);
+    let before = total(&server);
+    for n in 3..=102 {
+        reload(&server, n);
+    }
+    assert_eq!(server.get("/hello.py").status, 200);
+    let after = total(&server);
+    eprintln!("RSS of the tree: {before} KiB before, {after} KiB after 100 reloads");
+    assert!(after <= before + before / 10, "RSS of the tree grew from {before} KiB to {after} KiB over 100 reloads");
+}
+
+#[test]
+fn a_unix_socket_is_served_with_an_empty_remote_addr() {
+    let _serial = serial();
+    let dir = support::TempDir::new("portico-unix");
+    let path = dir.path().join("portico.sock");
+    // A leftover socket file that nothing answers on is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let bind = format!("unix:{}", path.display());
+    let server = workers(1).args(["--bind", "127.0.0.1:0", "--bind", &bind, "--unix-socket-mode", "0600"]).start();
+    wait_workers(&server, 1);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let ask = |req: &[u8]| {
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(req).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let hello = ask(b"GET /hello.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(hello.starts_with("HTTP/1.1 200") && hello.ends_with("Hello, world!\n"), "{hello}");
+    let echo = ask(b"GET /echo.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let json: serde_json::Value = serde_json::from_str(echo.split_once("\r\n\r\n").map_or("", |(_, b)| b)).unwrap();
+    assert_eq!(json["remote_addr"], "", "REMOTE_ADDR on a Unix socket: {echo}");
+    let status = ask(b"GET /_portico/status?format=json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(status.starts_with("HTTP/1.1 200"), "a Unix socket client is local for the status page: {status}");
+    // A second server cannot take the socket while the first answers on it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["--workers", "0", "--bind", &bind, "--docroot"])
+        .arg(server.docroot())
+        .args(["--plugins"])
+        .arg(server.plugins_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another server answers on it"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+}
+
+#[test]
+fn sockets_passed_in_listen_fds_are_served() {
+    let _serial = serial();
+    use command_fds::{CommandFdExt, FdMapping};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = support::TempDir::new("portico-sd");
+    for d in ["docroot", "plugins"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    support::install_file(&support::plugin("hello"), &dir.path().join("plugins/hello.so"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portico"));
+    cmd.args(["--workers", "2", "--bind", "127.0.0.1:1", "--access-log", "off", "--docroot"])
+        .arg(dir.path().join("docroot"))
+        .arg("--plugins")
+        .arg(dir.path().join("plugins"))
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "http")
+        .env_remove("LISTEN_PID")
+        .stderr(std::process::Stdio::null());
+    cmd.fd_mappings(vec![FdMapping { parent_fd: listener.into(), child_fd: 3 }]).unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let r = poll_until(Duration::from_secs(10), Duration::from_millis(50), || support::try_get(addr, "/hello.py").ok());
+    let _ = child.kill();
+    let _ = child.wait();
+    let r = r.expect("the inherited socket was never served");
+    assert_eq!(r.text(), "Hello, world!\n");
+}
+
+#[test]
+fn ttin_and_ttou_add_and_remove_a_worker() {
+    let _serial = serial();
+    let server = workers(2).start();
+    wait_workers(&server, 2);
+    server.signal(libc::SIGTTIN);
+    wait_workers(&server, 3);
+    // One at a time: two signals sent back to back may arrive as one.
+    server.signal(libc::SIGTTOU);
+    wait_workers(&server, 2);
+    server.signal(libc::SIGTTOU);
+    wait_workers(&server, 1);
+    assert_eq!(server.get("/hello.py").status, 200);
+}
+
+#[test]
+fn max_requests_replaces_a_worker_without_failing_a_request() {
+    let _serial = serial();
+    let server = workers(1).args(["--max-requests", "20"]).start();
+    let first = wait_workers(&server, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, handles) = load(&server, 2, Arc::clone(&stop));
+    server.wait_for_log("served", Duration::from_secs(10));
+    let replaced = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let now = children(server.pid());
+        (now.len() == 1 && now != first).then_some(now)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert!(replaced.is_some(), "the worker was not replaced{}", server.context());
+    assert!(failures.is_empty(), "{failures:?}{}", server.context());
+    assert!(done.load(Ordering::Relaxed) > 20);
+}
+
+#[test]
+fn sigterm_drains_every_worker_and_the_pid_file_names_the_master() {
+    let _serial = serial();
+    let dir = support::TempDir::new("portico-pid");
+    let pid_file = dir.path().join("portico.pid");
+    let server =
+        workers(2).args(["--pid-file".as_ref(), pid_file.as_os_str()]).args(["--graceful-timeout", "10"]).start();
+    wait_workers(&server, 2);
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), server.pid().to_string());
+    let mut slow = server.connect();
+    slow.send(&request_bytes("GET", "/fixture.py/slow?ms=800", false));
+    std::thread::sleep(Duration::from_millis(200));
+    server.term();
+    slow.set_read_timeout(Duration::from_secs(10));
+    let r = slow.try_read_response(false).expect("the in-flight request was cut off");
+    assert_eq!(r.text(), "slow done\n");
+    assert!(r.has_token("Connection", "close"), "{}", r.summary());
+    let status = server.wait_exit(Duration::from_secs(10)).expect("the master did not exit");
+    assert!(status.success(), "{status}");
+    assert!(!pid_file.exists(), "the pid file outlived the master");
+}
+
+#[test]
+fn single_process_reload_refuses_a_plugin_whose_init_crashes() {
+    let _serial = serial();
+    let (_dir, path) = config_file("[plugin.fixture]\n");
+    let server = Server::builder().plugins(&["hello", "fixture"]).args(["--config".as_ref(), path.as_os_str()]).start();
+    std::fs::write(&path, "[plugin.fixture]\ncrash = true\n").unwrap();
+    let mark = server.log_mark();
+    server.hup();
+    server.wait_for_line(
+        mark,
+        &["reload refused", "fixture", "test load in a child process failed"],
+        Duration::from_secs(10),
+    );
+    server.assert_alive();
+    assert_eq!(server.get("/fixture.py/version").status, 200);
+}
