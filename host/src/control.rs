@@ -6,9 +6,12 @@
 //! its counters (the status page's totals across the tree). End of input on either side means
 //! the other process is gone: a worker whose master is gone drains and exits.
 
+use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +118,41 @@ pub fn take_lines<T: for<'de> Deserialize<'de>>(buf: &mut Vec<u8>) -> Vec<T> {
         }
     }
     out
+}
+
+/// A worker's way to ask the master for the whole tree (the status page): the request goes out
+/// on the control socket, the answer comes back through the worker's control thread
+/// ([`TreeLink::answered`]).
+#[derive(Debug)]
+pub struct TreeLink {
+    to_master: Arc<Mutex<UnixStream>>,
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, crossbeam_channel::Sender<serde_json::Value>>>,
+}
+
+impl TreeLink {
+    /// A link writing to `to_master`.
+    pub fn new(to_master: Arc<Mutex<UnixStream>>) -> TreeLink {
+        TreeLink { to_master, next: AtomicU64::new(1), waiting: Mutex::new(HashMap::new()) }
+    }
+
+    /// Asks the master and waits at most `timeout` for the tree; `None` if it does not answer.
+    pub fn ask(&self, timeout: Duration) -> Option<serde_json::Value> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        let answer =
+            send(&self.to_master, &ToMaster::TreeRequest { id }).ok().and_then(|()| rx.recv_timeout(timeout).ok());
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        answer
+    }
+
+    /// The master's answer to request `id`.
+    pub fn answered(&self, id: u64, tree: serde_json::Value) {
+        if let Some(tx) = self.waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
+            let _ = tx.send(tree);
+        }
+    }
 }
 
 #[cfg(test)]

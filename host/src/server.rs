@@ -20,7 +20,7 @@ use mio::{Poll, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::control::{self, PluginTotals, ToMaster, ToWorker, WorkerReport};
+use crate::control::{self, PluginTotals, ToMaster, ToWorker, TreeLink, WorkerReport};
 use crate::exchange::Notifier;
 use crate::io::balance::Balance;
 use crate::io::event_loop::{self, EventLoop};
@@ -97,6 +97,13 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         registry.probe_first(Duration::from_secs_f64(args.worker_ready_timeout));
     }
 
+    let (link, tree) = match &role {
+        Role::Alone => (None, None),
+        Role::Worker { control } => {
+            let link = Arc::new(Mutex::new(control.try_clone().context("cloning the control socket")?));
+            (Some(Arc::clone(&link)), Some(Arc::new(TreeLink::new(link))))
+        }
+    };
     raise_open_file_limit();
     let threads = args.worker_threads();
     let io_threads = usize::from(args.io_threads);
@@ -112,6 +119,7 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         statics: static_files::Options::from_args(&args),
         balance: Balance::new(io_threads),
         stats: Arc::clone(&stats),
+        tree: tree.clone(),
     });
     let mut polls = Vec::with_capacity(io_threads);
     let mut loops = Vec::with_capacity(io_threads);
@@ -213,9 +221,9 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
             }
         }
         Role::Worker { control } => {
-            let link = Arc::new(Mutex::new(control.try_clone().context("cloning the control socket")?));
+            let (Some(link), Some(tree)) = (link, tree) else { unreachable!("a worker has its link") };
             control::send(&link, &ToMaster::Ready { plugins: names })?;
-            start_link(control, Arc::clone(&link), Arc::clone(&stats), stop.clone())?;
+            start_link(control, Arc::clone(&link), tree, Arc::clone(&stats), stop.clone())?;
             start_recycler(&args, link, Arc::clone(&stats), Arc::clone(&pool))?;
         }
     }
@@ -245,6 +253,7 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
 fn start_link(
     control: UnixStream,
     link: Arc<Mutex<UnixStream>>,
+    tree: Arc<TreeLink>,
     stats: Arc<Stats>,
     stop: impl Fn() + Send + 'static,
 ) -> std::io::Result<()> {
@@ -253,7 +262,7 @@ fn start_link(
             ToWorker::Report => {
                 let _ = control::send(&link, &ToMaster::Report(report(&stats)));
             }
-            ToWorker::Tree { .. } => {}
+            ToWorker::Tree { id, tree: view } => tree.answered(id, view),
         });
         tracing::warn!("the master process is gone: draining");
         stop();

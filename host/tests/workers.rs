@@ -259,7 +259,13 @@ fn a_unix_socket_is_served_with_an_empty_remote_addr() {
     // A leftover socket file that nothing answers on is replaced.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     let bind = format!("unix:{}", path.display());
-    let server = workers(1).args(["--bind", "127.0.0.1:0", "--bind", &bind, "--unix-socket-mode", "0600"]).start();
+    let (_config_dir, config) =
+        config_file("[[mount]]\nprefix = \"/api\"\napp = \"hello\"\nmiddleware = [\"ip_filter\"]\n");
+    let server = Server::builder()
+        .plugins(&["hello", "echo", "ip_filter"])
+        .args(["--workers", "1", "--bind", "127.0.0.1:0", "--bind", &bind, "--unix-socket-mode", "0600", "--config"])
+        .args([config.as_os_str()])
+        .start();
     wait_workers(&server, 1);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
@@ -270,11 +276,14 @@ fn a_unix_socket_is_served_with_an_empty_remote_addr() {
         s.read_to_end(&mut out).unwrap();
         String::from_utf8_lossy(&out).into_owned()
     };
-    let hello = ask(b"GET /hello.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert!(hello.starts_with("HTTP/1.1 200") && hello.ends_with("Hello, world!\n"), "{hello}");
     let echo = ask(b"GET /echo.py HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(echo.starts_with("HTTP/1.1 200"), "{echo}");
     let json: serde_json::Value = serde_json::from_str(echo.split_once("\r\n\r\n").map_or("", |(_, b)| b)).unwrap();
     assert_eq!(json["remote_addr"], "", "REMOTE_ADDR on a Unix socket: {echo}");
+    // ip_filter refuses a client without an address unless its table says allow_unix = true.
+    let filtered = ask(b"GET /api/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(filtered.starts_with("HTTP/1.1 403"), "{filtered}");
+    assert_eq!(server.get("/api/").status, 200, "a loopback TCP client passes");
     let status = ask(b"GET /_portico/status?format=json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(status.starts_with("HTTP/1.1 200"), "a Unix socket client is local for the status page: {status}");
     // A second server cannot take the socket while the first answers on it.
@@ -394,4 +403,48 @@ fn single_process_reload_refuses_a_plugin_whose_init_crashes() {
     );
     server.assert_alive();
     assert_eq!(server.get("/fixture.py/version").status, 200);
+}
+
+#[test]
+fn the_status_page_adds_up_every_worker_and_shows_the_tree() {
+    let _serial = serial();
+    let server = workers(2).start();
+    let pids = wait_workers(&server, 2);
+    // Enough connections that both workers serve some (each connection: one request).
+    let mut served = std::collections::BTreeSet::new();
+    let mut n = 0;
+    while served.len() < 2 && n < 200 {
+        let mut c = server.connect();
+        served.insert(served_by(&mut c));
+        n += 1;
+    }
+    assert_eq!(served.len(), 2, "{n} connections all went to one worker");
+    let status = server.get("/_portico/status?format=json").json();
+    let fixture = status["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "fixture").unwrap().clone();
+    assert_eq!(fixture["requests"], n, "the plugin's requests across both workers: {fixture}");
+    let tree = &status["processes"];
+    let listed: Vec<u64> = tree["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+    assert_eq!(listed.len(), 2, "{tree}");
+    assert!(pids.iter().all(|p| listed.contains(&u64::from(*p))), "{pids:?} vs {listed:?}");
+    assert_eq!(tree["master"]["pid"], server.pid());
+    assert_eq!(tree["master"]["workers_died"], 0);
+    // A crash shows in the record, and the counters of the dead worker are kept (from its last
+    // report, at most a second old: wait for one).
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut c = server.connect();
+    c.send(&request_bytes("GET", "/fixture.py/abort", false));
+    c.set_read_timeout(Duration::from_secs(5));
+    assert!(c.try_read_response(false).is_err());
+    wait_workers(&server, 2);
+    let status = server.get("/_portico/status?format=json").json();
+    let tree = &status["processes"];
+    assert_eq!(tree["master"]["workers_died"], 1, "{tree}");
+    assert!(tree["master"]["deaths"][0]["cause"].as_str().unwrap().contains("SIGABRT"), "{tree}");
+    let fixture = status["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "fixture").unwrap().clone();
+    assert!(fixture["requests"].as_u64().unwrap() >= n, "totals went down after a worker died: {fixture}");
+    let html = server.get("/_portico/status").text();
+    assert!(html.contains("<h2>Processes</h2>") && html.contains("killed by SIGABRT"), "{html}");
+    let metrics = server.get("/_portico/metrics").text();
+    assert!(metrics.contains("portico_worker_process_deaths_total 1\n"), "{metrics}");
+    assert!(metrics.contains("portico_worker_processes 2\n"), "{metrics}");
 }

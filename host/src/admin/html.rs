@@ -103,6 +103,10 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
     }
     h.push_str("</tbody></table>\n");
 
+    if let Some(tree) = &s.processes {
+        processes(&mut h, tree);
+    }
+
     h.push_str("<h2>Applications</h2>\n<table id=\"apps\"><thead><tr><th>application</th>");
     for (name, title) in [
         ("running", "calls running now / at most"),
@@ -202,6 +206,74 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
     }
     h.push_str("</tr></tbody></table>\n</body></html>\n");
     h
+}
+
+/// The process tree under a master: its record, a row per worker, the latest deaths.
+fn processes(h: &mut String, tree: &serde_json::Value) {
+    let m = &tree["master"];
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => escape(s),
+        serde_json::Value::Null => "–".to_owned(),
+        other => escape(&other.to_string()),
+    };
+    let _ = writeln!(
+        h,
+        "<h2>Processes</h2>\n<p class=\"meta\" id=\"master\">master {} since {} · generation {} · {} worker(s) \
+         wanted · {} started, <span class=\"{}\">{} died</span>, {} replaced gracefully{}</p>",
+        text(&m["pid"]),
+        text(&m["started_at"]),
+        text(&m["generation"]),
+        text(&m["target"]),
+        text(&m["workers_started"]),
+        if m["workers_died"].as_u64().unwrap_or(0) > 0 { "bad" } else { "" },
+        text(&m["workers_died"]),
+        text(&m["recycled"]),
+        match m["crash_streak"].as_u64() {
+            Some(n) if n > 1 => format!(
+                " · <span class=\"bad\">crash loop: {n} quick deaths, next start in {} s</span>",
+                text(&m["next_respawn_delay"])
+            ),
+            _ => String::new(),
+        }
+    );
+    if let Some(why) = m["last_failed_generation"].as_str() {
+        let _ = writeln!(h, "<p class=\"bad\" id=\"failed-generation\">last failed generation: {}</p>", escape(why));
+    }
+    h.push_str("<table id=\"workers\"><thead><tr><th>pid</th><th class=\"n\">generation</th><th>state</th>");
+    h.push_str(
+        "<th>started</th><th class=\"n\">requests</th><th class=\"n\">connections</th><th class=\"n\">memory</th>",
+    );
+    h.push_str("</tr></thead><tbody>\n");
+    for w in tree["workers"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"n\">{}</td></tr>",
+            text(&w["pid"]),
+            text(&w["generation"]),
+            text(&w["state"]),
+            text(&w["started_at"]),
+            text(&w["requests"]),
+            text(&w["connections"]),
+            human_bytes(w["rss_bytes"].as_u64()),
+        );
+    }
+    h.push_str("</tbody></table>\n");
+    let deaths = m["deaths"].as_array().map_or(&[][..], Vec::as_slice);
+    if !deaths.is_empty() {
+        h.push_str("<h3>Workers that died</h3>\n<ul id=\"deaths\">\n");
+        for d in deaths.iter().rev() {
+            let _ = writeln!(
+                h,
+                "<li>{}: worker {} (generation {}) {}</li>",
+                text(&d["at"]),
+                text(&d["pid"]),
+                text(&d["generation"]),
+                text(&d["cause"])
+            );
+        }
+        h.push_str("</ul>\n");
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ pub mod html;
 pub mod openmetrics;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
+use crate::control::TreeLink;
 use crate::http::outgoing::Response;
 use crate::http::request::RequestHead;
 use crate::http::target;
@@ -29,6 +31,9 @@ use crate::metrics::counters::Stats;
 use crate::metrics::snapshot::{AppRow, Snapshot};
 use crate::routing::Table;
 use crate::settings::{AdminPage, AdminPaths};
+
+/// Longest wait for the master's view of the tree.
+pub const TREE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether `ip` is a loopback address (127.0.0.0/8, `::1`, or IPv4-mapped `::ffff:127.0.0.0/104`
 /// as a dual-stack socket reports an IPv4 loopback client): who gets the pages by default.
@@ -64,7 +69,18 @@ fn parse_query(q: &[u8]) -> Query {
 
 /// Answers `page` for `head`: GET and HEAD get the page (the event loop leaves HEAD's body
 /// out), other methods 405 with `Allow: GET, HEAD`.
-pub fn respond(page: AdminPage, head: &RequestHead, paths: &AdminPaths, stats: &Stats, table: &Table) -> Response {
+///
+/// Under a master, the page asks it for the whole tree first (this event loop waits for the
+/// answer, at most [`TREE_TIMEOUT`]: the totals are exact when read); if it does not answer, the
+/// page shows this worker alone.
+pub fn respond(
+    page: AdminPage,
+    head: &RequestHead,
+    paths: &AdminPaths,
+    stats: &Stats,
+    table: &Table,
+    tree: Option<&TreeLink>,
+) -> Response {
     if !matches!(head.method(), "GET" | "HEAD") {
         return Response::error(405).field("Allow", "GET, HEAD");
     }
@@ -72,7 +88,10 @@ pub fn respond(page: AdminPage, head: &RequestHead, paths: &AdminPaths, stats: &
     let mut apps: Vec<AppRow> =
         table.apps.iter().map(|(name, app)| AppRow { name: name.clone(), counts: app.gate.counts() }).collect();
     apps.sort_by(|a, b| a.name.cmp(&b.name));
-    let snapshot = Snapshot::take(stats, &table.plugins, apps);
+    let mut snapshot = Snapshot::take(stats, &table.plugins, apps);
+    if let Some(tree) = tree.and_then(|t| t.ask(TREE_TIMEOUT)) {
+        snapshot = snapshot.with_tree(tree);
+    }
     let response = match page {
         AdminPage::Metrics => {
             Response::page(200, openmetrics::CONTENT_TYPE, openmetrics::render(snapshot).into_bytes())

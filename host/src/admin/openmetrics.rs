@@ -280,8 +280,49 @@ impl Collector for Collect {
         if let Some(rss) = s.server.resident_memory_bytes {
             gauge(&mut e, "process_resident_memory", "Resident memory (VmRSS).", Some(&Unit::Bytes), rss)?;
         }
+        if let Some(tree) = &s.processes {
+            processes(&mut e, tree)?;
+        }
         Ok(())
     }
+}
+
+/// The process tree under a master: workers, their memory, starts, deaths, generations.
+fn processes(e: &mut DescriptorEncoder, tree: &serde_json::Value) -> Fmt {
+    let m = &tree["master"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let workers = tree["workers"].as_array().map_or(0, Vec::len);
+    gauge(e, "portico_worker_processes", "Worker processes running now.", None, workers as u64)?;
+    gauge(
+        e,
+        "portico_worker_processes_wanted",
+        "Worker processes the master keeps (--workers, SIGTTIN/SIGTTOU).",
+        None,
+        n(&m["target"]),
+    )?;
+    counter(e, "portico_worker_process_starts", "Worker processes started by the master.", n(&m["workers_started"]))?;
+    counter(
+        e,
+        "portico_worker_process_deaths",
+        "Worker processes that died without being asked to.",
+        n(&m["workers_died"]),
+    )?;
+    counter(e, "portico_worker_process_recycles", "Worker processes replaced gracefully.", n(&m["recycled"]))?;
+    gauge(e, "portico_generation", "The serving generation of worker processes.", None, n(&m["generation"]))?;
+    counter(
+        e,
+        "portico_requests",
+        "Requests answered by every worker process, of every kind.",
+        n(&tree["totals"]["requests"]),
+    )?;
+    let rss = n(&tree["totals"]["rss_bytes"]);
+    gauge(
+        e,
+        "portico_worker_processes_resident_memory",
+        "Resident memory of every worker process.",
+        Some(&Unit::Bytes),
+        rss,
+    )
 }
 
 /// The metrics in the OpenMetrics text format (ends with `# EOF`).

@@ -59,7 +59,7 @@ impl Handler for EventLoop {
                 // sees their own connection; the other loops' are from their last sweep.
                 self.shared.stats.loop_conns(self.index).store(self.count_conns());
                 let Some(paths) = &config.admin else { return respond(Response::error(404)) };
-                respond(admin::respond(page, &head, paths, &self.shared.stats, &table))
+                respond(admin::respond(page, &head, paths, &self.shared.stats, &table, self.shared.tree.as_deref()))
             }
             Route::ServerOptions => {
                 let head = ResponseHead::new(200).field("Allow", SERVER_METHODS).framing(Framing::Length(0));

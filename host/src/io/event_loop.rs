@@ -60,6 +60,8 @@ pub struct Shared {
     pub balance: Balance,
     /// The server's counters (admin pages).
     pub stats: Arc<Stats>,
+    /// In a worker process: how the status page asks the master for the whole tree.
+    pub tree: Option<Arc<crate::control::TreeLink>>,
 }
 
 /// One event loop.

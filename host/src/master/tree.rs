@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::control::{PluginTotals, WorkerReport};
+pub use crate::metrics::snapshot::rfc3339;
 
 /// How long a tree request waits for the workers' reports.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
@@ -89,12 +90,6 @@ pub struct Record {
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
-}
-
-/// `SystemTime` as RFC 3339 UTC, to the second.
-pub fn rfc3339(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 impl Record {

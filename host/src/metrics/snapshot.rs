@@ -6,8 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::counters::{BUCKETS, CLASSES, ConnCounts, ReloadOutcome, Stats, resident_memory_bytes};
+use super::counters::{BUCKETS, CLASSES, ConnCounts, PluginCounts, ReloadOutcome, Stats, resident_memory_bytes};
 use crate::admission::GateCounts;
+use crate::control::WorkerReport;
 use crate::plugin::registry::PluginSet;
 
 /// The server in one snapshot: what all three renderings show.
@@ -26,6 +27,10 @@ pub struct Snapshot {
     pub apps: Vec<AppRow>,
     /// SIGHUP reloads.
     pub reloads: ReloadInfo,
+    /// Under a master (`--workers N`): the master's record, a row per worker, and totals
+    /// across workers (the plugin rows above then count every worker, not only this one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<serde_json::Value>,
 }
 
 /// The process.
@@ -203,7 +208,39 @@ impl Snapshot {
                 last_success_at: rfc3339(reloads.last_success),
                 last_success_at_unix: unix(reloads.last_success),
             },
+            processes: None,
         }
+    }
+
+    /// The snapshot with the process tree's view (from the master): each plugin's counters
+    /// become the totals across every worker (exited ones included).
+    pub fn with_tree(mut self, tree: serde_json::Value) -> Snapshot {
+        let totals: WorkerReport = serde_json::from_value(tree["totals"].clone()).unwrap_or_default();
+        for row in &mut self.plugins {
+            let Some(t) = totals.plugins.iter().find(|t| t.name == row.name) else { continue };
+            let mut c = PluginCounts {
+                requests: t.requests,
+                responses: [0; 5],
+                in_flight: t.in_flight,
+                sum_seconds: t.sum_seconds,
+                buckets: [0; BUCKETS],
+            };
+            for (to, from) in c.responses.iter_mut().zip(&t.classes) {
+                *to = *from;
+            }
+            for (to, from) in c.buckets.iter_mut().zip(&t.buckets) {
+                *to = *from;
+            }
+            row.requests = c.requests;
+            row.responses = CLASSES.iter().copied().zip(c.responses).collect();
+            row.in_flight = c.in_flight;
+            row.mean_seconds = c.mean_seconds();
+            row.p99_seconds = c.quantile_seconds(0.99);
+            row.sum_seconds = c.sum_seconds;
+            row.buckets = c.buckets;
+        }
+        self.processes = Some(tree);
+        self
     }
 }
 

@@ -38,6 +38,7 @@
 //! | `allow` | list of CIDRs | loopback, if `deny` is not given either; else `[]` | addresses that may pass (empty: all not denied) |
 //! | `deny` | list of CIDRs | `[]` | addresses refused, whatever `allow` says |
 //! | `trusted_proxies` | list of CIDRs | `[]` | peers whose forwarding fields are believed |
+//! | `allow_unix` | boolean | `false` | let clients on a Unix socket (`--bind unix:PATH`) pass; they have no address (`REMOTE_ADDR` is empty), so `allow` and `deny` cannot name them |
 //! | `proxy_header` | `"x-forwarded-for"`, `"forwarded"`, `"auto"` | required with `trusted_proxies` | which field the trusted proxies write. `auto` reads `Forwarded` if the request has one, else `X-Forwarded-For` — only safe when every proxy strips a client's own `Forwarded` |
 //!
 //! A CIDR is `address/prefix` (`10.0.0.0/8`, `2001:db8::/32`) or a single address
@@ -89,6 +90,8 @@ struct RawConfig {
     #[serde(default)]
     trusted_proxies: Vec<String>,
     proxy_header: Option<ProxyHeader>,
+    #[serde(default)]
+    allow_unix: bool,
 }
 
 /// The filter's rules, parsed and checked.
@@ -98,6 +101,7 @@ pub struct Rules {
     deny: Vec<IpNet>,
     trusted_proxies: Vec<IpNet>,
     proxy_header: ProxyHeader,
+    allow_unix: bool,
 }
 
 impl Default for Rules {
@@ -108,6 +112,7 @@ impl Default for Rules {
             deny: Vec::new(),
             trusted_proxies: Vec::new(),
             proxy_header: ProxyHeader::Auto,
+            allow_unix: false,
         }
     }
 }
@@ -125,6 +130,8 @@ pub enum Source {
     Forwarded,
     /// The `X-Forwarded-For` field of a trusted proxy.
     XForwardedFor,
+    /// A Unix socket: no address (reported as `0.0.0.0`), let through by `allow_unix`.
+    UnixSocket,
 }
 
 impl fmt::Display for Source {
@@ -133,6 +140,7 @@ impl fmt::Display for Source {
             Source::RemoteAddr => "REMOTE_ADDR",
             Source::Forwarded => "Forwarded",
             Source::XForwardedFor => "X-Forwarded-For",
+            Source::UnixSocket => "a Unix socket",
         })
     }
 }
@@ -196,7 +204,7 @@ impl Rules {
                     .to_owned());
             }
         };
-        Ok(Rules { allow, deny, trusted_proxies, proxy_header })
+        Ok(Rules { allow, deny, trusted_proxies, proxy_header, allow_unix: raw.allow_unix })
     }
 
     /// Decides on a request: `Ok` with the client's address (and where it came from) if it
@@ -205,6 +213,15 @@ impl Rules {
     /// # Errors
     /// The request is refused; the [`Refusal`] says why.
     pub fn check(&self, request: &Request<'_>) -> Result<(IpAddr, Source), Refusal> {
+        if request.remote_addr.is_empty() {
+            return if self.allow_unix {
+                Ok((IpAddr::from([0, 0, 0, 0]), Source::UnixSocket))
+            } else {
+                Err(Refusal {
+                    reason: "a client on a Unix socket (no REMOTE_ADDR) is refused: set allow_unix = true".to_owned(),
+                })
+            };
+        }
         let (client, source) = self.client(request).map_err(|reason| Refusal { reason })?;
         match self.verdict(client) {
             Ok(()) => Ok((client, source)),

@@ -406,3 +406,14 @@ fn the_exported_init_refuses_bad_config() {
     let err = verdict.into_result().expect_err("refused");
     assert_eq!(err.as_str(), "allow[2]: invalid CIDR '10.0.0.0/33': prefix length '33' is not 0 to 32 for IPv4");
 }
+
+#[test]
+fn unix_socket_clients_pass_only_with_allow_unix() {
+    let unix = Request { remote_addr: "", ..Request::default() };
+    let refused = Rules::from_toml("").unwrap().check(&unix).unwrap_err();
+    assert!(refused.reason.contains("allow_unix"), "{refused}");
+    let rules = Rules::from_toml("allow = [\"10.0.0.0/8\"]\nallow_unix = true\n").unwrap();
+    assert_eq!(rules.check(&unix).unwrap().1, Source::UnixSocket);
+    let outsider = Request { remote_addr: "192.0.2.1", ..Request::default() };
+    assert!(rules.check(&outsider).is_err(), "allow_unix lets only Unix socket clients through");
+}
