@@ -18,6 +18,19 @@ use crate::settings::bind::BindSpec;
 
 /// The name a worker's control socket has in `LISTEN_FDNAMES` (always the last descriptor).
 pub const CONTROL_NAME: &str = "portico-control";
+/// The name of the socket a new master (SIGUSR2, binary upgrade) says "ready" on.
+pub const UPGRADE_NAME: &str = "portico-upgrade";
+
+/// What a process found at descriptors 3, 4, …
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// Listening sockets (systemd's, or the master's).
+    pub listeners: Vec<Listener>,
+    /// A worker's control socket to its master.
+    pub control: Option<UnixStream>,
+    /// A new master's socket to the old one (binary upgrade).
+    pub upgrade: Option<UnixStream>,
+}
 
 /// One listening socket.
 #[derive(Debug)]
@@ -133,7 +146,10 @@ pub fn open(inherited: Vec<Listener>, specs: &[BindSpec], mode: u32) -> Result<V
         return bind(specs, mode);
     }
     for l in &inherited {
-        tracing::info!("socket from systemd: {} (--bind ignored)", l.describe());
+        tracing::info!(
+            "inherited socket (systemd, or the master before a binary upgrade): {} (--bind ignored)",
+            l.describe()
+        );
     }
     Ok(inherited)
 }
@@ -176,38 +192,42 @@ fn bind_one(spec: &BindSpec, mode: u32) -> Result<Listener, ListenError> {
 /// The sockets in `LISTEN_FDS` (systemd's socket activation, or a master passing its
 /// listeners to a worker), with their `LISTEN_FDNAMES`; empty when the variables are absent or
 /// `LISTEN_PID` names another process. Must run before any thread starts (it removes the
-/// variables from the environment). A worker's control socket, named [`CONTROL_NAME`], comes
-/// back separately.
+/// variables from the environment). A worker's control socket ([`CONTROL_NAME`]) and a new
+/// master's upgrade socket ([`UPGRADE_NAME`]) come back separately.
 ///
 /// # Errors
 /// A descriptor is not a listening TCP or Unix stream socket.
-pub fn inherited() -> Result<(Vec<Listener>, Option<UnixStream>), ListenError> {
+pub fn inherited() -> Result<Inherited, ListenError> {
     let names: Vec<String> =
         std::env::var("LISTEN_FDNAMES").map(|s| s.split(':').map(str::to_owned).collect()).unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
-    let mut listeners = Vec::new();
-    let mut control = None;
+    let mut found = Inherited::default();
     for index in 0..fds.len() {
         let bad = |source| ListenError::Inherited { index, source };
         let name = names.get(index).map(String::as_str).unwrap_or("");
-        if name == CONTROL_NAME {
+        if name == CONTROL_NAME || name == UPGRADE_NAME {
             let unix = rustix::net::AddressFamily::UNIX.as_raw().into();
             let stream = rustix::net::SocketType::STREAM.as_raw() as i32;
-            control = fds.take_custom::<UnixStream>(index, unix, stream, "control socket").map_err(bad)?;
+            let sock = fds.take_custom::<UnixStream>(index, unix, stream, name).map_err(bad)?;
+            if name == CONTROL_NAME {
+                found.control = sock;
+            } else {
+                found.upgrade = sock;
+            }
             continue;
         }
         if name != "unix"
             && let Some(l) = fds.take_tcp_listener(index).ok().flatten()
         {
-            listeners.push(Listener::Tcp(l));
+            found.listeners.push(Listener::Tcp(l));
             continue;
         }
         match fds.take_unix_listener(index).map_err(bad)? {
-            Some(sock) => listeners.push(Listener::Unix { sock, path: None, bound_here: false }),
+            Some(sock) => found.listeners.push(Listener::Unix { sock, path: None, bound_here: false }),
             None => return Err(bad(io::Error::other("taken twice"))),
         }
     }
-    Ok((listeners, control))
+    Ok(found)
 }
 
 /// A listener in an event loop (mio, non-blocking).

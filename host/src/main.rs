@@ -71,8 +71,8 @@ fn main() -> anyhow::Result<()> {
     });
     tracing_subscriber::registry().with(error_log).with(access_layer).init();
 
-    let (inherited, control) = inherited?;
-    match (worker_of, control) {
+    let inherited = inherited?;
+    match (worker_of, inherited.control) {
         (Some(_), Some(control)) => {
             // A worker process: the master chose its plugins (a generation's snapshot).
             if let Some(dir) = std::env::var_os(spawn::SNAPSHOT_ENV) {
@@ -81,9 +81,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(dir) = std::env::var_os(spawn::CACHE_ENV) {
                 args.cache_dir = Some(dir.into());
             }
-            portico::server::run_worker(args, config, inherited, control)
+            portico::server::run_worker(args, config, inherited.listeners, control)
         }
-        _ if args.workers == 0 => portico::server::run(args, config, inherited),
-        _ => master::run(args, config, inherited),
+        _ if args.workers == 0 => portico::server::run(args, config, inherited.listeners),
+        _ => master::run(args, config, inherited.listeners, inherited.upgrade),
     }
 }

@@ -160,12 +160,11 @@ fn a_generation_whose_init_crashes_or_hangs_is_discarded_and_the_old_one_serves(
 /// Keep-alive clients in a loop; a response with `Connection: close` makes the client
 /// reconnect (allowed); anything else that is not a complete response is a failure.
 fn load(
-    server: &Server,
+    addr: std::net::SocketAddr,
     clients: usize,
     stop: Arc<AtomicBool>,
 ) -> (Arc<AtomicU64>, Vec<std::thread::JoinHandle<Vec<String>>>) {
     let done = Arc::new(AtomicU64::new(0));
-    let addr = server.addr();
     let handles = (0..clients)
         .map(|i| {
             let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
@@ -206,7 +205,7 @@ fn twenty_generation_reloads_under_keep_alive_load_fail_no_request() {
     let server = workers(2).start();
     wait_workers(&server, 2);
     let stop = Arc::new(AtomicBool::new(false));
-    let (done, handles) = load(&server, 4, Arc::clone(&stop));
+    let (done, handles) = load(server.addr(), 4, Arc::clone(&stop));
     for i in 0..20 {
         let mark = server.log_mark();
         server.hup();
@@ -353,7 +352,7 @@ fn max_requests_replaces_a_worker_without_failing_a_request() {
     let server = workers(1).args(["--max-requests", "20"]).start();
     let first = wait_workers(&server, 1);
     let stop = Arc::new(AtomicBool::new(false));
-    let (done, handles) = load(&server, 2, Arc::clone(&stop));
+    let (done, handles) = load(server.addr(), 2, Arc::clone(&stop));
     server.wait_for_log("served", Duration::from_secs(10));
     let replaced = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
         let now = children(server.pid());
@@ -447,4 +446,88 @@ fn the_status_page_adds_up_every_worker_and_shows_the_tree() {
     let metrics = server.get("/_portico/metrics").text();
     assert!(metrics.contains("portico_worker_process_deaths_total 1\n"), "{metrics}");
     assert!(metrics.contains("portico_worker_processes 2\n"), "{metrics}");
+}
+
+#[test]
+fn sigusr2_upgrades_the_binary_in_place_under_load() {
+    use command_fds::{CommandFdExt, FdMapping};
+    use std::os::unix::fs::MetadataExt;
+    let _serial = serial();
+    let dir = support::TempDir::new("portico-upgrade");
+    for d in ["bin", "docroot", "plugins"] {
+        std::fs::create_dir_all(dir.path().join(d)).unwrap();
+    }
+    for p in ["hello", "fixture"] {
+        support::install_file(&support::plugin(p), &dir.path().join(format!("plugins/{p}.so")));
+    }
+    let exe = dir.path().join("bin/portico");
+    let first_build = std::fs::read(env!("CARGO_BIN_EXE_portico")).unwrap();
+    std::fs::write(&exe, &first_build).unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let pid_file = dir.path().join("portico.pid");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(["--workers", "2", "--access-log", "off", "--docroot"])
+        .arg(dir.path().join("docroot"))
+        .arg("--plugins")
+        .arg(dir.path().join("plugins"))
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .env("LISTEN_FDS", "1")
+        .env_remove("LISTEN_PID")
+        .stderr(std::process::Stdio::null());
+    cmd.fd_mappings(vec![FdMapping { parent_fd: listener.into(), child_fd: 3 }]).unwrap();
+    let mut old = cmd.spawn().unwrap();
+    let read_pid = |p: &std::path::Path| std::fs::read_to_string(p).ok().and_then(|t| t.trim().parse::<u32>().ok());
+    poll_until(Duration::from_secs(10), Duration::from_millis(20), || support::try_get(addr, "/hello.py").ok())
+        .expect("the first master never served");
+    assert_eq!(read_pid(&pid_file), Some(old.id()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, handles) = load(addr, 4, Arc::clone(&stop));
+    // The second build, installed as an operator would: a new file renamed over the old.
+    let mut second_build = first_build;
+    second_build.extend_from_slice(b"portico second build");
+    let staged = dir.path().join("bin/portico.new");
+    std::fs::write(&staged, &second_build).unwrap();
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &exe).unwrap();
+    let new_inode = std::fs::metadata(&exe).unwrap().ino();
+    kill(old.id(), libc::SIGUSR2);
+    let new_pid = poll_until(Duration::from_secs(15), Duration::from_millis(20), || {
+        read_pid(&pid_file).filter(|&p| p != old.id())
+    })
+    .expect("the pid file never named a new master");
+    let oldbin = dir.path().join("portico.pid.oldbin");
+    let status = poll_until(Duration::from_secs(15), Duration::from_millis(20), || old.try_wait().ok().flatten())
+        .expect("the old master did not exit after the new one served");
+    assert!(status.success(), "old master: {status}");
+    assert!(!oldbin.exists(), "{} outlived the old master", oldbin.display());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    let exe_of_new = std::fs::metadata(format!("/proc/{new_pid}/exe")).unwrap().ino();
+    assert_eq!(exe_of_new, new_inode, "the new master does not run the second build");
+    assert_eq!(children(new_pid).len(), 2, "the new master's workers");
+    let served = done.load(Ordering::Relaxed);
+    kill(new_pid, libc::SIGTERM);
+    poll_until(Duration::from_secs(15), Duration::from_millis(20), || {
+        (!std::path::Path::new(&format!("/proc/{new_pid}")).exists()).then_some(())
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {served} requests failed across the upgrade: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(served > 50, "only {served} requests");
+}
+
+/// `kill(pid, sig)` to a master this test started.
+fn kill(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a master this test started
+    // and is still waiting for.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }

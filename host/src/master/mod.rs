@@ -9,6 +9,7 @@
 //! | `workers` | starting, stopping and hearing from one worker; its exit and replacement |
 //! | `reload` | a generation's start, SIGHUP's preparation, promotion, discarding |
 //! | [`generation`] | a generation's snapshot of the plugins, each test-loaded in a child |
+//! | `upgrade` | SIGUSR2: starting the new binary as a new master, handing over |
 //! | [`tree`] | what the master records (workers, deaths, generations) and the status page's view of the tree |
 //!
 //! Descriptors: the master holds every listening socket for its whole life (close-on-exec);
@@ -25,12 +26,18 @@
 //! killed and the old one keeps serving.
 //!
 //! Signals: SIGHUP reload; SIGTERM/SIGINT drain every worker, then exit 0; SIGQUIT stops
-//! every worker at once and exits; SIGTTIN/SIGTTOU add/remove a worker.
+//! every worker at once and exits; SIGTTIN/SIGTTOU add/remove a worker; SIGUSR2 upgrades the
+//! binary in place (nginx's way: the pid file names the old master `FILE.oldbin` meanwhile).
+//!
+//! Files: the master keeps its snapshots and its workers' private plugin copies under
+//! `CACHE/master-PID/` (removed at exit; those of masters no longer running are removed at
+//! start), so an old and a new master never share one during a binary upgrade.
 
 pub mod generation;
 mod reload;
 pub mod spawn;
 pub mod tree;
+mod upgrade;
 mod workers;
 
 use std::ffi::OsString;
@@ -44,7 +51,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Poll, Token, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR2};
 use slab::Slab;
 
 use crate::control::{ToWorker, WorkerReport};
@@ -133,8 +140,10 @@ struct Master {
     current: Option<Generation>,
     pending: Option<Generation>,
     config: Option<Loaded>,
+    /// This master's directory: `CACHE/master-PID`.
+    home: PathBuf,
+    /// Its generations' snapshots: `HOME/generations`.
     root: PathBuf,
-    cache_root: PathBuf,
     next_generation: u64,
     target: usize,
     respawn_at: Vec<Instant>,
@@ -146,22 +155,34 @@ struct Master {
     next_report: Instant,
     record: Record,
     trees: tree::Asks,
+    /// A binary upgrade in progress (SIGUSR2).
+    upgrade: Option<upgrade::Upgrade>,
+    /// A new master took over: its pid file and Unix socket files are not ours to remove.
+    upgraded: bool,
+    /// This master was started by SIGUSR2: it tells the old one when it serves.
+    upgrading_from: Option<std::os::unix::net::UnixStream>,
 }
 
 /// Runs the master until SIGTERM/SIGINT has drained every worker (or SIGQUIT).
 ///
 /// # Errors
 /// A listener cannot be bound, the first generation cannot be prepared or started.
-pub fn run(args: Args, config: Option<Loaded>, inherited: Vec<Listener>) -> anyhow::Result<()> {
+/// `upgrading_from` is the old master's socket when SIGUSR2 started this one.
+pub fn run(
+    args: Args,
+    config: Option<Loaded>,
+    inherited: Vec<Listener>,
+    upgrading_from: Option<std::os::unix::net::UnixStream>,
+) -> anyhow::Result<()> {
     let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode)?;
     if let Some(path) = &args.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing the pid file {}", path.display()))?;
     }
     let cache_root = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
-    let root = cache_root.join("generations");
-    let _ = std::fs::remove_dir_all(&root);
-    let _ = std::fs::remove_dir_all(cache_root.join("workers"));
+    remove_dead_homes(&cache_root);
+    let home = cache_root.join(format!("master-{}", std::process::id()));
+    let root = home.join("generations");
     let poll = Poll::new().context("creating the poller")?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -180,7 +201,7 @@ pub fn run(args: Args, config: Option<Loaded>, inherited: Vec<Listener>) -> anyh
         pending: None,
         config,
         root,
-        cache_root,
+        home,
         next_generation: 1,
         target,
         respawn_at: Vec::new(),
@@ -192,6 +213,9 @@ pub fn run(args: Args, config: Option<Loaded>, inherited: Vec<Listener>) -> anyh
         next_report: Instant::now() + REPORT_EVERY,
         record: Record::new(target),
         trees: tree::Asks::default(),
+        upgrade: None,
+        upgraded: false,
+        upgrading_from,
         args,
     };
     let timeout = master.ready_timeout();
@@ -204,19 +228,41 @@ pub fn run(args: Args, config: Option<Loaded>, inherited: Vec<Listener>) -> anyh
     master.next_generation = 2;
     master.start_generation(snapshot)?;
     let result = master.run_loop();
-    for l in &master.listeners {
-        l.remove_file();
+    match (&master.args.pid_file, master.upgraded) {
+        (Some(path), true) => {
+            let _ = std::fs::remove_file(upgrade::oldbin(path));
+        }
+        (Some(path), false) => {
+            let _ = std::fs::remove_file(path);
+        }
+        (None, _) => {}
     }
-    if let Some(path) = &master.args.pid_file {
-        let _ = std::fs::remove_file(path);
+    if !master.upgraded {
+        for l in &master.listeners {
+            l.remove_file();
+        }
     }
-    let _ = std::fs::remove_dir_all(&master.root);
+    let _ = std::fs::remove_dir_all(&master.home);
     result
 }
 
+/// Removes the directories of masters that no longer run (`CACHE/master-PID`).
+fn remove_dead_homes(cache_root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(cache_root) else { return };
+    for e in entries.flatten() {
+        let pid = e.file_name().to_str().and_then(|n| n.strip_prefix("master-")).and_then(|p| p.parse::<i32>().ok());
+        let alive =
+            pid.and_then(rustix::process::Pid::from_raw).is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+        if pid.is_some() && !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn start_signals(tx: Sender<Msg>, waker: Arc<Waker>) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU])
-        .context("installing signal handlers")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR2])
+            .context("installing signal handlers")?;
     std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
         for sig in signals.forever() {
             let _ = tx.send(Msg::Signal(sig));
@@ -270,6 +316,7 @@ impl Master {
             for token in tokens {
                 match token {
                     WAKER => {}
+                    upgrade::PIDFD | upgrade::SOCKET => self.upgrade_event(Some(token)),
                     Token(t) if t % 2 == 0 => self.exited(t / 2),
                     Token(t) => self.read_control(t / 2),
                 }
@@ -299,10 +346,14 @@ impl Master {
         next = next.min(self.workers.iter().filter_map(|(_, w)| w.kill_at).min().unwrap_or(next));
         next = next.min(self.pending.as_ref().map_or(next, |g| g.ready_by));
         next = next.min(self.trees.deadline().unwrap_or(next));
+        next = next.min(self.upgrade_deadline().unwrap_or(next));
         next
     }
 
     fn timers(&mut self, now: Instant) {
+        if self.upgrade_deadline().is_some_and(|t| t <= now) {
+            self.upgrade_event(None);
+        }
         let due = self.respawn_at.iter().filter(|&&t| t <= now).count();
         self.respawn_at.retain(|&t| t > now);
         for _ in 0..due {
@@ -361,6 +412,7 @@ impl Master {
                 tracing::warn!("SIGQUIT: stopping every worker now");
                 self.shutdown(rustix::process::Signal::QUIT);
             }
+            SIGUSR2 => self.start_upgrade(),
             SIGTTIN if self.stopping.is_none() => {
                 self.target += 1;
                 self.record.target = self.target;

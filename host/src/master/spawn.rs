@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 
 use command_fds::{CommandFdExt, FdMapping};
 
-use crate::listeners::{CONTROL_NAME, Listener};
+use crate::listeners::{CONTROL_NAME, Listener, UPGRADE_NAME};
 
 /// The environment variable that makes the binary a worker; its value is the generation.
 pub const WORKER_ENV: &str = "PORTICO_WORKER_GENERATION";
@@ -52,6 +52,32 @@ pub fn spawn(
     snapshot: &Path,
     cache: &Path,
 ) -> io::Result<Spawned> {
+    let env = [
+        (WORKER_ENV, OsString::from(generation.to_string())),
+        (SNAPSHOT_ENV, snapshot.as_os_str().to_owned()),
+        (CACHE_ENV, cache.as_os_str().to_owned()),
+    ];
+    exec(exe, argv, listeners, CONTROL_NAME, &env)
+}
+
+/// Starts `exe ARGV…` as a new master serving `listeners` (SIGUSR2, binary upgrade); it says
+/// "ready" on the returned socket once its first generation serves.
+///
+/// # Errors
+/// As [`spawn`].
+pub fn spawn_master(exe: &Path, argv: &[OsString], listeners: &[Listener]) -> io::Result<Spawned> {
+    exec(exe, argv, listeners, UPGRADE_NAME, &[])
+}
+
+/// `exe ARGV…` with `listeners` at 3, 4, … and one end of a new socket pair after them, named
+/// `last` in `LISTEN_FDNAMES`; the other end is returned.
+fn exec(
+    exe: &Path,
+    argv: &[OsString],
+    listeners: &[Listener],
+    last: &str,
+    env: &[(&str, OsString)],
+) -> io::Result<Spawned> {
     let (ours, theirs) = UnixStream::pair()?;
     let mut maps = Vec::with_capacity(listeners.len() + 1);
     let mut names = Vec::with_capacity(listeners.len() + 1);
@@ -60,15 +86,13 @@ pub fn spawn(
         names.push(l.kind());
     }
     maps.push(FdMapping { parent_fd: OwnedFd::from(theirs), child_fd: 3 + listeners.len() as i32 });
-    names.push(CONTROL_NAME);
+    names.push(last);
     let mut cmd = Command::new(exe);
     cmd.args(argv)
         .env_remove("LISTEN_PID")
         .env("LISTEN_FDS", maps.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
-        .env(WORKER_ENV, generation.to_string())
-        .env(SNAPSHOT_ENV, snapshot)
-        .env(CACHE_ENV, cache)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null());
     cmd.fd_mappings(maps).map_err(io::Error::other)?;
     let child = cmd.spawn()?;

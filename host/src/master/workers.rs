@@ -20,7 +20,7 @@ impl Master {
         let snapshot = self.snapshot_of(id).context("no such generation")?.dir.clone();
         let entry = self.workers.vacant_entry();
         let key = entry.key();
-        let cache = self.cache_root.join("workers").join(format!("{id}-{key}-{}", self.record.workers_started + 1));
+        let cache = self.home.join("workers").join(format!("{id}-{key}-{}", self.record.workers_started + 1));
         let s = spawn::spawn(&self.exe, &self.argv, &self.listeners, id, &snapshot, &cache)?;
         let pid = s.child.id();
         s.control.set_nonblocking(true)?;
@@ -160,6 +160,10 @@ impl Master {
                 );
                 for l in &self.listeners {
                     tracing::info!("listening on {}", l.describe());
+                }
+                if let Some(mut old) = self.upgrading_from.take() {
+                    // SIGUSR2: the old master drains once it reads this.
+                    let _ = old.write_all(b"ready\n");
                 }
             }
         }
