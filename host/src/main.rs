@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             }
             portico::server::run_worker(args, config, inherited.listeners, control)
         }
-        _ if args.workers == 0 => portico::server::run(args, config, inherited.listeners),
+        _ if args.worker_processes() == 0 => portico::server::run(args, config, inherited.listeners),
         _ => master::run(args, config, inherited.listeners, inherited.upgrade),
     }
 }

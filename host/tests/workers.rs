@@ -531,3 +531,31 @@ fn kill(pid: u32, sig: libc::c_int) {
     let rc = unsafe { libc::kill(pid, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
+
+#[test]
+fn a_worker_over_its_memory_ceiling_or_holding_abandoned_calls_is_replaced() {
+    let _serial = serial();
+    // 1 MiB: every worker is over it, so each is replaced about a second after it starts.
+    let server = workers(1).args(["--max-worker-memory", "1"]).start();
+    let first = wait_workers(&server, 1);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", first[0])).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "workers run without core dumps: {core}");
+    server.wait_for_log("over --max-worker-memory 1 MiB", Duration::from_secs(10));
+    poll_until(Duration::from_secs(10), Duration::from_millis(20), || (children(server.pid()) != first).then_some(()))
+        .expect("the worker over its memory ceiling was not replaced");
+    assert_eq!(server.get("/hello.py").status, 200);
+    drop(server);
+
+    let server = workers(1).args(["--app-timeout", "0.2", "--max-abandoned", "1"]).start();
+    let first = wait_workers(&server, 1);
+    let r = server.get("/fixture.py/slow?ms=5000");
+    assert_eq!(r.status, 504, "{}", r.summary());
+    server.wait_for_log("abandoned past their deadline still running", Duration::from_secs(10));
+    poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let now = children(server.pid());
+        (now.len() == 1 && now != first).then_some(())
+    })
+    .expect("the worker holding an abandoned call was not replaced");
+    assert_eq!(server.get("/hello.py").status, 200);
+}

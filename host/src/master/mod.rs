@@ -187,7 +187,7 @@ pub fn run(
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the waker")?);
     let (tx, rx) = crossbeam_channel::unbounded();
     start_signals(tx.clone(), Arc::clone(&waker))?;
-    let target = usize::from(args.workers);
+    let target = args.worker_processes();
     let mut master = Master {
         argv: std::env::args_os().skip(1).collect(),
         exe: std::env::current_exe().context("finding the portico executable")?,

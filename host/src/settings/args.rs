@@ -39,9 +39,10 @@ pub struct Args {
     /// Worker processes. The master process binds the listeners, never loads a plugin, and
     /// starts this many workers (each with `--io-threads` event loops and `--threads` worker
     /// threads); a worker that dies is replaced, SIGHUP starts a new generation of them. 0 runs
-    /// everything in this one process, with in-process reload (for debugging).
-    #[arg(long, env = "PORTICO_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
-    pub workers: u16,
+    /// everything in this one process, with in-process reload (for debugging)
+    /// [default: the number of cores].
+    #[arg(long, env = "PORTICO_WORKERS", value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub workers: Option<u16>,
     /// Seconds a new worker has to load its plugins and report ready (a plugin that hangs in
     /// its init is given up on then); also how long each plugin's test load in a child may take.
     #[arg(long, env = "PORTICO_WORKER_READY_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
