@@ -6,9 +6,10 @@
 //!
 //! Signals (signal-hook): SIGTERM and SIGINT stop accepting and drain requests in flight for
 //! up to the graceful timeout, then the process exits 0; a second one exits at once (1).
-//! SIGQUIT exits at once (0). SIGHUP reloads on the signal thread when alone
+//! SIGQUIT exits at once (0). SIGHUP reloads on a thread of its own when alone
 //! ([`crate::reload::reload`], each changed plugin test-loaded in a child process first;
-//! requests never wait for it); a worker ignores it (the master reloads by generation).
+//! requests and signals never wait for it); a worker ignores it (the master reloads by
+//! generation).
 
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -169,13 +170,32 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
     {
         let routes = Arc::clone(&routes);
         let stats = Arc::clone(&stats);
-        let mut config = config;
+        let config = Arc::new(Mutex::new(config));
         let alone = matches!(role, Role::Alone);
         let stop = stop.clone();
         std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
             for sig in signals.forever() {
                 match sig {
-                    SIGHUP if alone => reload::reload(&registry, &routes, &stats, &mut config, &site),
+                    SIGHUP if alone => {
+                        // On its own thread: a plugin's test load may take up to
+                        // --worker-ready-timeout, and SIGTERM must still be heard meanwhile.
+                        // Reloads run one at a time (the lock); one asked for during another
+                        // runs after it.
+                        let (registry, routes, stats, config, site) = (
+                            Arc::clone(&registry),
+                            Arc::clone(&routes),
+                            Arc::clone(&stats),
+                            Arc::clone(&config),
+                            site.clone(),
+                        );
+                        let spawned = std::thread::Builder::new().name("portico-reload".into()).spawn(move || {
+                            let mut config = config.lock().unwrap_or_else(|e| e.into_inner());
+                            reload::reload(&registry, &routes, &stats, &mut config, &site);
+                        });
+                        if let Err(e) = spawned {
+                            tracing::error!("SIGHUP: cannot start the reload: {e}");
+                        }
+                    }
                     SIGHUP => {}
                     SIGQUIT => {
                         tracing::warn!("SIGQUIT: exiting now");

@@ -559,3 +559,51 @@ fn a_worker_over_its_memory_ceiling_or_holding_abandoned_calls_is_replaced() {
     .expect("the worker holding an abandoned call was not replaced");
     assert_eq!(server.get("/hello.py").status, 200);
 }
+
+#[test]
+fn sigterm_is_heard_while_a_single_process_reload_waits_on_a_hanging_init() {
+    let _serial = serial();
+    let (_dir, path) = config_file("[plugin.fixture]\n");
+    let server = Server::builder().plugins(&["hello", "fixture"]).args(["--config".as_ref(), path.as_os_str()]).start();
+    std::fs::write(&path, "[plugin.fixture]\nhang = true\n").unwrap();
+    let mark = server.log_mark();
+    server.hup();
+    server.wait_for_line(mark, &["SIGHUP: rescanning"], Duration::from_secs(10));
+    // The test load in its child hangs for --worker-ready-timeout (30 s) from here.
+    let probe = poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+        let c = children(server.pid());
+        (!c.is_empty()).then_some(c)
+    })
+    .expect("no test-load child");
+    let asked = Instant::now();
+    server.term();
+    let status = server.wait_exit(Duration::from_secs(10)).expect("SIGTERM was not heard during the reload");
+    assert!(status.success(), "{status}");
+    assert!(asked.elapsed() < Duration::from_secs(5), "exited {:?} after SIGTERM", asked.elapsed());
+    for pid in probe {
+        let gone = poll_until(Duration::from_secs(3), Duration::from_millis(20), || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        });
+        assert!(gone.is_some(), "the hanging test load {pid} outlived the server");
+    }
+}
+
+#[test]
+fn sigquit_stops_the_master_and_every_worker_at_once() {
+    let _serial = serial();
+    let server = workers(2).args(["--graceful-timeout", "30"]).start();
+    let pids = wait_workers(&server, 2);
+    let mut slow = server.connect();
+    slow.send(&request_bytes("GET", "/fixture.py/slow?ms=20000", false));
+    std::thread::sleep(Duration::from_millis(200));
+    let asked = Instant::now();
+    server.signal(libc::SIGQUIT);
+    server.wait_exit(Duration::from_secs(5)).expect("the master did not stop at once");
+    assert!(asked.elapsed() < Duration::from_secs(4), "{:?}", asked.elapsed());
+    for pid in pids {
+        let gone = poll_until(Duration::from_secs(3), Duration::from_millis(20), || {
+            (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        });
+        assert!(gone.is_some(), "worker {pid} outlived SIGQUIT");
+    }
+}

@@ -114,6 +114,8 @@ pub fn load_one(args: &[OsString]) -> i32 {
         println!("usage: portico check --load-one NAME FILE");
         return 1;
     };
+    // A test load that hangs must not outlive the process waiting for it.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let mut settings = String::new();
     let _ = std::io::stdin().read_to_string(&mut settings);
     let cache = std::env::temp_dir().join(format!("portico-check-{}", std::process::id()));

@@ -142,7 +142,8 @@ pub struct Args {
     /// Largest request body in bytes; over it 413 and close.
     #[arg(long, env = "PORTICO_MAX_BODY", default_value_t = limits::MAX_BODY)]
     pub max_body: u64,
-    /// Most open connections; past it new ones wait in the listen backlog.
+    /// Most open connections in each worker process; past it new ones wait in the listen
+    /// backlog.
     #[arg(long, env = "PORTICO_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// `Cache-Control` value sent with static files (200, 206 and 304), e.g.
