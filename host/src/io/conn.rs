@@ -426,19 +426,19 @@ impl<S: Transport> Conn<S> {
         self.on_readable(h)
     }
 
-    /// The server is shutting down: the connection closes after its current response (with
-    /// `Connection: close`). One between requests is left open: the event loop closes it
-    /// after a short grace ([`Conn::close_if_idle`]), because a close races with a request the
-    /// client may already have sent (RFC 9112 §9.6; nginx's `keepalive_min_timeout`).
-    pub fn drain(&mut self) -> Step {
-        self.close_after = true;
-        Step::Open
-    }
-
-    /// Closes the connection if it is between requests with nothing received (the end of a
-    /// drain's grace).
-    pub fn close_if_idle(&mut self, h: &mut impl Handler) -> Step {
-        if matches!(self.phase, Phase::Head { .. }) && self.rbuf.is_empty() {
+    /// The server is draining (shutdown, or an old generation): closes the connection if it
+    /// is between requests with nothing received, and has been so for `grace` since both its
+    /// last response and `drain_start`. A close races with a request the client may already
+    /// have sent (RFC 9112 §9.6; nginx's `keepalive_min_timeout`), so a connection is given
+    /// the grace to send one: it is answered with `Connection: close` (see `start_request`).
+    /// A response whose head went out before the drain said nothing about closing, so its
+    /// connection is not closed after it either, but waits like any other.
+    pub fn close_if_idle(&mut self, now: Instant, drain_start: Instant, grace: Duration, h: &mut impl Handler) -> Step {
+        let quiet_since = self.idle_since.max(drain_start);
+        if matches!(self.phase, Phase::Head { .. })
+            && self.rbuf.is_empty()
+            && now.saturating_duration_since(quiet_since) >= grace
+        {
             return self.close(h);
         }
         Step::Open
@@ -1243,18 +1243,65 @@ mod tests {
     #[test]
     fn shutdown_closes_idle_connections_after_the_grace_and_lets_busy_ones_finish() {
         let mut h = Loop::new();
+        h.draining = true;
+        let grace = Duration::from_secs(1);
         let (mut idle, _c1) = connect();
-        assert_eq!(idle.drain(), Step::Open, "an idle connection gets the grace");
-        assert_eq!(idle.close_if_idle(&mut h), Step::Close);
+        let start = Instant::now();
+        assert_eq!(idle.close_if_idle(start, start, grace, &mut h), Step::Open, "an idle connection gets the grace");
+        assert_eq!(idle.close_if_idle(start + grace, start, grace, &mut h), Step::Close);
         let (mut busy, mut client) = connect();
         client.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(turn(&mut busy, &mut h), Step::Open);
-        assert_eq!(busy.drain(), Step::Open);
-        assert_eq!(busy.close_if_idle(&mut h), Step::Open, "a connection with a request in flight stays");
+        let later = start + 2 * grace;
+        assert_eq!(
+            busy.close_if_idle(later, start, grace, &mut h),
+            Step::Open,
+            "a connection with a request in flight stays"
+        );
         // (The worker's head says `Connection: close` when it sees the shutdown flag.)
         assert_eq!(busy.on_reply(reply(busy.id(), 200, b"last"), &mut h), Step::Open);
         assert_eq!(response(&mut client).1, b"last");
-        assert_eq!(counts(&busy).closing, 1, "closing after the response in flight");
+        assert_eq!(counts(&busy).closing, 1, "a request that came during the drain closes after its response");
         assert!(at_eof(&mut client));
+    }
+
+    /// A response whose head went out before the drain said nothing about closing: its
+    /// client sends the next request at once, which must get an answer (with `Connection:
+    /// close`), not a closed connection.
+    #[test]
+    fn a_drain_during_a_response_already_headed_keeps_the_connection_for_the_next_request() {
+        let mut h = Loop::new();
+        let (mut conn, mut client) = connect();
+        client.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(turn(&mut conn, &mut h), Step::Open);
+        // Larger than the socket pair's buffer: the response is still being written.
+        let big = vec![b'x'; 4 << 20];
+        assert_eq!(conn.on_reply(reply(conn.id(), 200, &big), &mut h), Step::Open);
+        assert_eq!(counts(&conn).writing, 1);
+        h.draining = true;
+        let reader = std::thread::spawn(move || {
+            let (head, body) = response(&mut client);
+            (client, head, body.len())
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while counts(&conn).writing == 1 && std::time::Instant::now() < deadline {
+            assert_eq!(conn.on_writable(&mut h), Step::Open);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (mut client, head, len) = reader.join().unwrap();
+        assert!(!head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert_eq!(len, big.len());
+        assert_eq!(counts(&conn).idle, 1, "back to waiting for the next request, not closing");
+        let now = Instant::now();
+        assert_eq!(
+            conn.close_if_idle(now, now - Duration::from_secs(5), Duration::from_secs(1), &mut h),
+            Step::Open,
+            "the grace counts from its last response"
+        );
+        client.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(turn(&mut conn, &mut h), Step::Open);
+        assert_eq!(conn.on_reply(reply(conn.id(), 200, b"next"), &mut h), Step::Open);
+        assert_eq!(response(&mut client).1, b"next");
+        assert_eq!(counts(&conn).closing, 1, "the request that came during the drain closes it");
     }
 }

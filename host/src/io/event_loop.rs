@@ -79,8 +79,9 @@ pub struct EventLoop {
     next_gen: u64,
     pub(super) limits: HeadLimits,
     pub(super) draining: Option<Instant>,
-    /// When a drain closes the connections that are between requests.
-    idle_close_at: Option<Instant>,
+    /// When the drain started (connections between requests are closed once quiet for
+    /// [`IDLE_GRACE`] since then and since their last response).
+    drain_started: Option<Instant>,
     /// Static files, with this loop's open-file cache.
     pub(super) statics: StaticFiles,
     /// Connections to read again on the next turn (a finished response with more input
@@ -135,7 +136,7 @@ impl EventLoop {
             next_gen: 0,
             limits,
             draining: None,
-            idle_close_at: None,
+            drain_started: None,
             ready: Vec::new(),
             flush_again: Vec::new(),
             scratch: Vec::new(),
@@ -260,11 +261,7 @@ impl EventLoop {
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        self.idle_close_at = Some(Instant::now() + IDLE_GRACE);
-        let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
-        for t in tokens {
-            self.with_conn(t, |c, _| c.drain());
-        }
+        self.drain_started = Some(Instant::now());
     }
 
     fn accept(&mut self, i: usize) {
@@ -383,10 +380,10 @@ impl EventLoop {
         for (t, e) in expired {
             self.with_conn(t, |c, h| c.expire(e, h));
         }
-        if self.idle_close_at.is_some_and(|at| now >= at) {
+        if let Some(start) = self.drain_started.filter(|&s| now >= s + IDLE_GRACE) {
             let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
             for t in tokens {
-                self.with_conn(t, |c, h| c.close_if_idle(h));
+                self.with_conn(t, |c, h| c.close_if_idle(now, start, IDLE_GRACE, h));
             }
         }
         self.shared.stats.loop_conns(self.index).store(self.count_conns());
