@@ -60,8 +60,8 @@ pub enum ListenError {
         /// Why.
         source: io::Error,
     },
-    /// A server already answers on this Unix socket.
-    #[error("binding unix:{}: another server answers on it", path.display())]
+    /// A server already answers on this Unix socket (or this process may not connect to it).
+    #[error("binding unix:{}: another server answers on it (or it cannot be checked); not replaced", path.display())]
     UnixInUse {
         /// The socket file.
         path: PathBuf,
@@ -171,8 +171,10 @@ fn bind_one(spec: &BindSpec, mode: u32) -> Result<Listener, ListenError> {
                 if !meta.file_type().is_socket() {
                     return Err(ListenError::NotASocket { path: path.clone() });
                 }
-                if UnixStream::connect(path).is_ok() {
-                    return Err(ListenError::UnixInUse { path: path.clone() });
+                match UnixStream::connect(path) {
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                    // Answering, or not ours to judge (no permission): left alone.
+                    _ => return Err(ListenError::UnixInUse { path: path.clone() }),
                 }
                 // Nothing answers: a leftover of a server that did not remove it.
                 tracing::info!("replacing the stale socket file {}", path.display());

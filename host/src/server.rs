@@ -54,7 +54,15 @@ enum Role {
 /// bound, or a thread cannot start.
 pub fn run(args: Args, config: Option<Loaded>, inherited: Vec<Listener>) -> anyhow::Result<()> {
     let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode)?;
+    let pid_file = args.pid_file.clone();
+    if let Some(path) = &pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing the pid file {}", path.display()))?;
+    }
     let result = serve(args, config, &listeners, Role::Alone);
+    if let Some(path) = &pid_file {
+        let _ = std::fs::remove_file(path);
+    }
     for l in &listeners {
         l.remove_file();
     }
@@ -153,14 +161,13 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
     });
     let pool = Arc::new(Pool::start(threads, job_rx, workers).context("starting the workers")?);
 
+    // Idempotent: the master gone (end of input on the control socket) and its death signal
+    // both drain, once. Only a second SIGTERM/SIGINT exits at once (the signal thread counts).
     let stop = {
         let shutting_down = Arc::clone(&shutting_down);
         let wakers = wakers.clone();
         move || {
-            if shutting_down.swap(true, Ordering::SeqCst) {
-                tracing::warn!("second shutdown signal: exiting now");
-                std::process::exit(1);
-            }
+            shutting_down.store(true, Ordering::SeqCst);
             for waker in &wakers {
                 let _ = waker.wake();
             }
@@ -174,6 +181,7 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         let alone = matches!(role, Role::Alone);
         let stop = stop.clone();
         std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
+            let mut terms = 0;
             for sig in signals.forever() {
                 match sig {
                     SIGHUP if alone => {
@@ -201,7 +209,14 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
                         tracing::warn!("SIGQUIT: exiting now");
                         std::process::exit(0);
                     }
-                    _ => stop(),
+                    _ => {
+                        terms += 1;
+                        if terms > 1 {
+                            tracing::warn!("second shutdown signal: exiting now");
+                            std::process::exit(1);
+                        }
+                        stop();
+                    }
                 }
             }
         })?;
@@ -313,7 +328,8 @@ pub(crate) fn report(stats: &Stats) -> WorkerReport {
 }
 
 /// Checks once a second whether this worker should be replaced (`--max-requests` with its
-/// jitter, `--max-worker-memory`, `--max-abandoned`) and asks the master once.
+/// jitter, `--max-worker-memory`, `--max-abandoned`) and asks the master (again every 30 s,
+/// should a replacement fail to start).
 fn start_recycler(
     args: &Args,
     link: Arc<Mutex<UnixStream>>,
@@ -351,7 +367,9 @@ fn start_recycler(
             };
             tracing::info!("asking to be replaced: {reason}");
             let _ = control::send(&link, &ToMaster::Retire { reason });
-            return;
+            // Normally this process is told to drain long before; should its replacement
+            // have failed to start, ask again.
+            std::thread::sleep(Duration::from_secs(30));
         }
     })?;
     Ok(())

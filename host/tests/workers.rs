@@ -607,3 +607,46 @@ fn sigquit_stops_the_master_and_every_worker_at_once() {
         assert!(gone.is_some(), "worker {pid} outlived SIGQUIT");
     }
 }
+
+#[test]
+fn a_worker_restarted_after_a_crash_runs_what_its_generation_ran() {
+    let _serial = serial();
+    let (_dir, path) = config_file("[plugin.fixture]\nlevel = 1\n");
+    let server = workers(1).args(["--config".as_ref(), path.as_os_str()]).start();
+    let first = wait_workers(&server, 1);
+    // The file changes (to settings whose init crashes) and the plugin file too; no SIGHUP.
+    std::fs::write(&path, "[plugin.fixture]\ncrash = true\n").unwrap();
+    server.install_plugin("fixture.so", &support::fixture_v2());
+    let mut c = server.connect();
+    c.send(&request_bytes("GET", "/fixture.py/abort", false));
+    c.set_read_timeout(Duration::from_secs(5));
+    assert!(c.try_read_response(false).is_err());
+    let now = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        let c = children(server.pid());
+        (c.len() == 1 && c != first).then_some(c)
+    })
+    .expect("no replacement");
+    let r = server.get("/fixture.py/version");
+    assert_eq!(r.text(), "fixture v1\n", "the replacement loaded what the generation was started with");
+    assert_eq!(children(server.pid()), now, "the replacement crashed: it read the changed file");
+}
+
+#[test]
+fn sigterm_lets_an_old_generation_finish_its_requests() {
+    let _serial = serial();
+    let server = workers(1).args(["--graceful-timeout", "10"]).start();
+    wait_workers(&server, 1);
+    let mut slow = server.connect();
+    slow.send(&request_bytes("GET", "/fixture.py/slow?ms=2000", false));
+    std::thread::sleep(Duration::from_millis(200));
+    let mark = server.log_mark();
+    server.hup();
+    server.wait_for_line(mark, &["generation 2 serves"], Duration::from_secs(10));
+    // The old worker drains its slow request; a SIGTERM now must not cut it off.
+    server.term();
+    slow.set_read_timeout(Duration::from_secs(10));
+    let r = slow.try_read_response(false).expect("the old generation's request was cut off by SIGTERM");
+    assert_eq!(r.text(), "slow done\n");
+    let status = server.wait_exit(Duration::from_secs(10)).expect("the master did not exit");
+    assert!(status.success(), "{status}");
+}

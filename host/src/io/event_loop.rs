@@ -308,10 +308,9 @@ impl EventLoop {
 
     /// Takes up an accepted connection (counted in this loop's load already).
     fn adopt(&mut self, mut sock: Stream, peer: Peer) {
-        if self.draining.is_some() {
-            self.shared.balance.remove(self.index);
-            return;
-        }
+        // Even while draining: another loop accepted it before this one began to drain, and
+        // dropping it would reset a client that did nothing wrong. Its request is answered
+        // with `Connection: close` (or it is closed idle after the grace).
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         if self.poll.registry().register(&mut sock, Token(token), Interest::READABLE | Interest::WRITABLE).is_err() {

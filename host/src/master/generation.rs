@@ -1,5 +1,6 @@
-//! A generation's plugins: a snapshot of the plugins directory that the master makes before
-//! starting a generation of workers (`CACHE/generations/ID/`), each file test-loaded in a child
+//! A generation's plugins and configuration: a snapshot of the plugins directory (and a copy
+//! of the configuration file's text) that the master makes before starting a generation of
+//! workers (`CACHE/master-PID/generations/ID/`), each file test-loaded in a child
 //! process with its `[plugin.NAME]` settings ([`crate::plugin::probe`]). Workers load from
 //! the snapshot, never from the live directory, so a worker started later in the same
 //! generation (after a crash) runs exactly what the generation's first workers ran.
@@ -16,6 +17,9 @@ use std::time::Duration;
 use crate::plugin::{probe, registry};
 use crate::routing::mount::Mounts;
 use crate::settings::file::Loaded;
+
+/// The configuration file's copy in a snapshot (not a plugin name: it does not end in `.so`).
+pub const CONFIG_COPY: &str = "portico.toml";
 
 /// One plugin in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +83,10 @@ fn fill(
     previous: Option<&Snapshot>,
     timeout: Duration,
 ) -> Result<(Snapshot, Findings), String> {
+    if let Some(c) = config {
+        // What the generation's workers read instead of the file (which may change).
+        std::fs::write(dir.join(CONFIG_COPY), c.text()).map_err(|e| format!("copying the configuration: {e}"))?;
+    }
     let files = registry::plugin_files(plugins_dir);
     let settings = |name: &str| config.map(|c| c.plugin_config(name)).unwrap_or_default();
     // Copy first, then test the copy: what was tested is byte for byte what the workers load.

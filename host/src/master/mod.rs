@@ -130,7 +130,11 @@ struct Generation {
 struct Master {
     args: Args,
     argv: Vec<OsString>,
+    /// The binary's path: what SIGUSR2 starts (the file an operator replaced).
     exe: PathBuf,
+    /// What workers are started from: this very binary (`/proc/self/exe`), not whatever the
+    /// path holds now.
+    worker_exe: PathBuf,
     listeners: Vec<Listener>,
     poll: Poll,
     rx: Receiver<Msg>,
@@ -161,6 +165,8 @@ struct Master {
     upgraded: bool,
     /// This master was started by SIGUSR2: it tells the old one when it serves.
     upgrading_from: Option<std::os::unix::net::UnixStream>,
+    /// Why the first generation never served (the exit status is then an error).
+    failed: Option<String>,
 }
 
 /// Runs the master until SIGTERM/SIGINT has drained every worker (or SIGQUIT).
@@ -191,6 +197,7 @@ pub fn run(
     let mut master = Master {
         argv: std::env::args_os().skip(1).collect(),
         exe: std::env::current_exe().context("finding the portico executable")?,
+        worker_exe: crate::plugin::probe::running_binary().context("finding the portico executable")?,
         listeners,
         poll,
         rx,
@@ -216,18 +223,13 @@ pub fn run(
         upgrade: None,
         upgraded: false,
         upgrading_from,
+        failed: None,
         args,
     };
-    let timeout = master.ready_timeout();
-    let (snapshot, findings) =
-        generation::prepare(1, &master.root, &master.args.plugins, master.config.as_ref(), None, timeout)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for line in &findings.refused {
-        tracing::error!("{line}; skipped");
-    }
-    master.next_generation = 2;
-    master.start_generation(snapshot)?;
-    let result = master.run_loop();
+    let result = master.start().and_then(|()| master.run_loop()).and_then(|()| match master.failed.take() {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    });
     match (&master.args.pid_file, master.upgraded) {
         (Some(path), true) => {
             let _ = std::fs::remove_file(upgrade::oldbin(path));
@@ -295,6 +297,20 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
 }
 
 impl Master {
+    /// The first generation: prepared here (its test loads bounded by the ready timeout),
+    /// then started.
+    fn start(&mut self) -> anyhow::Result<()> {
+        let timeout = self.ready_timeout();
+        let (snapshot, findings) =
+            generation::prepare(1, &self.root, &self.args.plugins, self.config.as_ref(), None, timeout)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for line in &findings.refused {
+            tracing::error!("{line}; skipped");
+        }
+        self.next_generation = 2;
+        self.start_generation(snapshot)
+    }
+
     fn ready_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.args.worker_ready_timeout.max(0.1))
     }
@@ -357,19 +373,21 @@ impl Master {
         let due = self.respawn_at.iter().filter(|&&t| t <= now).count();
         self.respawn_at.retain(|&t| t > now);
         for _ in 0..due {
-            let id = self.current.as_ref().map(|g| g.snapshot.id);
-            if let Some(id) = id.filter(|_| self.stopping.is_none())
-                && let Err(e) = self.spawn(id, None)
-            {
-                tracing::error!("starting a worker failed: {e:#}; trying again");
-                self.respawn_at.push(now + self.backoff());
-            }
+            self.respawn(now);
         }
-        let kill: Vec<u32> =
-            self.workers.iter().filter(|(_, w)| w.kill_at.is_some_and(|t| t <= now)).map(|(_, w)| w.pid).collect();
-        for pid in kill {
-            tracing::warn!(pid, "worker {pid} did not exit in time: SIGKILL");
-            signal(pid, rustix::process::Signal::KILL);
+        for (_, w) in self.workers.iter_mut() {
+            if w.kill_at.is_some_and(|t| t <= now) {
+                // Once: the pidfd says when it is gone (a process in uninterruptible sleep
+                // may take a while), and the loop must not spin on a passed deadline.
+                w.kill_at = None;
+                let pid = w.pid;
+                if w.state == State::Starting {
+                    tracing::error!(pid, "worker {pid} not ready within --worker-ready-timeout: SIGKILL");
+                } else {
+                    tracing::warn!(pid, "worker {pid} did not exit in time: SIGKILL");
+                }
+                signal(pid, rustix::process::Signal::KILL);
+            }
         }
         if self.pending.as_ref().is_some_and(|g| g.ready_by <= now) {
             let secs = self.ready_timeout().as_secs_f64();
@@ -378,6 +396,7 @@ impl Master {
         if self.current.as_ref().is_some_and(|g| g.ready_by <= now) && !self.announced {
             let secs = self.ready_timeout().as_secs_f64();
             tracing::error!("no worker became ready within --worker-ready-timeout {secs} s; stopping");
+            self.failed = Some(format!("no worker became ready within --worker-ready-timeout {secs} s"));
             self.shutdown(rustix::process::Signal::KILL);
         }
         if now >= self.next_report {
@@ -391,6 +410,24 @@ impl Master {
         for (key, id, tree) in self.trees.expired(now, &self.workers_view(), &self.record) {
             self.send(key, &ToWorker::Tree { id, tree });
         }
+    }
+
+    /// Starts a worker in place of one that died (or a failed start); on failure, tries
+    /// again after the backoff, at least a second later.
+    fn respawn(&mut self, now: Instant) {
+        let id = self.current.as_ref().map(|g| g.snapshot.id);
+        if let Some(id) = id.filter(|_| self.stopping.is_none())
+            && let Err(e) = self.spawn(id, None)
+        {
+            tracing::error!("starting a worker failed: {e:#}; trying again");
+            self.respawn_at.push(now + self.backoff().max(Duration::from_secs(1)));
+        }
+    }
+
+    /// The generation SIGTTIN/SIGTTOU act on: the one starting, if any (it becomes the
+    /// serving one), and the serving one.
+    fn scaled_generations(&self) -> Vec<u64> {
+        [&self.current, &self.pending].into_iter().flatten().map(|g| g.snapshot.id).collect()
     }
 
     fn on_signal(&mut self, sig: i32) {
@@ -417,40 +454,54 @@ impl Master {
                 self.target += 1;
                 self.record.target = self.target;
                 tracing::info!("SIGTTIN: {} worker(s)", self.target);
-                if let Some(id) = self.current.as_ref().map(|g| g.snapshot.id) {
-                    let _ = self.spawn(id, None).map_err(|e| tracing::error!("starting a worker failed: {e:#}"));
+                for id in self.scaled_generations() {
+                    if let Err(e) = self.spawn(id, None) {
+                        tracing::error!("starting a worker failed: {e:#}; trying again");
+                        if self.current.as_ref().is_some_and(|g| g.snapshot.id == id) {
+                            self.respawn_at.push(Instant::now() + Duration::from_secs(1));
+                        }
+                    }
                 }
             }
             SIGTTOU if self.stopping.is_none() && self.target > 1 => {
                 self.target -= 1;
                 self.record.target = self.target;
                 tracing::info!("SIGTTOU: {} worker(s)", self.target);
-                let id = self.current.as_ref().map(|g| g.snapshot.id);
-                let newest = self
-                    .workers
-                    .iter()
-                    .filter(|(_, w)| Some(w.generation) == id && w.state != State::Stopping)
-                    .max_by_key(|(_, w)| w.started)
-                    .map(|(k, _)| k);
-                if let Some(k) = newest {
-                    self.stop(k);
+                for id in self.scaled_generations() {
+                    let newest = self
+                        .workers
+                        .iter()
+                        .filter(|(_, w)| w.generation == id && w.state != State::Stopping)
+                        .max_by_key(|(_, w)| w.started)
+                        .map(|(k, _)| k);
+                    if let Some(k) = newest {
+                        self.stop(k);
+                    }
                 }
             }
             _ => {}
         }
     }
 
-    /// Stops every worker with `sig` (TERM drains, QUIT and KILL stop at once).
+    /// Stops every worker with `sig` (TERM drains, QUIT and KILL stop at once). A worker
+    /// already draining is not sent TERM again (a second TERM makes a worker exit at once).
     fn shutdown(&mut self, sig: rustix::process::Signal) {
+        self.abandon_upgrade();
         let grace = Duration::from_secs(self.args.graceful_timeout) + KILL_MARGIN;
         let deadline = if sig == rustix::process::Signal::TERM { grace } else { Duration::from_secs(2) };
-        self.stopping = Some(self.stopping.map_or(Instant::now() + deadline, |d| d.min(Instant::now() + deadline)));
+        let now = Instant::now();
+        self.stopping = Some(self.stopping.map_or(now + deadline, |d| d.min(now + deadline)));
         self.respawn_at.clear();
         self.pending = None;
         for (_, w) in self.workers.iter_mut() {
+            let draining = w.state == State::Stopping;
             w.state = State::Stopping;
-            w.kill_at = Some(w.kill_at.map_or(Instant::now() + deadline, |t| t.min(Instant::now() + deadline)));
-            signal(w.pid, sig);
+            if !(draining && w.kill_at.is_none()) {
+                w.kill_at = Some(w.kill_at.map_or(now + deadline, |t| t.min(now + deadline)));
+            }
+            if !(draining && sig == rustix::process::Signal::TERM) {
+                signal(w.pid, sig);
+            }
         }
     }
 }

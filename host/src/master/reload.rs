@@ -35,8 +35,8 @@ impl Master {
 
     /// SIGHUP: re-read the configuration and prepare the next generation on a helper thread.
     pub(super) fn reload(&mut self) {
-        if self.preparing || self.pending.is_some() {
-            tracing::info!("SIGHUP: a reload is in progress; another follows it");
+        if self.preparing || self.pending.is_some() || !self.announced {
+            tracing::info!("SIGHUP: a reload or the start is in progress; a reload follows it");
             self.reload_again = true;
             return;
         }
@@ -52,7 +52,11 @@ impl Master {
         if let (Some(old), Some(next)) = (&self.config, &config)
             && old.file.server != next.file.server
         {
-            tracing::warn!("SIGHUP: [server] settings changed in {}; they take effect on restart", next.path.display());
+            tracing::warn!(
+                "SIGHUP: [server] settings changed in {}: the new workers use them; the master's own \
+                 (bind, workers, the timeouts it enforces, the pid file) take effect on restart",
+                next.path.display()
+            );
         }
         let id = self.next_generation;
         self.next_generation += 1;
@@ -119,7 +123,7 @@ impl Master {
         tracing::error!(generation = id, "generation {id} discarded, the current generation keeps serving: {why}");
         for (_, w) in self.workers.iter_mut().filter(|(_, w)| w.generation == id) {
             w.state = State::Stopping;
-            w.kill_at = Some(Instant::now());
+            w.kill_at = None;
             signal(w.pid, rustix::process::Signal::KILL);
         }
         self.record.failed_generation(format!("generation {id}: {why}"));
@@ -138,6 +142,8 @@ impl Master {
         }
         self.respawn_at.clear();
         self.crash_streak = 0;
+        self.record.crash_streak = 0;
+        self.record.next_respawn_delay = std::time::Duration::ZERO;
         self.record.generations += 1;
         self.record.generation = new;
         tracing::info!(generation = new, "generation {new} serves; generation {} drains", old.unwrap_or(0));

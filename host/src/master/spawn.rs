@@ -14,6 +14,7 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -39,25 +40,30 @@ pub struct Spawned {
     pub control: UnixStream,
 }
 
-/// Starts `exe ARGV…` as a worker of `generation` serving `listeners`, loading plugins from
-/// `snapshot` with private copies in `cache`.
+/// Starts `exe ARGV…` (named `arg0` in `ps`) as a worker of `generation` serving
+/// `listeners`, loading plugins from `snapshot` with private copies in `cache`.
 ///
 /// # Errors
 /// Duplicating a descriptor, making the socket pair, `fork`/`exec`, or `pidfd_open` failed.
 pub fn spawn(
     exe: &Path,
+    arg0: &Path,
     argv: &[OsString],
     listeners: &[Listener],
     generation: u64,
     snapshot: &Path,
     cache: &Path,
 ) -> io::Result<Spawned> {
-    let env = [
+    let mut env = vec![
         (WORKER_ENV, OsString::from(generation.to_string())),
         (SNAPSHOT_ENV, snapshot.as_os_str().to_owned()),
         (CACHE_ENV, cache.as_os_str().to_owned()),
     ];
-    exec(exe, argv, listeners, CONTROL_NAME, &env)
+    let config = snapshot.join(super::generation::CONFIG_COPY);
+    if config.is_file() {
+        env.push((crate::settings::file::CONFIG_COPY_ENV, config.into_os_string()));
+    }
+    exec(exe, arg0, argv, listeners, CONTROL_NAME, &env)
 }
 
 /// Starts `exe ARGV…` as a new master serving `listeners` (SIGUSR2, binary upgrade); it says
@@ -66,13 +72,14 @@ pub fn spawn(
 /// # Errors
 /// As [`spawn`].
 pub fn spawn_master(exe: &Path, argv: &[OsString], listeners: &[Listener]) -> io::Result<Spawned> {
-    exec(exe, argv, listeners, UPGRADE_NAME, &[])
+    exec(exe, exe, argv, listeners, UPGRADE_NAME, &[])
 }
 
 /// `exe ARGV…` with `listeners` at 3, 4, … and one end of a new socket pair after them, named
 /// `last` in `LISTEN_FDNAMES`; the other end is returned.
 fn exec(
     exe: &Path,
+    arg0: &Path,
     argv: &[OsString],
     listeners: &[Listener],
     last: &str,
@@ -88,7 +95,8 @@ fn exec(
     maps.push(FdMapping { parent_fd: OwnedFd::from(theirs), child_fd: 3 + listeners.len() as i32 });
     names.push(last);
     let mut cmd = Command::new(exe);
-    cmd.args(argv)
+    cmd.arg0(arg0)
+        .args(argv)
         .env_remove("LISTEN_PID")
         .env("LISTEN_FDS", maps.len().to_string())
         .env("LISTEN_FDNAMES", names.join(":"))

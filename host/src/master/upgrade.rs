@@ -2,9 +2,10 @@
 //! own path again (the file an operator replaced) as a new master, with every listening socket
 //! inherited and a socket to say "ready" on; the pid file moves to `FILE.oldbin` meanwhile.
 //! When the new master's first generation serves, the old master drains its workers and exits
-//! (the pid file then names the new master). If the new master exits, or is not ready within
-//! `--worker-ready-timeout` + 5 s, it is killed, the pid file moves back, and the old master
-//! serves on.
+//! (the pid file then names the new master). If the new master exits, or is not ready in
+//! time (its plugins' test loads and its workers' start, each up to `--worker-ready-timeout`),
+//! or this master is told to shut down meanwhile, it is killed, the pid file moves back, and
+//! the old master serves on (or shuts down).
 
 use std::ffi::OsString;
 use std::io::Read;
@@ -41,8 +42,12 @@ pub(super) fn oldbin(pid_file: &Path) -> PathBuf {
 impl Master {
     /// SIGUSR2: starts the new master.
     pub(super) fn start_upgrade(&mut self) {
-        if self.upgrade.is_some() || self.stopping.is_some() {
-            tracing::warn!("SIGUSR2: an upgrade or a shutdown is in progress; ignored");
+        if self.upgrade.is_some() || self.stopping.is_some() || !self.announced {
+            tracing::warn!("SIGUSR2: the start, an upgrade or a shutdown is in progress; ignored");
+            return;
+        }
+        if self.args.pid_file.as_deref().is_some_and(|p| oldbin(p).exists()) {
+            tracing::warn!("SIGUSR2: the old master of an upgrade still runs (its .oldbin pid file exists); ignored");
             return;
         }
         if let Some(p) = &self.args.pid_file
@@ -67,8 +72,20 @@ impl Master {
         }
     }
 
+    /// The new master test-loads its plugins (four at a time, each up to the ready timeout),
+    /// then waits for its workers (up to the ready timeout).
     fn upgrade_timeout(&self) -> Duration {
-        self.ready_timeout() + Duration::from_secs(5)
+        let plugins = crate::plugin::registry::plugin_files(&self.args.plugins).len() as u32;
+        self.ready_timeout() * (plugins.div_ceil(4) + 1) + Duration::from_secs(5)
+    }
+
+    /// Shutting down during an upgrade: the new master is stopped, as if it had failed (its
+    /// pid file and socket files are this master's to clean up).
+    pub(super) fn abandon_upgrade(&mut self) {
+        if let Some(u) = &mut self.upgrade {
+            let _ = u.child.kill();
+            self.upgrade_failed("this master is shutting down".to_owned());
+        }
     }
 
     /// The deadline of the upgrade in progress.

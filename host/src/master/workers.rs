@@ -18,10 +18,11 @@ impl Master {
     /// Starts one worker of generation `id`.
     pub(super) fn spawn(&mut self, id: u64, replaces: Option<usize>) -> anyhow::Result<usize> {
         let snapshot = self.snapshot_of(id).context("no such generation")?.dir.clone();
+        let ready_by = Instant::now() + self.ready_timeout();
         let entry = self.workers.vacant_entry();
         let key = entry.key();
         let cache = self.home.join("workers").join(format!("{id}-{key}-{}", self.record.workers_started + 1));
-        let s = spawn::spawn(&self.exe, &self.argv, &self.listeners, id, &snapshot, &cache)?;
+        let s = spawn::spawn(&self.worker_exe, &self.exe, &self.argv, &self.listeners, id, &snapshot, &cache)?;
         let pid = s.child.id();
         s.control.set_nonblocking(true)?;
         let mut control = mio::net::UnixStream::from_std(s.control);
@@ -40,7 +41,8 @@ impl Master {
             state: State::Starting,
             report: None,
             cache,
-            kill_at: None,
+            // Not ready by then: killed (and replaced, with the crash loop's backoff).
+            kill_at: Some(ready_by),
             retiring: None,
             replaces,
         });
@@ -101,7 +103,7 @@ impl Master {
                 tracing::info!(pid, "replacing worker {pid}: {reason}");
                 w.retiring = Some(reason);
                 self.record.recycled += 1;
-                if self.current.as_ref().is_some_and(|g| g.snapshot.id == id) {
+                if self.snapshot_of(id).is_some() {
                     if let Err(e) = self.spawn(id, Some(key)) {
                         tracing::error!("starting a replacement for worker {pid} failed: {e:#}");
                     }
@@ -135,6 +137,7 @@ impl Master {
             return;
         }
         w.state = State::Ready;
+        w.kill_at = None;
         let (pid, id, replaces) = (w.pid, w.generation, w.replaces.take());
         tracing::info!(pid, generation = id, "worker {pid} ready (generation {id}; plugins: {})", plugins.join(", "));
         if let Some(old) = replaces {
@@ -165,12 +168,16 @@ impl Master {
                     // SIGUSR2: the old master drains once it reads this.
                     let _ = old.write_all(b"ready\n");
                 }
+                // A SIGHUP that came during the start.
+                self.next_reload();
             }
         }
     }
 
     /// Worker `key`'s pidfd is readable: it has exited.
     pub(super) fn exited(&mut self, key: usize) {
+        // A "ready" that came with the exit counts: read it first.
+        self.read_control(key);
         let Some(mut w) = self.workers.try_remove(key) else { return };
         let registry = self.poll.registry();
         let _ = registry.deregister(&mut SourceFd(&w.pidfd.as_raw_fd()));
@@ -209,7 +216,16 @@ impl Master {
         }
         if before_ready && !self.announced {
             tracing::error!("the first generation's worker could not start; stopping");
+            self.failed = Some(format!("worker {pid} {why} before it was ready (its log lines are above)"));
             self.shutdown(rustix::process::Signal::KILL);
+            return;
+        }
+        if let Some(old) = w.replaces {
+            // A replacement died before it was ready: the worker it was to replace serves
+            // on, and asks again later.
+            if let Some(o) = self.workers.get_mut(old) {
+                o.retiring = None;
+            }
             return;
         }
         if let Some(replacement) = self.workers.iter().find(|(_, r)| r.replaces == Some(key)).map(|(k, _)| k) {

@@ -20,6 +20,17 @@ pub struct Loaded {
     pub middleware: bool,
 }
 
+/// The binary this process runs, to exec again: `/proc/self/exe` where there is one, which
+/// stays this very binary after the file at its path is replaced (a binary upgrade installs
+/// the new one there: only SIGUSR2 should start it), else the path it was started from.
+///
+/// # Errors
+/// Neither is known.
+pub fn running_binary() -> std::io::Result<std::path::PathBuf> {
+    let proc = Path::new("/proc/self/exe");
+    if proc.exists() { Ok(proc.to_owned()) } else { std::env::current_exe() }
+}
+
 /// Why a test load failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
@@ -41,8 +52,7 @@ pub enum ProbeError {
 /// status the child died of and its last lines of stderr, or the timeout.
 /// Loads one plugin in a child process; `(version, is_middleware)` or why it failed.
 pub fn load_in_child(name: &str, path: &Path, settings: &str, timeout: Duration) -> Result<Loaded, ProbeError> {
-    let exe =
-        std::env::current_exe().map_err(|e| ProbeError::Died(format!("cannot find the portico executable: {e}")))?;
+    let exe = running_binary().map_err(|e| ProbeError::Died(format!("cannot find the portico executable: {e}")))?;
     let mut child = Command::new(exe)
         .args(["check", "--load-one", name])
         .arg(path)

@@ -36,6 +36,10 @@ use toml::Spanned;
 
 use super::Args;
 
+/// Set by the master for a worker process: the copy of the configuration file its generation
+/// was checked with (read instead of the file itself; see [`Loaded::read_copy`]).
+pub const CONFIG_COPY_ENV: &str = "PORTICO_WORKER_CONFIG_COPY";
+
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -140,8 +144,18 @@ impl Loaded {
     /// # Errors
     /// [`ConfigError::Read`], [`ConfigError::Parse`] or [`ConfigError::Invalid`].
     pub fn read(path: &Path) -> Result<Loaded, ConfigError> {
+        Loaded::read_copy(path, path)
+    }
+
+    /// The file at `path` as it was when `copy` was made of it: the text comes from `copy`,
+    /// everything else (relative paths, error messages) from `path`. A worker process reads
+    /// its generation's copy, so one started later in the generation runs what the first did.
+    ///
+    /// # Errors
+    /// As [`Loaded::read`].
+    pub fn read_copy(path: &Path, copy: &Path) -> Result<Loaded, ConfigError> {
         let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            std::fs::read_to_string(copy).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let file: FileConfig =
             toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
         let loaded = Loaded { path: path.to_owned(), text, file };
@@ -203,6 +217,11 @@ impl Loaded {
             }
         }
         Ok(())
+    }
+
+    /// The file's text as read.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// The `[plugin.NAME]` table as TOML text (empty when there is none).
@@ -330,7 +349,10 @@ where
     let matches = Args::command().get_matches_from(argv.clone());
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let Some(path) = args.config.clone() else { return Ok((args, None)) };
-    let loaded = Loaded::read(&path)?;
+    let loaded = match std::env::var_os(CONFIG_COPY_ENV) {
+        Some(copy) => Loaded::read_copy(&path, Path::new(&copy))?,
+        None => Loaded::read(&path)?,
+    };
     let mut extra = file_arguments(&loaded, &matches)?;
     let mut merged = argv;
     merged.append(&mut extra);
