@@ -40,7 +40,14 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // Every line says which process wrote it: the master, or which worker.
+    let who = match &worker_of {
+        Some(generation) => format!("worker {} g{generation}", std::process::id()),
+        None if args.worker_processes() > 0 => format!("master {}", std::process::id()),
+        None => String::new(),
+    };
     let error_log = tracing_subscriber::fmt::layer()
+        .with_timer(Tagged(who))
         .with_writer(std::io::stderr)
         .with_filter(EnvFilter::try_new(&args.log_level).context("invalid --log-level")?)
         .with_filter(filter_fn(|m| m.target() != access_log::TARGET));
@@ -85,5 +92,15 @@ fn main() -> anyhow::Result<()> {
         }
         _ if args.worker_processes() == 0 => portico::server::run(args, config, inherited.listeners),
         _ => master::run(args, config, inherited.listeners, inherited.upgrade),
+    }
+}
+
+/// The error log's time stamp, followed by who wrote the line (`master 41`, `worker 57 g3`).
+struct Tagged(String);
+
+impl tracing_subscriber::fmt::time::FormatTime for Tagged {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        tracing_subscriber::fmt::time::SystemTime.format_time(w)?;
+        if self.0.is_empty() { Ok(()) } else { write!(w, " {}", self.0) }
     }
 }

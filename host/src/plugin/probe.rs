@@ -66,13 +66,15 @@ pub fn load_in_child(name: &str, path: &Path, settings: &str, timeout: Duration)
     }
     // Drain both pipes while waiting, so a chatty init cannot fill a pipe and stall.
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
             let mut text = String::new();
             if let Some(mut p) = pipe {
                 let _ = p.read_to_string(&mut text);
             }
-            text
-        })
+            let _ = tx.send(text);
+        });
+        rx
     };
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
@@ -96,10 +98,10 @@ pub fn load_in_child(name: &str, path: &Path, settings: &str, timeout: Duration)
             }
         }
     };
-    // A grandchild that kept the pipes open would block these reads: bounded by the pipes
-    // closing, which a killed child guarantees; a detached grandchild is the plugin's bug.
-    let out = stdout.join().unwrap_or_default();
-    let err = stderr.join().unwrap_or_default();
+    // The pipes close when the child is gone, unless a grandchild it started keeps them:
+    // then what was written is given up after a second (the reading thread ends with it).
+    let out = stdout.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    let err = stderr.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
     if status.success() {
         let mut words = out.split_whitespace();
         let version = words.next().unwrap_or("?").to_owned();
