@@ -650,3 +650,29 @@ fn sigterm_lets_an_old_generation_finish_its_requests() {
     let status = server.wait_exit(Duration::from_secs(10)).expect("the master did not exit");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn a_crash_loop_backs_off_and_shows_on_the_status_page() {
+    let _serial = serial();
+    let server = workers(1).start();
+    let mut pids = wait_workers(&server, 1);
+    for _ in 0..3 {
+        let mut c = server.connect();
+        c.send(&request_bytes("GET", "/fixture.py/abort", false));
+        c.set_read_timeout(Duration::from_secs(5));
+        assert!(c.try_read_response(false).is_err());
+        pids = poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
+            let now = children(server.pid());
+            (now.len() == 1 && now != pids).then_some(now)
+        })
+        .expect("no replacement");
+    }
+    server.wait_for_log("3 quick deaths in a row: next worker in 0.2 s", Duration::from_secs(5));
+    let status = server.get("/_portico/status?format=json").json();
+    let master = &status["processes"]["master"];
+    assert_eq!(master["crash_streak"], 3, "{master}");
+    assert_eq!(master["next_respawn_delay"], 0.2, "{master}");
+    assert_eq!(master["workers_died"], 3, "{master}");
+    let html = server.get("/_portico/status").text();
+    assert!(html.contains("crash loop: 3 quick deaths"), "{html}");
+}
