@@ -5,7 +5,8 @@
 //! listeners itself, or takes systemd's).
 //!
 //! Signals (signal-hook): SIGTERM and SIGINT stop accepting and drain requests in flight for
-//! up to the graceful timeout, then the process exits 0; a second one exits at once (1).
+//! up to the graceful timeout, then the process exits 0; alone, a second one exits at once (1)
+//! (a worker may get the same signal from its process group and from its master: it drains).
 //! SIGQUIT exits at once (0). SIGHUP reloads on a thread of its own when alone
 //! ([`crate::reload::reload`], each changed plugin test-loaded in a child process first;
 //! requests and signals never wait for it); a worker ignores it (the master reloads by
@@ -210,8 +211,12 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
                         std::process::exit(0);
                     }
                     _ => {
+                        // Alone, a second SIGTERM/SIGINT exits at once. A worker only drains:
+                        // the same signal may reach it twice (Ctrl-C or systemd signal the
+                        // whole process group, then the master sends its own SIGTERM); the
+                        // master says "at once" with SIGQUIT.
                         terms += 1;
-                        if terms > 1 {
+                        if alone && terms > 1 {
                             tracing::warn!("second shutdown signal: exiting now");
                             std::process::exit(1);
                         }

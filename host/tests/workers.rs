@@ -676,3 +676,25 @@ fn a_crash_loop_backs_off_and_shows_on_the_status_page() {
     let html = server.get("/_portico/status").text();
     assert!(html.contains("crash loop: 3 quick deaths"), "{html}");
 }
+
+#[test]
+fn ctrl_c_to_the_whole_process_group_drains_the_workers() {
+    let _serial = serial();
+    let server = workers(2).args(["--graceful-timeout", "10"]).start();
+    let pids = wait_workers(&server, 2);
+    let mut slow = server.connect();
+    let worker = served_by(&mut slow);
+    slow.send(&request_bytes("GET", "/fixture.py/slow?ms=1500", false));
+    std::thread::sleep(Duration::from_millis(200));
+    // What a terminal's Ctrl-C does: SIGINT to every process of the group; the master then
+    // sends each worker its own SIGTERM.
+    for pid in &pids {
+        kill(*pid, libc::SIGINT);
+    }
+    server.signal(libc::SIGINT);
+    slow.set_read_timeout(Duration::from_secs(10));
+    let r = slow.try_read_response(false).unwrap_or_else(|e| panic!("worker {worker}'s request was cut off: {e}"));
+    assert_eq!(r.text(), "slow done\n");
+    let status = server.wait_exit(Duration::from_secs(10)).expect("the master did not exit");
+    assert!(status.success(), "{status}");
+}
