@@ -103,11 +103,31 @@ impl Registry {
             let probe = *self.probe.lock().unwrap_or_else(|e| e.into_inner());
             // A file the child's loader refused is loaded here anyway, for its typed error
             // (refusing is safe); one that crashed or hung the child is not.
-            let probed = match probe.map(|t| super::probe::load_in_child(&name, &path, config, t)) {
-                Some(Err(super::probe::ProbeError::Died(why))) => Err(LoadError::Probe(why)),
-                _ => Ok(()),
+            // The child tests a copy, and the copy is what is loaded here: a file replaced in
+            // between cannot be loaded untested. The plugin is then known by the file it came
+            // from (its path and fingerprint, to tell later whether that file changed).
+            let loaded = match probe {
+                Some(timeout) => {
+                    let copy = self.cache_dir.join(format!(".probe-{name}-{}-{generation}.so", std::process::id()));
+                    let loaded = fs::create_dir_all(&self.cache_dir)
+                        .and_then(|()| fs::copy(&path, &copy))
+                        .map_err(|source| LoadError::Io { what: "copy plugin file for its test load", source })
+                        .and_then(|_| match super::probe::load_in_child(&name, &copy, config, timeout) {
+                            Err(super::probe::ProbeError::Died(why)) => Err(LoadError::Probe(why)),
+                            _ => Ok(()),
+                        })
+                        .and_then(|()| loader::load(&name, &copy, &self.cache_dir, generation, config))
+                        .map(|mut plugin| {
+                            plugin.source = path.clone();
+                            plugin.fingerprint = fp;
+                            plugin
+                        });
+                    let _ = fs::remove_file(&copy);
+                    loaded
+                }
+                None => loader::load(&name, &path, &self.cache_dir, generation, config),
             };
-            match probed.and_then(|()| loader::load(&name, &path, &self.cache_dir, generation, config)) {
+            match loaded {
                 Ok(plugin) => {
                     failed.remove(&path);
                     let entry = (name.clone(), plugin.version.clone());
