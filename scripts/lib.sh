@@ -150,6 +150,75 @@ fi
 # Each library is copied to DEST/.NAME.so.tmp and then renamed over DEST/NAME.so. The
 # rename is atomic, and a running server keeps the old file it has mapped; copying over
 # the live file instead would rewrite code under a running process.
+# ---------------------------------------------------------------------------------------
+# the wsgi plugin (plugins/wsgi: Python WSGI applications in an embedded CPython)
+# ---------------------------------------------------------------------------------------
+
+# The Python the wsgi plugin is built against: $PORTICO_PYTHON, else python3 on PATH, else
+# Debian's /usr/bin/python3 (with python3-dev and python3-venv installed) — the first with a
+# shared libpython (a static one cannot be embedded in a plugin) and the venv module.
+WSGI_PYTHON=""
+_python_usable() {
+    "$1" - <<'PY' >/dev/null 2>&1
+import os, sys, sysconfig, venv, ensurepip
+libdir, lib = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("LDLIBRARY")
+sys.exit(0 if sysconfig.get_config_var("Py_ENABLE_SHARED") == 1 and os.path.exists(os.path.join(libdir, lib)) else 1)
+PY
+}
+find_wsgi_python() {
+    local candidate
+    for candidate in ${PORTICO_PYTHON:-} "$(command -v python3 || true)"; do
+        if [[ -n "$candidate" ]] && _python_usable "$candidate"; then
+            WSGI_PYTHON="$(command -v "$candidate")"
+            return 0
+        fi
+    done
+    if command -v apt-get >/dev/null 2>&1; then
+        if ! dpkg -s python3-dev python3-venv >/dev/null 2>&1; then
+            echo "installing Debian packages: python3-dev python3-venv"
+            _as_root apt-get update -qq
+            _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-dev python3-venv
+        fi
+        if _python_usable /usr/bin/python3; then
+            WSGI_PYTHON=/usr/bin/python3
+            return 0
+        fi
+    fi
+    return 1
+}
+
+# build_wsgi [--release]: builds plugins/wsgi into $TARGET_DIR (libwsgi.so beside the other
+# plugins) against find_wsgi_python's Python. With no usable Python: one clear line, and
+# WSGI_BUILT stays 0 (everything else builds and is tested without it).
+WSGI_BUILT=0
+build_wsgi() {
+    local args=(build --manifest-path "$ROOT/plugins/wsgi/Cargo.toml")
+    [[ "${1:-}" == --release ]] && args+=(--release)
+    if ! find_wsgi_python; then
+        warn "wsgi plugin SKIPPED: no Python 3 with a shared libpython found (set PORTICO_PYTHON, or install python3-dev)"
+        return 0
+    fi
+    echo "building the wsgi plugin against $WSGI_PYTHON ($("$WSGI_PYTHON" -c 'import sys; print(sys.version.split()[0])'))"
+    (cd "$ROOT" && PYO3_PYTHON="$WSGI_PYTHON" CARGO_TARGET_DIR="$TARGET_DIR" cargo "${args[@]}")
+    WSGI_BUILT=1
+}
+
+# make_wsgi_venv DIR REQUIREMENTS: a virtual environment at DIR made from $WSGI_PYTHON with
+# the pinned packages of REQUIREMENTS (kept when it already has them).
+make_wsgi_venv() {
+    local dir="$1" requirements="$2" stamp
+    stamp="$dir/.portico-requirements"
+    if [[ -x "$dir/bin/python" ]] && cmp -s "$requirements" "$stamp" 2>/dev/null &&
+        [[ "$("$dir/bin/python" -c 'import sys; print(sys._base_executable)' 2>/dev/null)" != "" ]]; then
+        return 0
+    fi
+    rm -rf "$dir"
+    "$WSGI_PYTHON" -m venv "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
+    echo "venv $dir: $("$dir/bin/pip" freeze --disable-pip-version-check | tr '\n' ' ')"
+}
+
 install_plugins() {
     [[ $# -ge 2 ]] || die "usage: install_plugins PROFILE DEST [NAME...]"
     local profile_dir="$1" dest="$2" name src tmp

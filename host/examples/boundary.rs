@@ -27,7 +27,7 @@ Accept: */*\r\nAccept-Language: en\r\nAccept-Encoding: gzip\r\nConnection: keep-
 Cookie: a=b\r\nX-Request-Id: 42\r\nX-Forwarded-For: 10.0.0.1\r\nCache-Control: no-cache\r\n\r\n";
     let Ok(Parsed::Complete(head, _)) = request::parse(raw, &HeadLimits::default()) else { panic!("bad request") };
     let peer = Peer::new("127.0.0.1:40000".parse().unwrap(), "127.0.0.1:8000".parse().unwrap());
-    let info = CallInfo { script_name: "/hello.py", path_info: b"/x", peer: &peer };
+    let info = CallInfo { script_name: "/hello.py", path_info: b"/x", peer: &peer, script: None };
 
     let mut runs = Vec::new();
     for _ in 0..5 {

@@ -30,6 +30,11 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return 2;
         }
     };
+    crate::plugin::loader::set_facts(crate::plugin::loader::Facts {
+        config_dir: config_file::config_dir(config.as_ref()),
+        worker_threads: args.worker_threads(),
+        worker_processes: args.worker_processes(),
+    });
     let mut ok = true;
     match &config {
         Some(c) => println!("ok: configuration {}", c.path.display()),

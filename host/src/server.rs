@@ -100,6 +100,11 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
     let docroot = std::fs::canonicalize(&args.docroot)
         .with_context(|| format!("docroot {} does not exist", args.docroot.display()))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
+    crate::plugin::loader::set_facts(crate::plugin::loader::Facts {
+        config_dir: crate::settings::file::config_dir(config.as_ref()),
+        worker_threads: args.worker_threads(),
+        worker_processes: if matches!(role, Role::Alone) { 1 } else { args.worker_processes() },
+    });
     let registry = Arc::new(Registry::new(args.plugins.clone(), cache_dir));
     let site = reload::Site { docroot: docroot.clone(), apps: args.app_defaults() };
     let routes = Arc::new(Current::new(reload::initial(&registry, config.as_ref(), &site)?));

@@ -338,16 +338,16 @@ pub type ApplicationFn = extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RM
 /// may leave `RNone`, and its accessor gives `None` for a plugin built before it. New request
 /// facts go in [`Environ::extra`].
 ///
-/// **Reserved for the WSGI bridge** (`shared/research/python-bridge.md` §8), each arriving as
-/// 0.2.x growth of the kind above, so no plugin needs a rebuild for it:
-/// - thread start and stop hooks, a drain hook, a reload hook (the host calls it on SIGHUP
-///   instead of loading a new copy) and a "resident, never reload" flag: `ROption` fields here;
-/// - a late `send_head` (PEP 3333 lets an application call `start_response` from inside its
-///   iterable): a [`StartResponse`]-like method on [`BodyStream`] with a default body that
-///   says "not supported", or a new [`Body`] variant;
-/// - the per-application concurrency cap and "failed before or after the head" are already
-///   the host's (a mount's `max_concurrency`; an error before the head is a `500`, a stream
-///   error after it closes the connection).
+/// **Grown in 0.2.1** for language bridges such as the `wsgi` plugin
+/// (`shared/research/python-bridge.md` §8): [`PluginMod::setup`] (the table with the
+/// directory its relative paths are relative to), [`PluginMod::reload`] (SIGHUP for a plugin
+/// whose file and table did not change) and [`PluginMod::serves_script`] (`/NAME.py` for
+/// scripts it finds itself). What the bridge needs beyond these is already the host's or the
+/// plugin's: the per-application concurrency cap (a mount's `max_concurrency`), "failed before
+/// or after the head" (an error before the head is a `500`, a stream error after it closes the
+/// connection), a late head (the plugin runs the iterable until its first non-empty chunk
+/// before it returns, so `start_response` may come from inside the iterable), and per-thread
+/// state (the host's worker threads live as long as the process).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginMod_Ref)))]
@@ -383,6 +383,49 @@ pub struct PluginMod {
             NextApplication_TO<'_, RRef<'_, ()>>,
         ) -> Body_NE,
     >,
+    /// Since 0.2.1. Like `init`, with what a plugin needs to find its files: the host calls
+    /// it **instead of** `init` when both are given. See [`Setup`]. `RNone` (and every plugin
+    /// built before 0.2.1): `init` is called.
+    pub setup: ROption<extern "C" fn(&Setup<'_>) -> RResult<(), RString>>,
+    /// Since 0.2.1. Called on SIGHUP, in the process that keeps serving this copy, when
+    /// neither the plugin's file nor its table changed (a changed one is loaded afresh
+    /// instead): a bridge re-reads the code it runs (a Python application's modules). An
+    /// `RErr` is logged and the plugin goes on serving what it served. It may run while
+    /// requests are in flight on other threads. `RNone`: nothing to refresh.
+    pub reload: ROption<extern "C" fn() -> RResult<(), RString>>,
+    /// Since 0.2.1. Whether this plugin serves `/NAME.py` for a `NAME` that no loaded plugin
+    /// has (a script it finds itself, e.g. `DIR/NAME.py` of the `wsgi` plugin's `scripts`).
+    /// The host asks on the event loop, for each such request and at each table build (to warn
+    /// about a compiled plugin that hides a script), so it must answer at once, without
+    /// blocking on anything but a local file's metadata, and must not panic. A request it
+    /// claims runs through the plugin's mount (its middleware and limits), or as `/SELF.py`
+    /// when it is not mounted, with `SCRIPT_NAME = /NAME.py` and the environ key
+    /// `portico.script = NAME` ([`Environ::extra`]). `RNone`: no scripts.
+    pub serves_script: ROption<extern "C" fn(RStr<'_>) -> bool>,
+}
+
+/// What [`PluginMod::setup`] is given: the plugin's table and facts about the host that
+/// shape it (PEP 3333's `wsgi.multithread` and `wsgi.multiprocess`).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct Setup<'a> {
+    /// The `[plugin.NAME]` table as TOML text; empty when there is none.
+    pub config: RStr<'a>,
+    /// The directory relative paths in the table are relative to: the configuration file's,
+    /// or the server's working directory when there is no file. Absolute, UTF-8 (lossy).
+    pub config_dir: RStr<'a>,
+    /// Further facts, `name = value` (decimal numbers as text), added by newer hosts without
+    /// a layout change. 0.2.1 gives `worker_threads` (the threads that may call the plugin at
+    /// once in one process) and `worker_processes` (processes that each load the plugin; `1`
+    /// for `--workers 0`).
+    pub extra: RSlice<'a, Field<'a>>,
+}
+
+impl<'a> Setup<'a> {
+    /// The value of fact `name` in [`Setup::extra`], if given.
+    pub fn fact(&self, name: &str) -> Option<&'a str> {
+        self.extra.as_slice().iter().find(|f| f.is(name)).and_then(|f| std::str::from_utf8(f.value.as_slice()).ok())
+    }
 }
 
 impl RootModule for PluginMod_Ref {

@@ -243,6 +243,9 @@ macro_rules! export_app {
                 application: portico_application,
                 init: $init,
                 middleware: $middleware,
+                setup: $crate::__private::abi_stable::std_types::RNone,
+                reload: $crate::__private::abi_stable::std_types::RNone,
+                serves_script: $crate::__private::abi_stable::std_types::RNone,
             }
             .leak_into_prefix()
         }

@@ -882,6 +882,7 @@ mod tests {
                 script_name: String::new(),
                 path_info: Vec::new(),
                 app: Arc::clone(app),
+                script: None,
             };
             Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), body: RequestBody::None }))
         }

@@ -186,6 +186,12 @@ pub fn run(
             .with_context(|| format!("writing the pid file {}", path.display()))?;
     }
     let cache_root = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
+    // For the test loads of each generation's plugins (the master loads none itself).
+    crate::plugin::loader::set_facts(crate::plugin::loader::Facts {
+        config_dir: crate::settings::file::config_dir(config.as_ref()),
+        worker_threads: args.worker_threads(),
+        worker_processes: args.worker_processes(),
+    });
     remove_dead_homes(&cache_root);
     let home = cache_root.join(format!("master-{}", std::process::id()));
     let root = home.join("generations");

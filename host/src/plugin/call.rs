@@ -149,6 +149,8 @@ pub struct CallInfo<'a> {
     pub path_info: &'a [u8],
     /// The connection's addresses.
     pub peer: &'a Peer,
+    /// The script NAME a `serves_script` plugin was routed for (`portico.script`).
+    pub script: Option<&'a str>,
 }
 
 /// What the application answered.
@@ -294,6 +296,7 @@ pub fn call(
         crate::http::request::Framing::Length(n) => ROption::RSome(n),
         _ => ROption::RNone,
     };
+    let extra = [Field::new("portico.script", info.script.unwrap_or(""))];
     let body = {
         let mut environ = Environ {
             request_method: RStr::from_str(head.method()),
@@ -310,7 +313,7 @@ pub fn call(
             content_type: RSlice::from_slice(head.content_type.as_ref().map_or(&b""[..], |r| head.slice(r))),
             content_length,
             headers: RSlice::from_slice(fields),
-            extra: RSlice::from_slice(&[]),
+            extra: RSlice::from_slice(&extra[..info.script.map_or(0, |_| 1)]),
             input: Input_TO::from_ptr(RMut::new(&mut input), TD_Opaque),
             errors: ErrorStream_TO::from_ptr(RMut::new(&mut errors), TD_Opaque),
         };

@@ -63,6 +63,51 @@ impl Fingerprint {
     }
 }
 
+/// What this process tells every plugin's [`portico_api::abi::Setup`] besides its table: one
+/// set per process, fixed at start ([`set_facts`]).
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The directory relative paths in a plugin's table are relative to: the configuration
+    /// file's, or the working directory.
+    pub config_dir: PathBuf,
+    /// Worker threads in this process.
+    pub worker_threads: usize,
+    /// Processes that each load the plugins (`1` for `--workers 0`).
+    pub worker_processes: usize,
+}
+
+static FACTS: std::sync::OnceLock<Facts> = std::sync::OnceLock::new();
+
+/// Fixes this process's [`Facts`]; the first call wins (a process has one configuration file).
+pub fn set_facts(facts: Facts) {
+    let _ = FACTS.set(facts);
+}
+
+/// This process's [`Facts`]: as set, or the working directory, one thread, one process.
+pub fn facts() -> Facts {
+    FACTS.get().cloned().unwrap_or_else(|| Facts {
+        config_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        worker_threads: 1,
+        worker_processes: 1,
+    })
+}
+
+impl Facts {
+    /// Calls `f` with a [`portico_api::abi::Setup`] of `config` and these facts.
+    fn setup<R>(&self, config: &str, f: impl FnOnce(&portico_api::abi::Setup<'_>) -> R) -> R {
+        use abi_stable::std_types::{RSlice, RStr};
+        use portico_api::abi::{Field, Setup};
+        let dir = self.config_dir.to_string_lossy();
+        let (threads, processes) = (self.worker_threads.to_string(), self.worker_processes.to_string());
+        let extra = [Field::new("worker_threads", &threads), Field::new("worker_processes", &processes)];
+        f(&Setup {
+            config: RStr::from_str(config),
+            config_dir: RStr::from_str(&dir),
+            extra: RSlice::from_slice(&extra),
+        })
+    }
+}
+
 /// One loaded version of a plugin.
 pub struct Plugin {
     /// The route name: `NAME` from `NAME.so` or `libNAME.so`; `/NAME.py` runs it.
@@ -322,10 +367,14 @@ pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64, config
         return Err(LoadError::PanicAbort);
     }
     // Its `[plugin.NAME]` table, once, before any request (a fresh copy is loaded when the
-    // table changes, so a plugin's statics always match its configuration).
-    if let abi_stable::std_types::RSome(init) = module.init()
-        && let abi_stable::std_types::RErr(e) = init(abi_stable::std_types::RStr::from_str(config))
-    {
+    // table changes, so a plugin's statics always match its configuration): through `setup`
+    // (0.2.1) when the plugin has it, else `init`.
+    let configured = match (module.setup(), module.init()) {
+        (Some(abi_stable::std_types::RSome(setup)), _) => facts().setup(config, |s| setup(s)),
+        (_, abi_stable::std_types::RSome(init)) => init(abi_stable::std_types::RStr::from_str(config)),
+        _ => abi_stable::std_types::ROk(()),
+    };
+    if let abi_stable::std_types::RErr(e) = configured {
         return Err(LoadError::Init(e.into_string()));
     }
     Ok(Plugin {
@@ -345,6 +394,20 @@ impl Plugin {
     /// Whether the plugin exports a middleware entry point (PEP 3333 middleware).
     pub fn is_middleware(&self) -> bool {
         self.module.middleware().is_some()
+    }
+
+    /// Whether the plugin has a `serves_script` hook (0.2.1).
+    pub fn has_scripts(&self) -> bool {
+        matches!(self.module.serves_script(), Some(abi_stable::std_types::RSome(_)))
+    }
+
+    /// Whether the plugin serves `/NAME.py` for `name` (its `serves_script` hook; `false`
+    /// without one).
+    pub fn serves_script(&self, name: &str) -> bool {
+        match self.module.serves_script() {
+            Some(abi_stable::std_types::RSome(serves)) => serves(abi_stable::std_types::RStr::from_str(name)),
+            _ => false,
+        }
     }
 }
 

@@ -56,6 +56,8 @@ pub fn load_in_child(name: &str, path: &Path, settings: &str, timeout: Duration)
     let mut child = Command::new(exe)
         .args(["check", "--load-one", name])
         .arg(path)
+        // Where the plugin's table is relative to, as the real load will see it.
+        .arg(loader::facts().config_dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -119,7 +121,7 @@ pub fn load_in_child(name: &str, path: &Path, settings: &str, timeout: Duration)
     }))
 }
 
-/// The child's side (`portico check --load-one NAME FILE`): load `NAME FILE` with the
+/// The child's side (`portico check --load-one NAME FILE [CONFIG_DIR]`): load `NAME FILE` with the
 /// settings on stdin into a private cache directory; print `VERSION application|middleware` (exit 0) or the reason (exit 1).
 pub fn load_one(args: &[OsString]) -> i32 {
     let (Some(name), Some(path)) = (args.first().and_then(|n| n.to_str()), args.get(1)) else {
@@ -128,6 +130,9 @@ pub fn load_one(args: &[OsString]) -> i32 {
     };
     // A test load that hangs must not outlive the process waiting for it.
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if let Some(dir) = args.get(2) {
+        loader::set_facts(loader::Facts { config_dir: dir.into(), ..loader::facts() });
+    }
     let mut settings = String::new();
     let _ = std::io::stdin().read_to_string(&mut settings);
     let cache = std::env::temp_dir().join(format!("portico-check-{}", std::process::id()));

@@ -25,6 +25,8 @@ pub struct ReloadReport {
     pub added: Vec<(String, String)>,
     /// Reloaded because the file changed (name, version).
     pub reloaded: Vec<(String, String)>,
+    /// Kept (same file and table) and refreshed by their own `reload` hook.
+    pub refreshed: Vec<String>,
     /// Dropped because the file disappeared.
     pub removed: Vec<String>,
     /// Files refused, with why; a previous version of the same name keeps serving.
@@ -89,6 +91,17 @@ impl Registry {
             let previous = old.get(&name);
             let config = configs.get(&name).map_or("", String::as_str);
             if let Some(p) = previous.filter(|p| p.fingerprint == fp && p.source == path && p.config == config) {
+                // Unchanged: the same copy serves on, told to refresh what it runs (a bridge
+                // re-reads its scripts), if it asks to be.
+                if let Some(abi_stable::std_types::RSome(reload)) = p.module.reload() {
+                    match reload() {
+                        abi_stable::std_types::ROk(()) => report.refreshed.push(name.clone()),
+                        abi_stable::std_types::RErr(e) => {
+                            let e = crate::escape::controls(e.as_str());
+                            tracing::warn!(plugin = %name, "reload failed, it serves what it served: {e}");
+                        }
+                    }
+                }
                 next.insert(name, Arc::clone(p));
                 continue;
             }
@@ -220,6 +233,9 @@ pub fn log_report(report: &ReloadReport, startup: bool) {
     for (name, version) in &report.reloaded {
         tracing::info!(plugin = %name, version = %version, "reloaded plugin {name} {version}");
     }
+    for name in &report.refreshed {
+        tracing::info!(plugin = %name, "plugin {name} refreshed its code in place");
+    }
     for name in &report.removed {
         tracing::info!(plugin = %name, "removed plugin {name}");
     }
@@ -236,6 +252,7 @@ pub fn log_report(report: &ReloadReport, startup: bool) {
     if !startup
         && report.added.is_empty()
         && report.reloaded.is_empty()
+        && report.refreshed.is_empty()
         && report.removed.is_empty()
         && report.failed.is_empty()
     {

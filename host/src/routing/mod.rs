@@ -9,6 +9,9 @@
 //! 3. `/NAME.py` and `/NAME.py/rest` go to plugin NAME with `SCRIPT_NAME = /NAME.py` and
 //!    `PATH_INFO = /rest` (percent-decoded), as a WSGI tutorial's `__import__` of a module per
 //!    path does — unless NAME is used by a mount.
+//!    With no plugin NAME, a plugin with a `serves_script` hook (the `wsgi` bridge's
+//!    `scripts` directory) may claim it: the request then runs through that plugin's mount
+//!    (its middleware and limits), so a script is never reachable around a filter.
 //! 4. Everything else is a static file under the docroot.
 //!
 //! Invariant: the mounts and the plugins a request is routed with come from the same
@@ -59,6 +62,9 @@ pub struct AppRoute {
     pub path_info: Vec<u8>,
     /// The application (a mount, or a `/NAME.py` plugin): how it is called and its gate.
     pub app: Arc<App>,
+    /// The script NAME of a `/NAME.py` the target serves with its `serves_script` hook
+    /// (given to it as the environ key `portico.script`).
+    pub script: Option<String>,
 }
 
 impl AppRoute {
@@ -128,6 +134,7 @@ pub fn route(head: &RequestHead, table: &Table, admin: Option<&AdminPaths>) -> R
                 script_name: if m.prefix == "/" { String::new() } else { m.prefix.clone() },
                 path_info: decoded[n..].to_vec(),
                 app: Arc::clone(app),
+                script: None,
             }),
             Some(Resolved::FailClosed { missing }) => {
                 Route::FailClosed { mount: m.prefix.clone(), missing: missing.clone() }
@@ -147,12 +154,43 @@ pub fn route(head: &RequestHead, table: &Table, admin: Option<&AdminPaths>) -> R
                     script_name,
                     path_info,
                     app: Arc::clone(app),
+                    script: None,
                 })),
+                (None, _) => Ok(script(table, name, script_name, path_info)),
                 _ => Ok(Route::NotFound),
             }
         }
         Split::Static => Ok(Route::Static { path: decoded.into_owned() }),
     }
+}
+
+/// `/NAME.py` with no plugin NAME: the script handler's, if it serves NAME (through its mount's
+/// pipeline and gate, or as its own `/HANDLER.py`), else a 404.
+fn script(table: &Table, name: String, script_name: String, path_info: Vec<u8>) -> Route {
+    let Some((handler, mount)) = table.scripts.as_ref().filter(|(h, _)| h.serves_script(&name)) else {
+        return Route::NotFound;
+    };
+    let (middleware, app) = match mount {
+        Some(prefix) => match table.resolved.get(prefix) {
+            Some(Resolved::App { middleware, app, .. }) => (Arc::clone(middleware), Arc::clone(app)),
+            Some(Resolved::FailClosed { missing }) => {
+                return Route::FailClosed { mount: prefix.clone(), missing: missing.clone() };
+            }
+            _ => return Route::NotFound,
+        },
+        None => match table.apps.get(&format!("/{}.py", handler.name)) {
+            Some(app) => (Arc::clone(&table.no_middleware), Arc::clone(app)),
+            None => return Route::NotFound,
+        },
+    };
+    Route::App(AppRoute {
+        target: Target::Plugin(Arc::clone(handler)),
+        middleware,
+        script_name,
+        path_info,
+        app,
+        script: Some(name),
+    })
 }
 
 /// A raw path, split by the `/NAME.py` rule alone (no mounts, no table).

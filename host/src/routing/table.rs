@@ -43,6 +43,9 @@ pub struct Table {
     pub resolved: HashMap<String, Resolved>,
     /// The empty pipeline of a `/NAME.py` route (shared, so such a route allocates none).
     pub no_middleware: Arc<[Arc<Plugin>]>,
+    /// The plugin that serves `/NAME.py` for names no plugin has (its `serves_script` hook),
+    /// and the prefix of its mount when it has one: the first such plugin by name.
+    pub scripts: Option<(Arc<Plugin>, Option<String>)>,
 }
 
 /// What a mount resolves to in one table.
@@ -145,8 +148,25 @@ impl Table {
             .collect();
         let resolved =
             mounts.list().iter().map(|m| (m.prefix.clone(), Resolved::of(m, &plugins, &fence, &apps))).collect();
-        Table { mounts, plugins, fence, apps, resolved, no_middleware: Arc::new([]) }
+        let scripts = script_handler(&mounts, &plugins);
+        Table { mounts, plugins, fence, apps, resolved, no_middleware: Arc::new([]), scripts }
     }
+}
+
+/// The plugin that serves scripts (the first by name with a `serves_script` hook) and its
+/// first mount's prefix; logs each loaded plugin whose name hides one of its scripts.
+fn script_handler(mounts: &Mounts, plugins: &PluginSet) -> Option<(Arc<Plugin>, Option<String>)> {
+    let mut handlers: Vec<&Arc<Plugin>> = plugins.values().filter(|p| p.has_scripts()).collect();
+    handlers.sort_by(|a, b| a.name.cmp(&b.name));
+    let handler = handlers.first()?;
+    for other in handlers.iter().skip(1) {
+        tracing::warn!("plugin {} also serves scripts; /NAME.py scripts go to {} only", other.name, handler.name);
+    }
+    for name in plugins.keys().filter(|n| handler.serves_script(n)) {
+        tracing::warn!("/{name}.py runs the compiled plugin {name}, not the script {} also has", handler.name);
+    }
+    let mount = mounts.list().iter().find(|m| m.app == MountApp::Plugin(handler.name.clone()));
+    Some((Arc::clone(handler), mount.map(|m| m.prefix.clone())))
 }
 
 /// One number for the plugin versions of a pipeline (load generations are unique in the

@@ -376,6 +376,14 @@ fn file_arguments(loaded: &Loaded, matches: &ArgMatches) -> Result<Vec<OsString>
         .collect())
 }
 
+/// The directory relative paths in `config` are relative to (the file's), or the working
+/// directory when there is no file; absolute.
+pub fn config_dir(config: Option<&Loaded>) -> std::path::PathBuf {
+    let dir = config.and_then(|c| c.path.parent()).unwrap_or(Path::new(""));
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,12 @@ use crate::static_files::StaticFiles;
 /// wakes go through `notifier`.
 pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &AtomicBool, notifier: &Notifier) -> Reply {
     let CallJob { conn, route, head, peer, mut body } = job;
-    let info = CallInfo { script_name: &route.script_name, path_info: &route.path_info, peer: &peer };
+    let info = CallInfo {
+        script_name: &route.script_name,
+        path_info: &route.path_info,
+        peer: &peer,
+        script: route.script.as_deref(),
+    };
     let Some(named) = route.named() else {
         // Routing never builds a docroot route without middleware (that is a plain static
         // file); were one built, answer 500 rather than panic.

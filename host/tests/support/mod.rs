@@ -322,23 +322,24 @@ pub fn abi_next() -> PathBuf {
     PATH.get_or_init(|| relabelled_plugin("abi_next", "0.3.0")).clone()
 }
 
-/// `portico-api` as a later 0.2.x could grow it (0.2.1): a root-module field after the last
+/// `portico-api` as a later 0.2.x could grow it (0.2.2): a root-module field after the last
 /// prefix field, a `BodyStream` method with a default body, a `Body` variant. The SDK's
 /// export macro fills the field (`grown()` answers 42), and the testing module reports the
 /// new method's answer for every streamed body (`grown_hint=N` in the log).
 const GROWN_API: &[Edit] = &[
     (
         "abi.rs",
-        ") -> Body_NE,\n    >,\n}",
-        ") -> Body_NE,\n    >,\n    /// 0.2.1: a field grown after the prefix.\n    pub grown: ROption<extern \"C\" fn() -> u32>,\n}",
+        "    pub serves_script: ROption<extern \"C\" fn(RStr<'_>) -> bool>,\n}",
+        "    pub serves_script: ROption<extern \"C\" fn(RStr<'_>) -> bool>,\n    \
+         /// 0.2.2: a field grown after the last one.\n    pub grown: ROption<extern \"C\" fn() -> u32>,\n}",
     ),
     (
         "abi.rs",
         "    fn poll_chunk(&mut self, waker: &Waker) -> RResult<Chunk_NE, RString>;\n",
         "    fn poll_chunk(&mut self, waker: &Waker) -> RResult<Chunk_NE, RString>;\n\n    \
-         /// 0.2.1: a method grown with a default body.\n    fn grown_hint(&self) -> u64 {\n        7\n    }\n",
+         /// 0.2.2: a method grown with a default body.\n    fn grown_hint(&self) -> u64 {\n        7\n    }\n",
     ),
-    ("abi.rs", "    File(FileBody),\n}", "    File(FileBody),\n    /// 0.2.1: a grown variant.\n    Grown(u32),\n}"),
+    ("abi.rs", "    File(FileBody),\n}", "    File(FileBody),\n    /// 0.2.2: a grown variant.\n    Grown(u32),\n}"),
     (
         "body.rs",
         "            Body::Stream(stream) => Chunks::Stream(stream),\n",
@@ -365,17 +366,17 @@ const GROWN_API: &[Edit] = &[
 
 fn grown_root() -> PathBuf {
     let root = plugin_target_dir().join("abi-grown");
-    api_copy(&root, "0.2.1", GROWN_API);
+    api_copy(&root, "0.2.2", GROWN_API);
     root
 }
 
-/// A plugin (`grown`) built against the grown 0.2.1 `portico-api`: `/` answers
+/// A plugin (`grown`) built against the grown 0.2.2 `portico-api`: `/` answers
 /// `grown plugin`, `/variant` returns the new `Body::Grown` variant, `/stream` two chunks.
 pub fn grown_plugin() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let _lock = BuildLock::acquire();
-        let lib = "//! Built against a grown portico-api 0.2.1.\n\
+        let lib = "//! Built against a grown portico-api 0.2.2.\n\
              use portico_api::{Body, Environ, StartResponse, export_app, status};\n\n\
              fn app(environ: &mut Environ<'_>, start_response: &mut StartResponse<'_, '_>) -> Body {\n    \
              start_response.start(status::OK, &[(\"Content-Type\", \"text/plain\")]);\n    \
@@ -389,7 +390,7 @@ pub fn grown_plugin() -> PathBuf {
     .clone()
 }
 
-/// A host program (`grown_host`) built against the grown 0.2.1 `portico-api`: loads each
+/// A host program (`grown_host`) built against the grown 0.2.2 `portico-api`: loads each
 /// plugin file named on its command line with `portico_api::compat::init_root_module` (the
 /// real host's check), and for each prints one line: `NAME: refused: ERROR` or
 /// `NAME: loaded VERSION grown=FIELD status=STATUS body=BODY log=LOG` for `GET /?n=2`.
@@ -397,7 +398,7 @@ pub fn grown_host() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let _lock = BuildLock::acquire();
-        let main = "//! A host built against a grown portico-api 0.2.1 (see host/tests/support).\n\
+        let main = "//! A host built against a grown portico-api 0.2.2 (see host/tests/support).\n\
              use portico_api::{compat, testing::TestRequest};\n\n\
              fn main() {\n    \
              for path in std::env::args().skip(1) {\n        \
