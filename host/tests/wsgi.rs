@@ -345,7 +345,9 @@ fn pep_3333_corner_by_corner() {
     assert!(text.starts_with("HTTP/1.1 200") && text.contains("partial") && !text.contains("never"), "{text}");
     assert!(!text.ends_with("0\r\n\r\n"), "no clean end of a chunked body: {text}");
 
-    for corner in ["/second-call", "/bad-header", "/str-body", "/raise"] {
+    let r = server.get("/pep.py/write-exc");
+    assert_eq!((r.status, r.text()), (500, "error page".to_owned()), "exc_info drops what write() gave");
+    for corner in ["/second-call", "/bad-header", "/hop", "/str-body", "/raise"] {
         let mark = server.log_mark();
         let r = server.get(&format!("/pep.py{corner}"));
         assert_eq!(r.status, 500, "{corner}: {}", r.summary());
@@ -462,4 +464,23 @@ fn a_burst_of_slow_python_requests_never_slows_hello_or_static_files() {
     assert!(statuses.iter().all(|&s| s == 200), "every slow request answered: {statuses:?}");
     eprintln!("{} fast requests during the burst, p99 {p99:?}", latencies.len());
     assert!(p99 < Duration::from_millis(10), "p99 of /hello.py and a static file: {p99:?}");
+}
+
+#[test]
+fn a_segfault_inside_python_takes_only_its_worker_and_request() {
+    let Some((plugin, venv)) = wsgi() else { return };
+    let dir = TempDir::new("wsgi-crash");
+    let scripts = copy_fixture("scripts", dir.path());
+    let server = serve(&plugin, &dir, &scripts_config(&venv, &scripts, ""), &["--workers", "2"]);
+    assert_eq!(server.get("/pytime.py").status, 200, "{}", server.context());
+    let mark = server.log_mark();
+    let mut crashing = support::Conn::open(server.addr());
+    crashing.set_read_timeout(Duration::from_secs(10));
+    crashing.send(b"GET /crash.py HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(crashing.try_read_response(false).is_err(), "the crashing request gets no response");
+    server.wait_for_line(mark, &["SIGSEGV"], Duration::from_secs(10));
+    for _ in 0..10 {
+        assert_eq!(server.get("/pytime.py").status, 200, "the other worker and the replacement serve");
+    }
+    server.assert_alive();
 }

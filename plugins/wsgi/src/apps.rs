@@ -4,14 +4,17 @@
 //! standard library's `os` for `/os.py`).
 //!
 //! Reload ([`Apps::reload`], SIGHUP in `--workers 0`): the modules imported from the
-//! application's own directories are dropped from `sys.modules` and the application is
-//! imported again; on success it replaces the old one, on failure the old one serves on.
+//! application's own directories (never the standard library's, the venv's or extension
+//! modules) are dropped from `sys.modules` and the application is imported again; on success
+//! it replaces the old one, on failure the dropped modules are put back and the old one
+//! serves on ([`REIMPORT`]).
 //! Scripts are loaded again on their next request. What a re-import cannot refresh —
 //! process-wide state such as Django's settings, or a package upgraded in the venv — needs a
 //! generation reload (the default process model) or a restart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
 use std::sync::RwLock;
 
 use pyo3::prelude::*;
@@ -29,11 +32,13 @@ pub struct Apps {
 }
 
 impl Apps {
-    /// Prepends `pythonpath` to `sys.path` and imports the configured application.
+    /// Prepends `pythonpath` to `sys.path` and imports the configured application; when the
+    /// interpreter was already running (`fresh` false: another copy of the plugin started it),
+    /// the application's own modules are imported anew, as on reload.
     ///
     /// # Errors
     /// The import failed or the callable is missing: the formatted traceback.
-    pub fn load(py: Python<'_>, config: Config) -> Result<Apps, String> {
+    pub fn load(py: Python<'_>, config: Config, fresh: bool) -> Result<Apps, String> {
         let sys_path = py.import("sys").and_then(|s| s.getattr("path")).map_err(|e| traceback(py, &e))?;
         let sys_path = sys_path.cast_into::<PyList>().map_err(|_| "sys.path is not a list".to_owned())?;
         for dir in config.pythonpath.iter().rev() {
@@ -43,7 +48,8 @@ impl Apps {
             }
         }
         let app = match &config.app {
-            Some((module, callable)) => Some(import_app(py, module, callable)?),
+            Some((module, callable)) if fresh => Some(import_app(py, module, callable)?),
+            Some((module, callable)) => Some(reimport_app(py, module, callable, &config.pythonpath)?),
             None => None,
         };
         Ok(Apps { config, app: RwLock::new(app), scripts: RwLock::new(HashMap::new()) })
@@ -83,22 +89,91 @@ impl Apps {
     /// first) and forgets the loaded scripts.
     ///
     /// # Errors
-    /// The new import failed: the old application keeps serving.
+    /// The new import failed: the modules dropped are put back and the old application keeps
+    /// serving.
     pub fn reload(&self, py: Python<'_>) -> Result<(), String> {
-        self.scripts.write().unwrap_or_else(|e| e.into_inner()).clear();
+        // Old objects are dropped after their lock is released: their `__del__` may run
+        // Python, which may let a request thread take the GIL and wait on that lock.
+        let old_scripts = std::mem::take(&mut *self.scripts.write().unwrap_or_else(|e| e.into_inner()));
+        drop(old_scripts);
         let Some((module, callable)) = &self.config.app else { return Ok(()) };
-        let mut roots: Vec<PathBuf> = self.config.pythonpath.clone();
-        if let Ok(m) = py.import(module.as_str())
-            && let Ok(file) = m.getattr("__file__").and_then(|f| f.extract::<String>())
-            && let Some(dir) = Path::new(&file).parent()
-        {
-            roots.push(dir.to_owned());
-        }
-        purge_modules(py, &roots).map_err(|e| traceback(py, &e))?;
-        let app = import_app(py, module, callable)?;
-        *self.app.write().unwrap_or_else(|e| e.into_inner()) = Some(app);
+        let app = reimport_app(py, module, callable, &self.config.pythonpath)?;
+        let old = self.app.write().unwrap_or_else(|e| e.into_inner()).replace(app);
+        drop(old);
         Ok(())
     }
+}
+
+/// The reload recipe, in Python: modules whose file is under the application's directories
+/// (`roots`: `pythonpath` and the application module's own directory) and not under the
+/// interpreter's or the venv's prefixes or site-packages, and not extension modules (which
+/// cannot be imported twice), leave `sys.modules`; the application is imported again; on any
+/// failure the new half-imported modules leave and the old ones come back, so requests go on
+/// with the old code. Django's URL resolver cache is cleared only after a success.
+const REIMPORT: &std::ffi::CStr = pyo3::ffi::c_str!(
+    r#"
+import importlib, os, site, sys
+
+def reimport(module, attr, roots):
+    current = sys.modules.get(module)
+    roots = [os.path.realpath(r) for r in roots]
+    if current is not None and getattr(current, "__file__", None):
+        roots.append(os.path.dirname(os.path.realpath(current.__file__)))
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    try:
+        prefixes.update(site.getsitepackages())
+    except AttributeError:
+        pass
+    skip = [os.path.realpath(p) for p in prefixes]
+
+    def under(path, dirs):
+        return any(path == d or path.startswith(d + os.sep) for d in dirs)
+
+    def ours(mod):
+        f = getattr(mod, "__file__", None)
+        if not f or not f.endswith(".py"):
+            return False
+        f = os.path.realpath(f)
+        return under(f, roots) and not under(f, skip)
+
+    removed = {n: m for n, m in list(sys.modules.items()) if ours(m)}
+    for n in removed:
+        sys.modules.pop(n, None)
+    importlib.invalidate_caches()
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise TypeError(f"{module}:{attr} is not callable")
+    except BaseException:
+        for n, m in list(sys.modules.items()):
+            if n not in removed and ours(m):
+                sys.modules.pop(n, None)
+        sys.modules.update(removed)
+        raise
+    urls = sys.modules.get("django.urls")
+    if urls is not None:
+        urls.clear_url_caches()
+    return obj
+"#
+);
+
+/// [`REIMPORT`]'s `reimport(module, callable, roots)`.
+fn reimport_app(py: Python<'_>, module: &str, callable: &str, roots: &[PathBuf]) -> Result<Py<PyAny>, String> {
+    let helper = PyModule::from_code(
+        py,
+        REIMPORT,
+        pyo3::ffi::c_str!("portico_wsgi_reimport.py"),
+        pyo3::ffi::c_str!("portico_wsgi_reimport"),
+    )
+    .and_then(|m| m.getattr("reimport"))
+    .map_err(|e| traceback(py, &e))?;
+    let roots: Vec<String> = roots.iter().map(|r| r.to_string_lossy().into_owned()).collect();
+    helper
+        .call1((module, callable, roots))
+        .map(Bound::unbind)
+        .map_err(|e| format!("importing {module}: {}", traceback(py, &e)))
 }
 
 /// `importlib.import_module(module)`, then the dotted attribute path `callable` of it.
@@ -138,27 +213,6 @@ fn load_script(py: Python<'_>, name: &str, path: &Path) -> Result<Py<PyAny>, Str
         .call1((format!("portico_script_{name}"), path.to_string_lossy()))
         .map_err(|e| format!("loading {}: {}", path.display(), traceback(py, &e)))?;
     Ok(app.unbind())
-}
-
-/// Drops from `sys.modules` every module whose file lies under one of `roots` (the
-/// application's code, not the standard library or the venv's packages).
-fn purge_modules(py: Python<'_>, roots: &[PathBuf]) -> PyResult<()> {
-    let sys = py.import("sys")?;
-    let modules = sys.getattr("modules")?;
-    let items = modules.call_method0("items")?.try_iter()?.collect::<PyResult<Vec<_>>>()?;
-    for item in items {
-        let (name, module): (String, Bound<'_, PyAny>) = item.extract()?;
-        let file = module.getattr("__file__").ok().and_then(|f| f.extract::<String>().ok());
-        if file.is_some_and(|f| roots.iter().any(|r| Path::new(&f).starts_with(r))) {
-            modules.del_item(name)?;
-        }
-    }
-    py.import("importlib")?.call_method0("invalidate_caches")?;
-    // Django keeps its URL resolver in an lru_cache: drop it so a re-imported urls.py counts.
-    if sys.getattr("modules")?.contains("django.urls")? {
-        let _ = py.import("django.urls").and_then(|urls| urls.call_method0("clear_url_caches"));
-    }
-    Ok(())
 }
 
 /// An exception as Python prints it (`traceback.format_exception`), for the error log.

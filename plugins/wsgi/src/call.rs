@@ -48,6 +48,8 @@ pub fn serve(apps: &Apps, process: Process, environ: &mut Environ<'_>, sr: Start
         .map(|f| String::from_utf8_lossy(f.value.as_slice()).into_owned());
     Python::attach(|py| {
         let link = Link::new();
+        // Whatever happens below, a panic included, nothing the host lent outlives this call.
+        let _loan = EndCall(Arc::clone(&link));
         let outcome = run(py, apps, process, environ, &link, script.as_deref());
         let outcome = match outcome {
             Ok(start) => Ok(start),
@@ -58,6 +60,15 @@ pub fn serve(apps: &Apps, process: Process, environ: &mut Environ<'_>, sr: Start
         };
         respond(&link, sr, outcome)
     })
+}
+
+/// Ends the host's loan when dropped ([`Link::end_call`]), on every way out of a call.
+struct EndCall(Arc<Link>);
+
+impl Drop for EndCall {
+    fn drop(&mut self) {
+        self.0.end_call();
+    }
 }
 
 /// Calls the application and runs its iterable up to the head.
@@ -97,6 +108,7 @@ fn first_chunks(py: Python<'_>, link: &Arc<Link>, result: &Bound<'_, PyAny>) -> 
     if let Ok(wrapper) = result.cast::<FileWrapper>()
         && let Some((file, offset, len)) = real_file(py, &wrapper.get().filelike)
         && link.reply().status.is_some()
+        && link.reply().pending.is_empty()
     {
         let _ = close(result);
         return Ok(Some(Start::File(file, offset, len)));

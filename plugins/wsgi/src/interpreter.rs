@@ -25,14 +25,15 @@ use pyo3::ffi;
 static STARTED: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Starts the interpreter for `executable` (a venv's `bin/python`) unless one runs in this
-/// process already, with `env` set in the process environment first.
+/// process already, with `env` set in the process environment first. `true`: started here,
+/// `false`: it was running (check it with [`same_start`]).
 ///
 /// # Errors
 /// libpython could not be promoted, or CPython refused the configuration (its message).
-pub fn start(executable: &Path, env: &[(String, String)]) -> Result<(), String> {
+pub fn start(executable: &Path, env: &[(String, String)]) -> Result<bool, String> {
     // SAFETY: `Py_IsInitialized` may be called at any time, before or after initialization.
     if unsafe { ffi::Py_IsInitialized() } != 0 {
-        return Ok(());
+        return Ok(false);
     }
     STARTED
         .get_or_init(|| {
@@ -53,6 +54,36 @@ pub fn start(executable: &Path, env: &[(String, String)]) -> Result<(), String> 
             }
         })
         .clone()
+        .map(|()| true)
+}
+
+/// Whether the running interpreter is the one `executable` and `env` would start: the same
+/// `sys.executable` and the same values in `os.environ`.
+///
+/// # Errors
+/// What differs: a change of `venv` or `env` needs a new process (a generation reload in the
+/// default process model, a restart with `--workers 0`).
+pub fn same_start(py: pyo3::Python<'_>, executable: &Path, env: &[(String, String)]) -> Result<(), String> {
+    use pyo3::prelude::*;
+    let sys = py.import("sys").map_err(|e| e.to_string())?;
+    let running: String = sys.getattr("executable").and_then(|e| e.extract()).map_err(|e| e.to_string())?;
+    if Path::new(&running) != executable {
+        return Err(format!(
+            "Python runs from {running} in this process; venv {} takes a new process \
+             (a restart, or a SIGHUP with worker processes)",
+            executable.display()
+        ));
+    }
+    let environ = py.import("os").and_then(|os| os.getattr("environ")).map_err(|e| e.to_string())?;
+    for (k, v) in env {
+        let now: Option<String> = environ.call_method1("get", (k,)).and_then(|x| x.extract()).ok().flatten();
+        if now.as_deref() != Some(v.as_str()) {
+            return Err(format!(
+                "env {k} changed; it takes a new process (a restart, or a SIGHUP with worker processes)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Re-opens the mapped libpython with `RTLD_GLOBAL` (`RTLD_NOLOAD`: no second copy), so C

@@ -95,14 +95,22 @@ fn set_up(setup: &Setup<'_>) -> Result<(), String> {
         // Installed without a table (scripts/serve): loaded, serving nothing, Python not started.
         return STATE.set(None).map_err(|_| "wsgi: setup called twice".to_owned());
     }
+    if let Some(venv) = &config.venv {
+        check_venv_version(venv)?;
+    }
     let env: Vec<(String, String)> = config.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    interpreter::start(&executable, &env)?;
-    interpreter::pin_thread();
+    let fresh = interpreter::start(&executable, &env)?;
     let number = |name: &str| setup.fact(name).and_then(|v| v.parse::<usize>().ok()).unwrap_or(1);
     let process = Process { multithread: number("worker_threads") > 1, multiprocess: number("worker_processes") > 1 };
+    // Not pinned: setup may run on a short-lived thread (a single-process reload's).
     let apps = Python::attach(|py| {
         check_version(py)?;
-        Apps::load(py, config)
+        if !fresh {
+            // Another copy of this plugin started the interpreter: what only a new process
+            // can change is refused, so the copy serving now goes on.
+            interpreter::same_start(py, &executable, &env)?;
+        }
+        Apps::load(py, config, fresh)
     })?;
     STATE.set(Some((apps, process))).map_err(|_| "wsgi: setup called twice".to_owned())
 }
@@ -119,12 +127,27 @@ fn check_version(py: Python<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// The Python version a venv was made from (its `pyvenv.cfg`) must be the plugin's: checked
+/// before the interpreter starts, since a started interpreter stays for the process.
+fn check_venv_version(venv: &std::path::Path) -> Result<(), String> {
+    let cfg = venv.join("pyvenv.cfg");
+    let text = std::fs::read_to_string(&cfg).map_err(|e| format!("venv {}: {e}", cfg.display()))?;
+    let built = env!("WSGI_BUILT_PYTHON_VERSION");
+    let version = text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        matches!(k.trim(), "version" | "version_info").then(|| v.trim().to_owned())
+    });
+    match version {
+        Some(v) if v == built || v.starts_with(&format!("{built}.")) => Ok(()),
+        Some(v) => Err(format!("venv {} was made from Python {v}; this plugin was built for {built}", venv.display())),
+        None => Ok(()),
+    }
+}
+
 extern "C" fn portico_reload() -> RResult<(), RString> {
     let Some(Some((apps, _))) = STATE.get() else { return ROk(()) };
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        interpreter::pin_thread();
-        Python::attach(|py| apps.reload(py))
-    }));
+    // Not pinned: the host reloads on a thread of its own, one per SIGHUP.
+    let result = catch_unwind(AssertUnwindSafe(|| Python::attach(|py| apps.reload(py))));
     match result {
         Ok(Ok(())) => ROk(()),
         Ok(Err(e)) => RErr(e.into()),
@@ -158,7 +181,8 @@ extern "C" fn portico_application(
         Ok(body) => body.into_abi(),
         Err(panic) => {
             // The host answers 500 to a call that never reached its start_response.
-            eprintln!("wsgi: panic while serving: {}", panic_text(panic).escape_debug());
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "wsgi: panic while serving: {}", panic_text(panic).escape_debug());
             Body::from("Internal Server Error\n").into_abi()
         }
     }

@@ -11,24 +11,30 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use abi_stable::sabi_types::RMut;
 use abi_stable::std_types::{RResult, RStr};
-use portico_api::abi::Environ;
+use portico_api::abi::{Environ, ErrorStream_TO, Input_TO};
 use pyo3::exceptions::{PyAssertionError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
-/// The host's environ, lent for one call.
-struct EnvPtr(*mut Environ<'static>);
+/// A part of the host's environ (its input, its error stream), lent for one call.
+struct Lent<T>(*mut T);
 
-// SAFETY: the pointer is only dereferenced under the `Link`'s mutex (one thread at a time)
-// and only while the host's `application` call that lent it is running (the call empties the
-// link before it returns). The host's input and error stream may be used from any thread
-// while the calling thread waits inside that call.
-unsafe impl Send for EnvPtr {}
+// SAFETY: the pointer is only dereferenced under the `Link`'s mutex that holds it (one thread
+// at a time), only on the thread the host called the plugin on (checked against
+// `Link::thread`: the host's input and error stream are not `Send`), and only while the
+// host's `application` call that lent it is running (the call empties the link before it
+// returns, also when it panics: see `call::serve`). The two parts are disjoint fields, so
+// the input and the error stream never alias.
+unsafe impl<T> Send for Lent<T> {}
 
 /// What the host lent, and the request's response state, shared by its Python objects.
 pub struct Link {
-    env: Mutex<Option<EnvPtr>>,
+    /// The thread the host called the plugin on: the only one that may use what it lent.
+    thread: std::thread::ThreadId,
+    input_env: Mutex<Option<Lent<Input_TO<'static, RMut<'static, ()>>>>>,
+    errors_env: Mutex<Option<Lent<ErrorStream_TO<'static, RMut<'static, ()>>>>>,
     input: Mutex<InputState>,
     errors_line: Mutex<String>,
     /// The response so far.
@@ -61,33 +67,35 @@ impl Link {
     /// A link for one request, lending nothing yet.
     pub fn new() -> Arc<Link> {
         Arc::new(Link {
-            env: Mutex::new(None),
+            thread: std::thread::current().id(),
+            input_env: Mutex::new(None),
+            errors_env: Mutex::new(None),
             input: Mutex::new(InputState::default()),
             errors_line: Mutex::new(String::new()),
             reply: Mutex::new(Reply::default()),
         })
     }
 
-    /// Lends the host's `environ` (its input and error stream) to the request's objects until
+    /// Lends the host's input and error stream to the request's objects until
     /// [`Link::end_call`]. The caller must not use `environ` again before then.
     pub fn lend(&self, environ: &mut Environ<'_>) {
-        *self.env() = Some(EnvPtr((environ as *mut Environ<'_>).cast::<Environ<'static>>()));
+        let input: *mut Input_TO<'_, RMut<'_, ()>> = &mut environ.input;
+        let errors: *mut ErrorStream_TO<'_, RMut<'_, ()>> = &mut environ.errors;
+        *lock(&self.input_env) = Some(Lent(input.cast()));
+        *lock(&self.errors_env) = Some(Lent(errors.cast()));
     }
 
     /// The reply, locked (never across a GIL release).
     pub fn reply(&self) -> MutexGuard<'_, Reply> {
-        self.reply.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.reply)
     }
 
-    fn env(&self) -> MutexGuard<'_, Option<EnvPtr>> {
-        self.env.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Ends the loan: flushes `wsgi.errors` and forgets the environ. Called before the
-    /// `application` call returns.
+    /// Ends the loan: flushes `wsgi.errors` and forgets what the host lent. Called before
+    /// the `application` call returns (idempotent).
     pub fn end_call(&self) {
         self.flush_errors();
-        *self.env() = None;
+        *lock(&self.input_env) = None;
+        *lock(&self.errors_env) = None;
     }
 
     /// Ends the request: every callable raises from now on.
@@ -96,18 +104,27 @@ impl Link {
         self.end_call();
     }
 
-    /// One message into the host's error log (the process's stderr once the call is over).
+    fn on_host_thread(&self) -> bool {
+        std::thread::current().id() == self.thread
+    }
+
+    /// One message into the host's error log (the process's stderr once the call is over, or
+    /// from a thread of the application's own).
     pub fn log(&self, msg: &str) {
-        let env = self.env();
-        match env.as_ref() {
-            // SAFETY: see `EnvPtr`: the call that lent it is running, and the lock is held.
-            Some(p) => unsafe { (*p.0).errors.write(RStr::from_str(msg)) },
-            None => eprintln!("wsgi: {}", msg.escape_debug()),
+        let errors = lock(&self.errors_env);
+        match errors.as_ref().filter(|_| self.on_host_thread()) {
+            // SAFETY: see `Lent`: the call that lent it is running, on this thread, and the
+            // lock is held.
+            Some(p) => unsafe { (*p.0).write(RStr::from_str(msg)) },
+            None => {
+                use std::io::Write as _;
+                let _ = writeln!(std::io::stderr(), "wsgi: {}", msg.escape_debug());
+            }
         }
     }
 
     fn flush_errors(&self) {
-        let rest = std::mem::take(&mut *self.errors_line.lock().unwrap_or_else(|e| e.into_inner()));
+        let rest = std::mem::take(&mut *lock(&self.errors_line));
         if !rest.is_empty() {
             self.log(&rest);
         }
@@ -117,7 +134,7 @@ impl Link {
     /// `\n` when `line`; read with the GIL released.
     fn read(&self, py: Python<'_>, want: Option<usize>, line: bool) -> PyResult<Vec<u8>> {
         py.detach(|| {
-            let mut st = self.input.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = lock(&self.input);
             let mut out = Vec::new();
             loop {
                 let avail = &st.buf[st.pos..];
@@ -133,14 +150,17 @@ impl Link {
                 if st.pos == st.buf.len() {
                     st.buf.clear();
                     st.pos = 0;
-                    st.buf.resize(64 * 1024, 0);
-                    let env = self.env();
-                    let Some(p) = env.as_ref() else {
+                    let input = lock(&self.input_env);
+                    let Some(p) = input.as_ref() else {
                         return Err(PyValueError::new_err("wsgi.input used after the request's call returned"));
                     };
-                    // SAFETY: see `EnvPtr`: the call that lent it is running, and the lock
-                    // is held.
-                    let read = unsafe { (*p.0).input.read((&mut st.buf[..]).into()) };
+                    if !self.on_host_thread() {
+                        return Err(PyRuntimeError::new_err("wsgi.input read from a thread other than the request's"));
+                    }
+                    st.buf.resize(64 * 1024, 0);
+                    // SAFETY: see `Lent`: the call that lent it is running, on this thread,
+                    // and the lock is held.
+                    let read = unsafe { (*p.0).read((&mut st.buf[..]).into()) };
                     match read {
                         RResult::ROk(n) => {
                             st.buf.truncate(n);
@@ -181,25 +201,30 @@ impl StartResponse {
         exc_info: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Write>> {
         let exc_info = exc_info.filter(|e| !e.is_none());
-        {
+        let (ended, head_sent, started) = {
             let reply = self.link.reply();
-            if reply.ended {
-                return Err(PyRuntimeError::new_err("start_response called after the request ended"));
+            (reply.ended, reply.head_sent, reply.status.is_some())
+        };
+        if ended {
+            return Err(PyRuntimeError::new_err("start_response called after the request ended"));
+        }
+        match exc_info {
+            // PEP 3333: with exc_info after the head is sent, re-raise it.
+            Some(exc) if head_sent => return Err(PyErr::from_value(exc.get_item(1)?)),
+            None if started => {
+                return Err(PyAssertionError::new_err("start_response called a second time without exc_info"));
             }
-            match exc_info {
-                // PEP 3333: with exc_info after the head is sent, re-raise it.
-                Some(exc) if reply.head_sent => return Err(PyErr::from_value(exc.get_item(1)?)),
-                None if reply.status.is_some() => {
-                    return Err(PyAssertionError::new_err("start_response called a second time without exc_info"));
-                }
-                _ => {}
-            }
+            _ => {}
         }
         let status = status_line(status)?;
         let headers = fields(headers)?;
         let mut reply = self.link.reply();
         reply.status = Some(status);
         reply.headers = headers;
+        if exc_info.is_some() {
+            // The error response replaces what write() gave for the first one.
+            reply.pending.clear();
+        }
         drop(reply);
         Py::new(py, Write { link: Arc::clone(&self.link) })
     }
@@ -241,6 +266,12 @@ impl Input {
     pub fn new(link: Arc<Link>) -> Input {
         Input { link }
     }
+}
+
+/// A mutex's guard, poisoned or not (the state stays usable: each critical section leaves it
+/// consistent).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn size_arg(size: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
@@ -322,13 +353,13 @@ impl Errors {
             .cast::<PyString>()
             .map_err(|_| PyTypeError::new_err(format!("wsgi.errors.write() takes str, not {}", type_name(text))))?;
         let text = text.to_cow()?;
-        let mut line = self.link.errors_line.lock().unwrap_or_else(|e| e.into_inner());
+        let mut line = lock(&self.link.errors_line);
         line.push_str(&text);
         while let Some(i) = line.find('\n') {
             let one: String = line.drain(..=i).collect();
             drop(line);
             self.link.log(one.trim_end_matches('\n'));
-            line = self.link.errors_line.lock().unwrap_or_else(|e| e.into_inner());
+            line = lock(&self.link.errors_line);
         }
         Ok(())
     }
@@ -389,13 +420,26 @@ fn status_line(status: &Bound<'_, PyAny>) -> PyResult<String> {
     let b = s.as_bytes();
     let ok = b.len() >= 4
         && b[..3].iter().all(u8::is_ascii_digit)
+        && s[..3].parse::<u16>().is_ok_and(|code| (200..=599).contains(&code))
         && b[3] == b' '
         && s.chars().all(|c| c == '\t' || (' '..='\u{ff}').contains(&c) && c != '\u{7f}');
     if !ok {
-        return Err(PyValueError::new_err(format!("status {s:?} is not \"NNN Reason\"")));
+        return Err(PyValueError::new_err(format!("status {s:?} is not \"NNN Reason\" with NNN in 200..=599")));
     }
     Ok(s.into_owned())
 }
+
+/// Fields that belong to one connection (RFC 9110 §7.6.1, PEP 3333 §"Other HTTP Features").
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Header fields: `(str, str)` tuples, names tokens (RFC 9110 §5.1), values without CR, LF
 /// or NUL and ISO-8859-1 encodable; surrounding whitespace stripped (Django's `Set-Cookie`
@@ -423,9 +467,14 @@ fn fields(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
         if name.is_empty() || !name.chars().all(tchar) {
             return Err(PyValueError::new_err(format!("header name {name:?} is not a token")));
         }
+        if HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            return Err(PyValueError::new_err(format!("{name} is a hop-by-hop field: the server sets it")));
+        }
         let value = value.trim_matches([' ', '\t']);
-        if value.contains(['\r', '\n', '\0']) {
-            return Err(PyValueError::new_err(format!("header {name}: value contains CR, LF or NUL")));
+        if value.chars().any(|c| (c < ' ' && c != '\t') || c == '\u{7f}') {
+            return Err(PyValueError::new_err(format!(
+                "header {name}: value contains CR, LF, NUL or another control character"
+            )));
         }
         let latin1: Option<Vec<u8>> = value.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
         let value = latin1

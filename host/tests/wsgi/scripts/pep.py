@@ -81,6 +81,17 @@ def application(environ, start_response):
     if path == "/bad-header":
         start_response("200 OK", [("X-Bad", "a\r\nInjected: yes")])
         return [b"no"]
+    if path == "/hop":
+        start_response("200 OK", [("Connection", "close")])
+        return [b"no"]
+    if path == "/write-exc":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"half a page ")
+        try:
+            raise ValueError("changed my mind")
+        except ValueError:
+            start_response("500 Oops", [("Content-Type", "text/plain")], sys.exc_info())
+        return [b"error page"]
     if path == "/space-header":
         start_response("200 OK", [("Set-Cookie", " a=b; Path=/"), ("Content-Type", "text/plain")])
         return [b"ok"]
