@@ -98,7 +98,9 @@ pub use abi::{Body, Environ, Field};
 pub use body::{BodySender, SendError, UnknownVariant};
 pub use middleware::{Middleware, Next};
 pub use router::{Handler, Match, Params, Router};
-pub use sdk::{Application, BodyError, Response, StartResponse, StartResponseError, guard, status};
+pub use sdk::{
+    Application, BodyError, HOP_BY_HOP, Response, StartResponse, StartResponseError, guard, is_hop_by_hop, status,
+};
 
 /// Re-exports the export macro needs; not part of the public API.
 #[doc(hidden)]

@@ -259,6 +259,26 @@ impl<'a> Environ<'a> {
     }
 }
 
+/// Fields an application may not set: hop-by-hop fields belong to the connection, and so to
+/// the server (PEP 3333 §"Other HTTP Features"; RFC 9110 §7.6.1). `Content-Length` is allowed
+/// (the host frames the body by it). Lower case.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` is a hop-by-hop field ([`HOP_BY_HOP`], ASCII case-insensitively): the host's
+/// `start_response` refuses it.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 /// A response built in one expression: status, fields and body, then [`Response::send`].
 ///
 /// ```

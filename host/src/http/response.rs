@@ -14,24 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::request::Version;
 
-/// Fields an application may not set: hop-by-hop fields belong to the connection, and so to
-/// the server (PEP 3333 §"Other HTTP Features"; RFC 9110 §7.6.1). `Content-Length` is allowed
-/// (it becomes the head's [`Framing::Length`]).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Whether `name` is a hop-by-hop field.
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-}
+/// Whether `name` is a hop-by-hop field, which an application may not set (the rule lives in
+/// the API crate, shared with plugins: [`portico_api::is_hop_by_hop`]).
+pub use portico_api::is_hop_by_hop;
 
 /// Checks a status from `start_response`: three digits 200–599, a space, and a reason phrase
 /// of HTAB / SP / VCHAR / obs-text (RFC 9112 §4). Returns the code.

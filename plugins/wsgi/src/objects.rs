@@ -429,18 +429,6 @@ fn status_line(status: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(s.into_owned())
 }
 
-/// Fields that belong to one connection (RFC 9110 §7.6.1, PEP 3333 §"Other HTTP Features").
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Header fields: `(str, str)` tuples, names tokens (RFC 9110 §5.1), values without CR, LF
 /// or NUL and ISO-8859-1 encodable; surrounding whitespace stripped (Django's `Set-Cookie`
 /// starts with a space).
@@ -467,7 +455,7 @@ fn fields(headers: &Bound<'_, PyAny>) -> PyResult<Vec<(Vec<u8>, Vec<u8>)>> {
         if name.is_empty() || !name.chars().all(tchar) {
             return Err(PyValueError::new_err(format!("header name {name:?} is not a token")));
         }
-        if HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+        if portico_api::is_hop_by_hop(name) {
             return Err(PyValueError::new_err(format!("{name} is a hop-by-hop field: the server sets it")));
         }
         let value = value.trim_matches([' ', '\t']);
