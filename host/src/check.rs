@@ -21,6 +21,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
     if args.first().is_some_and(|a| a == "--load-one") {
         return probe::load_one(&args[1..]);
     }
+    if args.first().is_some_and(|a| a == "--load-many") {
+        return probe::load_many(&args[1..]);
+    }
     let mut argv = vec![OsString::from("portico")];
     argv.extend(args);
     let (args, config) = match config_file::parse_args(argv) {

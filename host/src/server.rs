@@ -105,7 +105,11 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         worker_threads: args.worker_threads(),
         worker_processes: if matches!(role, Role::Alone) { 1 } else { args.worker_processes() },
     });
-    let registry = Arc::new(Registry::new(args.plugins.clone(), cache_dir));
+    let registry = Arc::new(match role {
+        Role::Alone => Registry::new(args.plugins.clone(), cache_dir),
+        // Its generation's snapshot: private copies already, loaded where they are.
+        Role::Worker { .. } => Registry::snapshot(args.plugins.clone(), cache_dir),
+    });
     let site = reload::Site { docroot: docroot.clone(), apps: args.app_defaults() };
     let routes = Arc::new(Current::new(reload::initial(&registry, config.as_ref(), &site)?));
     if matches!(role, Role::Alone) {

@@ -90,30 +90,20 @@ fn fill(
     let files = registry::plugin_files(plugins_dir);
     let settings = |name: &str| config.map(|c| c.plugin_config(name)).unwrap_or_default();
     // Copy first, then test the copy: what was tested is byte for byte what the workers load.
-    let probed: Vec<(String, Result<Entry, String>)> = std::thread::scope(|scope| {
-        let jobs: Vec<_> = files
-            .chunks(files.len().div_ceil(4).max(1))
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(name, src)| {
-                            let copy = dir.join(format!("{name}.so"));
-                            let result = std::fs::copy(src, &copy)
-                                .map_err(|e| format!("copying {}: {e}", src.display()))
-                                .and_then(|_| {
-                                    probe::load_in_child(name, &copy, &settings(name), timeout)
-                                        .map_err(|e| e.to_string())
-                                })
-                                .map(|p| Entry { version: p.version, middleware: p.middleware });
-                            (name.clone(), result)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        jobs.into_iter().flat_map(|j| j.join().unwrap_or_default()).collect()
-    });
+    let mut probed: Vec<(String, Result<Entry, String>)> = Vec::with_capacity(files.len());
+    let mut items = Vec::with_capacity(files.len());
+    for (name, src) in &files {
+        let copy = dir.join(format!("{name}.so"));
+        match std::fs::copy(src, &copy) {
+            Ok(_) => items.push(probe::Item { name: name.clone(), path: copy, settings: settings(name) }),
+            Err(e) => probed.push((name.clone(), Err(format!("copying {}: {e}", src.display())))),
+        }
+    }
+    // In a few children (one per core), each plugin alone only when a child dies.
+    for (item, result) in items.iter().zip(probe::load_many_in_child(&items, timeout)) {
+        let result = result.map(|p| Entry { version: p.version, middleware: p.middleware }).map_err(|e| e.to_string());
+        probed.push((item.name.clone(), result));
+    }
     let named: HashSet<String> = config
         .map(|c| {
             c.file

@@ -328,9 +328,36 @@ fn classify(err: LibraryError) -> LoadError {
 /// # Errors
 /// A [`LoadError`]; nothing of the file is used then.
 pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64, config: &str) -> Result<Plugin, LoadError> {
+    load_with(name, source, Some(cache_dir), generation, config)
+}
+
+/// Loads the plugin at `source` where it is, without a private copy: for files nobody
+/// rewrites and that this process loads once, such as a generation's snapshot in a worker
+/// (the master made those copies). Saves copying every plugin in every worker.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_in_place(name: &str, source: &Path, generation: u64, config: &str) -> Result<Plugin, LoadError> {
+    load_with(name, source, None, generation, config)
+}
+
+fn load_with(
+    name: &str,
+    source: &Path,
+    cache_dir: Option<&Path>,
+    generation: u64,
+    config: &str,
+) -> Result<Plugin, LoadError> {
     let io = |what| move |source| LoadError::Io { what, source };
     let before = fs::metadata(source).map_err(io("stat plugin file"))?;
     let fingerprint = Fingerprint::of(&before);
+    let Some(cache_dir) = cache_dir else {
+        let file = fs::File::open(source).map_err(io("open plugin file"))?;
+        check_elf_in(&object::ReadCache::new(&file), before.len())?;
+        drop(file);
+        let module = lib_header_from_path(source).and_then(portico_api::compat::init_root_module).map_err(classify)?;
+        return finish(name, module, source, fingerprint, generation, config);
+    };
     fs::create_dir_all(cache_dir).map_err(io("create plugin cache directory"))?;
     let copy = cache_dir.join(format!("{name}-{}-{generation}{}", std::process::id(), std::env::consts::DLL_SUFFIX));
     // create_new: never truncate a file someone else (another server sharing the directory)
@@ -363,6 +390,18 @@ pub fn load(name: &str, source: &Path, cache_dir: &Path, generation: u64, config
         tracing::warn!(file = %copy.display(), "could not remove the private copy: {e}");
     }
     let module = loaded.map_err(classify)?;
+    finish(name, module, source, fingerprint, generation, config)
+}
+
+/// The checks and set-up after a successful open: `panic = "unwind"`, then `setup` or `init`.
+fn finish(
+    name: &str,
+    module: PluginMod_Ref,
+    source: &Path,
+    fingerprint: Fingerprint,
+    generation: u64,
+    config: &str,
+) -> Result<Plugin, LoadError> {
     if !module.panic_unwind() {
         return Err(LoadError::PanicAbort);
     }

@@ -50,6 +50,9 @@ pub struct Registry {
     /// most this long (the single-process server's reloads: a crash in `init` refuses the
     /// file instead of killing the server).
     probe: Mutex<Option<std::time::Duration>>,
+    /// Load files where they are, without private copies: the directory is a generation's
+    /// snapshot, private to it and never rewritten (a worker process).
+    in_place: bool,
 }
 
 impl Registry {
@@ -64,7 +67,14 @@ impl Registry {
             configs: Mutex::new(HashMap::new()),
             scanning: Mutex::new(()),
             probe: Mutex::new(None),
+            in_place: false,
         }
+    }
+
+    /// A registry over a generation's snapshot `dir`, loading each file where it is (no
+    /// private copies: the master made them, and nobody rewrites them).
+    pub fn snapshot(dir: PathBuf, cache_dir: PathBuf) -> Self {
+        Registry { in_place: true, ..Registry::new(dir, cache_dir) }
     }
 
     /// From now on, test-load every new or changed file in a child process first, waiting
@@ -85,6 +95,8 @@ impl Registry {
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
+        // 1. What changed (cheap, in order); 2. load what changed, in parallel; 3. the report.
+        let mut wanted: Vec<(String, PathBuf, Fingerprint, String)> = Vec::new();
         for (name, path) in self.candidates() {
             let Ok(meta) = fs::metadata(&path) else { continue };
             let fp = Fingerprint::of(&meta);
@@ -112,34 +124,36 @@ impl Registry {
                 }
                 continue;
             }
-            let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-            let probe = *self.probe.lock().unwrap_or_else(|e| e.into_inner());
-            // A file the child's loader refused is loaded here anyway, for its typed error
-            // (refusing is safe); one that crashed or hung the child is not.
-            // The child tests a copy, and the copy is what is loaded here: a file replaced in
-            // between cannot be loaded untested. The plugin is then known by the file it came
-            // from (its path and fingerprint, to tell later whether that file changed).
-            let loaded = match probe {
-                Some(timeout) => {
-                    let copy = self.cache_dir.join(format!(".probe-{name}-{}-{generation}.so", std::process::id()));
-                    let loaded = fs::create_dir_all(&self.cache_dir)
-                        .and_then(|()| fs::copy(&path, &copy))
-                        .map_err(|source| LoadError::Io { what: "copy plugin file for its test load", source })
-                        .and_then(|_| match super::probe::load_in_child(&name, &copy, config, timeout) {
-                            Err(super::probe::ProbeError::Died(why)) => Err(LoadError::Probe(why)),
-                            _ => Ok(()),
-                        })
-                        .and_then(|()| loader::load(&name, &copy, &self.cache_dir, generation, config))
-                        .map(|mut plugin| {
-                            plugin.source = path.clone();
-                            plugin.fingerprint = fp;
-                            plugin
-                        });
-                    let _ = fs::remove_file(&copy);
-                    loaded
-                }
-                None => loader::load(&name, &path, &self.cache_dir, generation, config),
-            };
+            wanted.push((name, path, fp, config.to_owned()));
+        }
+        let probe = *self.probe.lock().unwrap_or_else(|e| e.into_inner());
+        let first = self.generation.fetch_add(wanted.len() as u64, Ordering::Relaxed) + 1;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(wanted.len()).max(1);
+        let loaded: Vec<Result<Plugin, LoadError>> = std::thread::scope(|scope| {
+            let jobs: Vec<_> = wanted
+                .chunks(wanted.len().div_ceil(threads).max(1))
+                .enumerate()
+                .map(|(i, chunk)| {
+                    let base = first + (i * wanted.len().div_ceil(threads)) as u64;
+                    scope.spawn(move || {
+                        chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(j, (name, path, fp, config))| {
+                                self.load_one(name, path, *fp, config, base + j as u64, probe)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            jobs.into_iter()
+                .flat_map(|j| {
+                    j.join().unwrap_or_else(|_| vec![Err(LoadError::Init("a loading thread panicked".into()))])
+                })
+                .collect()
+        });
+        for ((name, path, fp, config), loaded) in wanted.into_iter().zip(loaded) {
+            let previous = old.get(&name);
             match loaded {
                 Ok(plugin) => {
                     failed.remove(&path);
@@ -155,7 +169,7 @@ impl Registry {
                     // Remember only failures that the same bytes will always give; a full
                     // disk or a missing system library may be fixed without touching the file.
                     if e.is_permanent() {
-                        failed.insert(path.clone(), (fp, config.to_owned()));
+                        failed.insert(path.clone(), (fp, config));
                     }
                     if let Some(p) = previous {
                         next.insert(name, Arc::clone(p));
@@ -170,6 +184,48 @@ impl Registry {
             }
         }
         (next, report)
+    }
+
+    /// Loads one new or changed file (on one of `stage`'s loading threads): tested in a child
+    /// first when `probe` says so, where it is in a generation snapshot, else through a
+    /// private copy.
+    fn load_one(
+        &self,
+        name: &str,
+        path: &Path,
+        fp: Fingerprint,
+        config: &str,
+        generation: u64,
+        probe: Option<std::time::Duration>,
+    ) -> Result<Plugin, LoadError> {
+        let Some(timeout) = probe else {
+            return if self.in_place {
+                loader::load_in_place(name, path, generation, config)
+            } else {
+                loader::load(name, path, &self.cache_dir, generation, config)
+            };
+        };
+        // A file the child's loader refused is loaded here anyway, for its typed error
+        // (refusing is safe); one that crashed or hung the child is not. The child tests a
+        // copy, and the copy is what is loaded here: a file replaced in between cannot be
+        // loaded untested. The plugin is then known by the file it came from (its path and
+        // fingerprint, to tell later whether that file changed).
+        let copy = self.cache_dir.join(format!(".probe-{name}-{}-{generation}.so", std::process::id()));
+        let loaded = fs::create_dir_all(&self.cache_dir)
+            .and_then(|()| fs::copy(path, &copy))
+            .map_err(|source| LoadError::Io { what: "copy plugin file for its test load", source })
+            .and_then(|_| match super::probe::load_in_child(name, &copy, config, timeout) {
+                Err(super::probe::ProbeError::Died(why)) => Err(LoadError::Probe(why)),
+                _ => Ok(()),
+            })
+            .and_then(|()| loader::load(name, &copy, &self.cache_dir, generation, config))
+            .map(|mut plugin| {
+                plugin.source = path.to_owned();
+                plugin.fingerprint = fp;
+                plugin
+            });
+        let _ = fs::remove_file(&copy);
+        loaded
     }
 
     /// The configuration tables in use (to put them back when a reload is refused).
