@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The results table of scripts/bench and scripts/bench-wsgi (standard library only).
+"""The results table of scripts/bench and scripts/bench-wsgi (standard library only), and
+the same as JSON in OUT/results.json, to compare one run with the last.
 
     bench-summary.py OUT ROUNDS SLUG... -- NUM/DEN...
 
@@ -71,3 +72,22 @@ if lines:
         print(f"  {label:<{width}}  {value}")
 for p in problems:
     print(f"warning: {p}")
+
+import json
+
+json.dump(
+    {
+        "workloads": {
+            slug: {"name": names[slug], "median_rps": medians[slug],
+                   "runs": [dict(zip(("rps", "p99_ms", "errors", "mb_s"), parse(out / f"{slug}-r{r}.txt")[1:]))
+                            for r in range(1, rounds + 1)]}
+            for slug in slugs
+        },
+        "ratios": {pair: (medians[pair.split("/")[0]] / medians[pair.split("/")[1]]
+                          if medians.get(pair.split("/")[0]) and medians.get(pair.split("/")[1]) else None)
+                   for pair in ratios},
+        "problems": problems,
+    },
+    (out / "results.json").open("w"),
+    indent=1,
+)
