@@ -16,6 +16,17 @@ use crate::plugin::{probe, registry};
 use crate::routing::mount::Mounts;
 use crate::settings::file as config_file;
 
+/// `println!` that ends the process quietly when stdout is gone (`portico check | head -3`),
+/// as a Unix filter does, instead of panicking on the broken pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 /// Runs `portico check ARGS...` (`args` without the `check` word); the process exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
     if args.first().is_some_and(|a| a == "--load-one") {
@@ -29,7 +40,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     let (args, config) = match config_file::parse_args(argv) {
         Ok(parsed) => parsed,
         Err(e) => {
-            println!("error: {e}");
+            say!("error: {e}");
             return 2;
         }
     };
@@ -40,20 +51,20 @@ pub fn run(args: Vec<OsString>) -> i32 {
     });
     let mut ok = true;
     match &config {
-        Some(c) => println!("ok: configuration {}", c.path.display()),
-        None => println!("ok: no configuration file (built-in defaults, flags and PORTICO_* variables)"),
+        Some(c) => say!("ok: configuration {}", c.path.display()),
+        None => say!("ok: no configuration file (built-in defaults, flags and PORTICO_* variables)"),
     }
     match std::fs::metadata(&args.docroot) {
-        Ok(m) if m.is_dir() => println!("ok: docroot {}", args.docroot.display()),
+        Ok(m) if m.is_dir() => say!("ok: docroot {}", args.docroot.display()),
         _ => {
-            println!("error: docroot {} is not a directory", args.docroot.display());
+            say!("error: docroot {} is not a directory", args.docroot.display());
             ok = false;
         }
     }
     let mut kinds: HashMap<String, bool> = HashMap::new();
     let files = registry::plugin_files(&args.plugins);
     if files.is_empty() {
-        println!("warning: no plugins in {}", args.plugins.display());
+        say!("warning: no plugins in {}", args.plugins.display());
     }
     let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
     for (name, path) in files {
@@ -62,18 +73,18 @@ pub fn run(args: Vec<OsString>) -> i32 {
         match probe::load_in_child(&name, &path, &settings, timeout) {
             Ok(probe::Loaded { version, middleware }) => {
                 let kind = if middleware { "middleware" } else { "application" };
-                println!("ok: plugin {name} {version} ({kind}) from {}", path.display());
+                say!("ok: plugin {name} {version} ({kind}) from {}", path.display());
                 kinds.insert(name, middleware);
             }
             Err(why) => {
-                println!("error: plugin {name} from {}: {why}", path.display());
+                say!("error: plugin {name} from {}: {why}", path.display());
                 ok = false;
             }
         }
     }
     if let Some(c) = &config {
         for unused in c.file.plugin.keys().filter(|n| !names.contains(n)) {
-            println!(
+            say!(
                 "warning: [plugin.{unused}] has settings but there is no plugin {unused} in {}",
                 args.plugins.display()
             );
@@ -81,20 +92,20 @@ pub fn run(args: Vec<OsString>) -> i32 {
         match Mounts::validate_with(c, |n| kinds.get(n).copied()) {
             Ok(()) => {
                 for m in Mounts::from_config(c).list() {
-                    println!("ok: mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
+                    say!("ok: mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
                 }
             }
             Err(e) => {
-                println!("error: {e}");
+                say!("error: {e}");
                 ok = false;
             }
         }
     }
     if ok {
-        println!("portico check: all good");
+        say!("portico check: all good");
         0
     } else {
-        println!("portico check: problems found (the running server, if any, is unaffected)");
+        say!("portico check: problems found (the running server, if any, is unaffected)");
         1
     }
 }

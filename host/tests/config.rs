@@ -205,3 +205,44 @@ fn a_plugin_refusing_its_new_settings_refuses_the_whole_reload() {
     assert_eq!(server.get("/h").status, 404, "the new mount did not apply");
     assert_eq!(server.get("/hello.py").text(), "Hello, world!\n", "hello is still unmounted");
 }
+
+#[test]
+fn an_unknown_log_level_is_refused_in_one_line_and_gunicorns_words_are_understood() {
+    // Before, `--log-level verbose` (or `warning`) was taken for a tracing target and every
+    // line, "listening" included, was silenced.
+    for bad in ["verbose", "portico=loud"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(["--log-level", bad, "--bind", "127.0.0.1:0", "--workers", "0"])
+            .output()
+            .expect("running portico");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("error, warn, info, debug, trace, off"), "{bad}: the valid levels are named: {err}");
+    }
+    let dir = TempDir::new("portico-log-level");
+    let config = write_config(&dir, "");
+    let text = print_config(&config, &["--log-level", "warning"], &[]);
+    assert_eq!(line(&text, "log_level"), "log_level = \"warn\"");
+    let text = print_config(&config, &["--log-level", "portico=critical,info"], &[]);
+    assert_eq!(line(&text, "log_level"), "log_level = \"portico=error,info\"");
+}
+
+#[test]
+fn portico_check_into_a_closed_pipe_ends_quietly() {
+    let dir = TempDir::new("portico-check-pipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .arg("check")
+        .arg("--plugins")
+        .arg(dir.path())
+        .arg("--docroot")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running portico check");
+    drop(child.stdout.take()); // `| head -0`: the reader is gone before the first line
+    let out = child.wait_with_output().expect("waiting for portico check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+}

@@ -87,9 +87,10 @@ pub struct Args {
     /// files and writes responses. `--max-connections` is shared out between them.
     #[arg(long, env = "PORTICO_IO_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub io_threads: u16,
-    /// Log level for the error log on stderr: error, warn, info, debug, trace (or a
-    /// tracing filter such as `portico=debug`).
-    #[arg(long, env = "PORTICO_LOG_LEVEL", default_value = "info")]
+    /// Log level for the error log on stderr: error, warn, info, debug, trace or off
+    /// (Gunicorn's warning and critical are read as warn and error), or a tracing filter such
+    /// as `portico=debug,info`.
+    #[arg(long, env = "PORTICO_LOG_LEVEL", default_value = "info", value_parser = log_level)]
     pub log_level: String,
     /// Access log destination: a file path, `-` for stdout, or `off`.
     #[arg(long, env = "PORTICO_ACCESS_LOG", default_value = "-", value_hint = ValueHint::FilePath)]
@@ -197,4 +198,39 @@ fn parse_status_path(v: &str) -> Result<String, String> {
 fn parse_field_value(v: &str) -> Result<String, String> {
     crate::http::response::validate_field("Cache-Control", v.as_bytes()).map_err(str::to_owned)?;
     Ok(v.trim().to_owned())
+}
+
+/// `--log-level`: a level word (Gunicorn's `warning` and `critical` mapped onto tracing's
+/// `warn` and `error`), or a filter of `target=level` directives. A lone unknown word would
+/// be read by tracing as a target name and silence every line, so it is refused.
+///
+/// # Errors
+/// The valid values, for clap's one-line error.
+fn log_level(value: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let word = |w: &str| match w.trim().to_ascii_lowercase().as_str() {
+        "warning" => Some("warn".to_owned()),
+        "critical" => Some("error".to_owned()),
+        l if LEVELS.contains(&l) => Some(l.to_owned()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for part in value.split(',') {
+        match part.split_once('=') {
+            Some((target, level)) if !target.trim().is_empty() => match word(level) {
+                Some(level) => out.push(format!("{}={level}", target.trim())),
+                None => return Err(format!("unknown level {level:?} in {part:?}; use one of {}", LEVELS.join(", "))),
+            },
+            _ => match word(part) {
+                Some(level) => out.push(level),
+                None => {
+                    return Err(format!(
+                        "unknown log level {part:?}; use one of {} (or warning, critical), or a filter such as portico=debug",
+                        LEVELS.join(", ")
+                    ));
+                }
+            },
+        }
+    }
+    Ok(out.join(","))
 }
