@@ -9,7 +9,11 @@
 //! microseconds from the head being read to the last byte being written (Gunicorn's `%(D)s`).
 
 use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use time::OffsetDateTime;
@@ -74,4 +78,48 @@ pub fn write(a: &Access, status: u16, body_bytes: u64) {
         body_bytes,
         a.start.elapsed().as_micros()
     );
+}
+
+/// Set by SIGUSR1: the access log file is opened again by its path before the next line
+/// (logrotate's `postrotate kill -USR1`, as nginx and Gunicorn).
+static REOPEN: AtomicBool = AtomicBool::new(false);
+
+/// Asks for the access log file to be reopened before its next line (SIGUSR1).
+pub fn request_reopen() {
+    REOPEN.store(true, Ordering::SeqCst);
+}
+
+/// The `--access-log PATH` file: appended to, and opened again by its path after
+/// [`request_reopen`] (a file moved away by logrotate gets a new one at the path).
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl LogFile {
+    /// Opens (creating it if needed) `path` for appending.
+    ///
+    /// # Errors
+    /// The file cannot be opened.
+    pub fn open(path: PathBuf) -> std::io::Result<LogFile> {
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(LogFile { path, file })
+    }
+}
+
+impl Write for LogFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if REOPEN.swap(false, Ordering::SeqCst) {
+            match OpenOptions::new().create(true).append(true).open(&self.path) {
+                Ok(file) => self.file = file,
+                // Keep writing where it wrote; the error log says why.
+                Err(e) => tracing::error!("SIGUSR1: cannot reopen the access log {}: {e}", self.path.display()),
+            }
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }

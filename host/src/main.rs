@@ -2,7 +2,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::fs::OpenOptions;
 
 use anyhow::Context;
 use portico::master::{self, spawn};
@@ -58,11 +57,7 @@ fn main() -> anyhow::Result<()> {
             (Some(w), Some(g))
         }
         path => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening access log {path}"))?;
+            let file = access_log::LogFile::open(path.into()).with_context(|| format!("opening access log {path}"))?;
             let (w, g) = tracing_appender::non_blocking(file);
             (Some(w), Some(g))
         }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mio::{Poll, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+use signal_hook::consts::{SIGALRM, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGVTALRM};
 use signal_hook::iterator::Signals;
 
 use crate::control::{self, PluginTotals, ToMaster, ToWorker, TreeLink, WorkerReport};
@@ -183,7 +183,11 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
             }
         }
     };
-    let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT]).context("installing signal handlers")?;
+    // Every signal whose default would end the process silently is heard (issue 15): the
+    // unused ones are logged and ignored.
+    let mut signals =
+        Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO])
+            .context("installing signal handlers")?;
     {
         let routes = Arc::clone(&routes);
         let stats = Arc::clone(&stats);
@@ -215,6 +219,19 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
                         }
                     }
                     SIGHUP => {}
+                    SIGUSR1 => {
+                        tracing::info!("SIGUSR1: reopening the access log");
+                        crate::access_log::request_reopen();
+                    }
+                    SIGUSR2 if alone => {
+                        tracing::warn!(
+                            "SIGUSR2: a binary upgrade needs worker processes (--workers 1 or more); ignored"
+                        );
+                    }
+                    SIGUSR2 | SIGALRM | SIGVTALRM | SIGPROF | SIGIO => {
+                        let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
+                        tracing::info!("{name}: not used by portico; ignored");
+                    }
                     SIGQUIT => {
                         tracing::warn!("SIGQUIT: exiting now");
                         std::process::exit(0);

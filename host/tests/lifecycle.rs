@@ -200,3 +200,48 @@ fn invalid_arguments_fail_fast() {
     assert!(!status.success(), "`portico --threads abc` exited with {status}; stderr: {stderr}");
     assert!(stderr.contains("--threads"), "the error should name the bad option: {stderr}");
 }
+
+/// SIGUSR1 reopens the access log (logrotate without copytruncate), and no signal the server
+/// does not use ends it: before, `kill -USR1` killed it (exit 138) with no drain and no line.
+#[test]
+fn sigusr1_reopens_a_moved_access_log_and_unused_signals_are_ignored() {
+    for workers in ["0", "2"] {
+        let dir = support::TempDir::new("portico-logrotate");
+        let log = dir.path().join("access.log");
+        let server = Server::builder()
+            .plugins(&["hello"])
+            .args(["--access-log".to_owned(), log.display().to_string(), "--workers".to_owned(), workers.to_owned()])
+            .start();
+        assert_eq!(server.get("/hello.py?before").status, 200);
+        let lines = |path: &std::path::Path, needle: &str| {
+            support::poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+                std::fs::read_to_string(path).ok().filter(|t| t.contains(needle))
+            })
+        };
+        assert!(lines(&log, "GET /hello.py?before").is_some(), "workers {workers}: the first line is written");
+        let rotated = dir.path().join("access.log.1");
+        std::fs::rename(&log, &rotated).unwrap();
+        let mark = server.log_mark();
+        server.signal(libc::SIGUSR1);
+        server.wait_for_line(mark, &["SIGUSR1", "reopen"], Duration::from_secs(5));
+        if workers != "0" {
+            // The workers reopen on their own signal, which the master sends after its line.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert_eq!(server.get("/hello.py?after").status, 200);
+        assert!(lines(&log, "GET /hello.py?after").is_some(), "workers {workers}: a new access.log after SIGUSR1");
+        assert!(!std::fs::read_to_string(&rotated).unwrap().contains("?after"), "nothing more in the rotated file");
+        for sig in [libc::SIGALRM, libc::SIGVTALRM, libc::SIGPROF, libc::SIGIO, libc::SIGWINCH, libc::SIGPIPE] {
+            server.signal(sig);
+        }
+        if workers == "0" {
+            // The binary upgrade needs a master; alone, SIGUSR2 is said to be ignored.
+            let mark = server.log_mark();
+            server.signal(libc::SIGUSR2);
+            server.wait_for_line(mark, &["SIGUSR2", "ignored"], Duration::from_secs(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        server.assert_alive();
+        assert_eq!(server.get("/hello.py").status, 200, "workers {workers}: still serving");
+    }
+}

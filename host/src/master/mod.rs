@@ -51,7 +51,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Events, Poll, Token, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR2};
+use signal_hook::consts::{
+    SIGALRM, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGQUIT, SIGTERM, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGVTALRM,
+};
 use slab::Slab;
 
 use crate::control::{ToWorker, WorkerReport};
@@ -268,9 +270,10 @@ fn remove_dead_homes(cache_root: &std::path::Path) {
 }
 
 fn start_signals(tx: Sender<Msg>, waker: Arc<Waker>) -> anyhow::Result<()> {
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR2])
-            .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        SIGHUP, SIGTERM, SIGINT, SIGQUIT, SIGTTIN, SIGTTOU, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO,
+    ])
+    .context("installing signal handlers")?;
     std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
         for sig in signals.forever() {
             let _ = tx.send(Msg::Signal(sig));
@@ -456,6 +459,18 @@ impl Master {
                 self.shutdown(rustix::process::Signal::QUIT);
             }
             SIGUSR2 => self.start_upgrade(),
+            SIGUSR1 => {
+                // The workers write the access log: each reopens its own file.
+                tracing::info!("SIGUSR1: reopening the access log in every worker");
+                crate::access_log::request_reopen();
+                for (_, w) in self.workers.iter() {
+                    signal(w.pid, rustix::process::Signal::USR1);
+                }
+            }
+            SIGALRM | SIGVTALRM | SIGPROF | SIGIO => {
+                let name = signal_hook::low_level::signal_name(sig).unwrap_or("a signal");
+                tracing::info!("{name}: not used by portico; ignored");
+            }
             SIGTTIN if self.stopping.is_none() => {
                 self.target += 1;
                 self.record.target = self.target;
