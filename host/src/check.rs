@@ -35,6 +35,17 @@ pub fn run(args: Vec<OsString>) -> i32 {
     if args.first().is_some_and(|a| a == "--load-many") {
         return probe::load_many(&args[1..]);
     }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        say!(
+            "Check a configuration without serving: the file, the docroot, every plugin (each loaded in a \
+             child process, so one that crashes cannot take this down) and the mounts.\n\n\
+             Usage: portico check [OPTIONS]\n\n\
+             The options are the server's (portico --help): --config, --plugins, --docroot, ...\n\
+             Exit status: 0 when all is good, 1 when a problem was found, 2 for an unusable command line \
+             or configuration file."
+        );
+        return 0;
+    }
     let mut argv = vec![OsString::from("portico")];
     argv.extend(args);
     let (args, config) = match config_file::parse_args(argv) {
@@ -54,14 +65,20 @@ pub fn run(args: Vec<OsString>) -> i32 {
         Some(c) => say!("ok: configuration {}", c.path.display()),
         None => say!("ok: no configuration file (built-in defaults, flags and PORTICO_* variables)"),
     }
-    match std::fs::metadata(&args.docroot) {
-        Ok(m) if m.is_dir() => say!("ok: docroot {}", args.docroot.display()),
-        _ => {
-            say!("error: docroot {} is not a directory", args.docroot.display());
+    let docroot = std::path::absolute(&args.docroot).unwrap_or_else(|_| args.docroot.clone());
+    match std::fs::metadata(&docroot) {
+        Ok(m) if m.is_dir() => say!("ok: docroot {}", docroot.display()),
+        Ok(_) => {
+            say!("error: docroot {} is not a directory", docroot.display());
+            ok = false;
+        }
+        Err(e) => {
+            say!("error: docroot {}: {e}", docroot.display());
             ok = false;
         }
     }
     let mut kinds: HashMap<String, bool> = HashMap::new();
+    let mut refused: Vec<String> = Vec::new();
     let files = registry::plugin_files(&args.plugins);
     if files.is_empty() {
         say!("warning: no plugins in {}", args.plugins.display());
@@ -78,16 +95,25 @@ pub fn run(args: Vec<OsString>) -> i32 {
             }
             Err(why) => {
                 say!("error: plugin {name} from {}: {why}", path.display());
+                refused.push(name);
                 ok = false;
             }
         }
     }
     if let Some(c) = &config {
         for unused in c.file.plugin.keys().filter(|n| !names.contains(n)) {
+            // A typo (`[plugin.ip_filtr]`) would leave the real plugin on its defaults.
             say!(
-                "warning: [plugin.{unused}] has settings but there is no plugin {unused} in {}",
-                args.plugins.display()
+                "error: {}",
+                c.plugin_table_error(
+                    unused,
+                    format!(
+                        "[plugin.{unused}] has settings but there is no plugin {unused} in {}",
+                        args.plugins.display()
+                    )
+                )
             );
+            ok = false;
         }
         match Mounts::validate_with(c, |n| kinds.get(n).copied()) {
             Ok(()) => {
@@ -95,6 +121,8 @@ pub fn run(args: Vec<OsString>) -> i32 {
                     say!("ok: mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
                 }
             }
+            // One error per mistake: a mount that lacks a plugin refused above is that refusal.
+            Err(e) if refused.iter().any(|n| e.to_string().contains(&format!("{n:?}"))) => {}
             Err(e) => {
                 say!("error: {e}");
                 ok = false;

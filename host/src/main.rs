@@ -2,7 +2,6 @@
 
 #![forbid(unsafe_code)]
 
-
 use anyhow::Context;
 use portico::master::{self, spawn};
 use portico::settings::{file as config_file, print};
@@ -19,7 +18,21 @@ use tracing_subscriber::prelude::*;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-fn main() -> anyhow::Result<()> {
+/// Runs [`run`]; a start-up error is one plain line (the cause chain, never a backtrace) and
+/// exit status 2 when the configuration is at fault, 1 otherwise.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace('\n', " ");
+            eprintln!("portico: error: {line}");
+            let config = e.chain().any(|c| c.downcast_ref::<config_file::ConfigError>().is_some());
+            std::process::ExitCode::from(if config { 2 } else { 1 })
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let mut argv = std::env::args_os();
     if argv.nth(1).is_some_and(|a| a == "check") {
         std::process::exit(portico::check::run(argv.collect()));
@@ -45,7 +58,11 @@ fn main() -> anyhow::Result<()> {
         None if args.worker_processes() > 0 => format!("master {}", std::process::id()),
         None => String::new(),
     };
+    // Colours only for a person at a terminal, and never with NO_COLOR set (no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let error_log = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_timer(Tagged(who))
         .with_writer(std::io::stderr)
         .with_filter(EnvFilter::try_new(&args.log_level).context("invalid --log-level")?)

@@ -46,6 +46,7 @@ pub fn initial(registry: &Registry, config: Option<&Loaded>, site: &Site) -> Res
     }
     let (plugins, report) = registry.stage(&PluginSet::new());
     registry::log_report(&report, true);
+    warn_unused_tables(config, &plugins, registry);
     let mounts = match config {
         Some(c) => {
             Mounts::validate(c, &plugins)?;
@@ -57,6 +58,20 @@ pub fn initial(registry: &Registry, config: Option<&Loaded>, site: &Site) -> Res
         tracing::info!("mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
     }
     Ok(Table::new(mounts, plugins, &site.docroot, &site.apps, None))
+}
+
+/// A `[plugin.NAME]` table for a plugin the directory does not have (a typo such as
+/// `[plugin.ip_filtr]` leaves the real plugin on its defaults): a warning (`portico check`
+/// makes it an error).
+fn warn_unused_tables(config: Option<&Loaded>, plugins: &PluginSet, registry: &Registry) {
+    let Some(c) = config else { return };
+    let files: Vec<String> = registry::plugin_files(registry.dir()).into_iter().map(|(n, _)| n).collect();
+    for name in c.file.plugin.keys().filter(|n| !plugins.contains_key(*n) && !files.contains(n)) {
+        tracing::warn!(
+            "{}",
+            c.plugin_table_error(name, format!("[plugin.{name}] has settings but there is no plugin {name}"))
+        );
+    }
 }
 
 /// SIGHUP: re-reads the configuration file (if any), stages the plugins with their new
@@ -116,6 +131,7 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
     };
     match checked {
         Ok(()) => {
+            warn_unused_tables(Some(&next), &staged, registry);
             routes.store(Table::new(Mounts::from_config(&next), staged, &site.docroot, &site.apps, Some(&current)));
             registry::log_report(&report, false);
             tracing::info!("SIGHUP: configuration {} reloaded", next.path.display());

@@ -97,8 +97,7 @@ pub fn run_worker(
 }
 
 fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role) -> anyhow::Result<()> {
-    let docroot = std::fs::canonicalize(&args.docroot)
-        .with_context(|| format!("docroot {} does not exist", args.docroot.display()))?;
+    let docroot = crate::settings::docroot_dir(&args.docroot).map_err(anyhow::Error::msg)?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
     crate::plugin::loader::set_facts(crate::plugin::loader::Facts {
         config_dir: crate::settings::file::config_dir(config.as_ref()),

@@ -182,6 +182,8 @@ pub fn run(
     inherited: Vec<Listener>,
     upgrading_from: Option<std::os::unix::net::UnixStream>,
 ) -> anyhow::Result<()> {
+    // Refused here, in one line, rather than by every worker of the first generation.
+    crate::settings::docroot_dir(&args.docroot).map_err(anyhow::Error::msg)?;
     let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode)?;
     if let Some(path) = &args.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))

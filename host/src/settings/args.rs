@@ -16,7 +16,16 @@ use crate::http::limits;
 
 /// Portico: static files and hot-reloadable compiled plugins over HTTP/1.1.
 #[derive(Debug, Clone, Parser, Serialize)]
-#[command(name = "portico", version, about, long_about = None)]
+#[command(
+    name = "portico",
+    version,
+    about,
+    long_about = None,
+    override_usage = "portico [OPTIONS]\n       portico check [OPTIONS]",
+    after_help = "Commands:\n  check  Check the configuration and load every plugin in a child process, without \
+                  serving; the same options (portico check --help)\n\nSignals: HUP reload, TERM/INT drain and exit, \
+                  QUIT exit now, USR1 reopen the access log, USR2 binary upgrade, TTIN/TTOU one worker more/fewer."
+)]
 pub struct Args {
     /// Configuration file (TOML): server settings, mounts, plugin settings. Flags and
     /// `PORTICO_*` variables override its `[server]` settings.
@@ -27,9 +36,10 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     pub print_config: bool,
-    /// Where to listen: IP:PORT (`127.0.0.1:8000`, `[::1]:8000`; port 0 picks a free port) or
-    /// `unix:PATH` (a Unix stream socket); repeat for several. Ignored when systemd passes
-    /// sockets (socket activation: `LISTEN_FDS`).
+    /// Where to listen: IP:PORT (`127.0.0.1:8000`, `[::1]:8000`; port 0 picks a free port),
+    /// HOST:PORT (`localhost:8000`: the name's first IPv4 address), :PORT (every IPv4
+    /// address) or `unix:PATH` (a Unix stream socket); repeat for several. Ignored when
+    /// systemd passes sockets (socket activation: `LISTEN_FDS`).
     #[arg(long = "bind", env = "PORTICO_BIND", value_delimiter = ',', default_value = "127.0.0.1:8000")]
     pub bind: Vec<BindSpec>,
     /// Permission bits of Unix sockets made for `--bind unix:PATH`, in octal.
@@ -81,7 +91,7 @@ pub struct Args {
     #[arg(long, env = "PORTICO_CACHE_DIR", value_hint = ValueHint::DirPath)]
     pub cache_dir: Option<PathBuf>,
     /// Worker threads that run applications, at least 1 [default: 2 × cores, at least 4].
-    #[arg(long, env = "PORTICO_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, env = "PORTICO_THREADS", value_parser = at_least_one)]
     pub threads: Option<usize>,
     /// Event loops, one thread each: each accepts connections, reads requests, serves static
     /// files and writes responses. `--max-connections` is shared out between them.
@@ -233,4 +243,16 @@ fn log_level(value: &str) -> Result<String, String> {
         }
     }
     Ok(out.join(","))
+}
+
+/// A count of 1 or more (`--threads`): 0 would leave no thread to run an application.
+///
+/// # Errors
+/// Not a number, or 0.
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 would leave no thread to run applications)".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{value:?} is not a number")),
+    }
 }

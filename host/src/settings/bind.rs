@@ -1,5 +1,7 @@
 //! What `--bind` names: a TCP address (`127.0.0.1:8000`, `[::1]:8000`; port 0 picks a free
-//! port) or a Unix stream socket (`unix:PATH`, Gunicorn's spelling).
+//! port), a host name and port (`localhost:8000`: its first IPv4 address, else its first,
+//! resolved at start), `:PORT` (every IPv4 address, as Gunicorn's `-b :8000`), or a Unix
+//! stream socket (`unix:PATH`, Gunicorn's spelling).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,9 +30,34 @@ impl FromStr for BindSpec {
             }
             return Ok(BindSpec::Unix(PathBuf::from(path)));
         }
-        v.parse::<SocketAddr>()
+        if let Ok(addr) = v.parse::<SocketAddr>() {
+            return Ok(BindSpec::Tcp(addr));
+        }
+        let bad = || {
+            format!(
+                "{v:?} is none of IP:PORT (127.0.0.1:8000, [::1]:8000), HOST:PORT (localhost:8000), :PORT (every address) or unix:PATH"
+            )
+        };
+        // `:8000`: every IPv4 address, as Gunicorn's `-b :8000`.
+        if let Some(port) = v.strip_prefix(':') {
+            return port.parse::<u16>().map(|p| BindSpec::Tcp(SocketAddr::from(([0, 0, 0, 0], p)))).map_err(|_| bad());
+        }
+        // `HOST:PORT`: the name's first IPv4 address (else its first), resolved once at start.
+        let (host, port) = v.rsplit_once(':').ok_or_else(bad)?;
+        port.parse::<u16>().map_err(|_| bad())?;
+        if host.is_empty() || host.contains(['/', ' ']) {
+            return Err(bad());
+        }
+        let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(v)
+            .map_err(|e| format!("--bind {v:?}: cannot resolve {host:?}: {e}"))?
+            .collect();
+        addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
             .map(BindSpec::Tcp)
-            .map_err(|_| format!("{v:?} is neither IP:PORT (127.0.0.1:8000, [::1]:8000) nor unix:PATH"))
+            .ok_or_else(|| format!("--bind {v:?}: {host:?} has no address"))
     }
 }
 

@@ -82,6 +82,20 @@ impl AppDefaults {
     }
 }
 
+/// The docroot, canonical, if it is a directory; else one line naming the absolute path tried
+/// and why (it does not exist, it is a file).
+///
+/// # Errors
+/// The message for the operator.
+pub fn docroot_dir(path: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    let tried = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    match std::fs::canonicalize(path) {
+        Ok(dir) if dir.is_dir() => Ok(dir),
+        Ok(_) => Err(format!("docroot {} is not a directory", tried.display())),
+        Err(e) => Err(format!("docroot {}: {e}", tried.display())),
+    }
+}
+
 /// An application's deadline from its seconds (`--app-timeout`, a mount's `timeout`): 0 is none.
 pub fn deadline(seconds: f64) -> Option<Duration> {
     (seconds > 0.0).then(|| Duration::from_secs_f64(seconds))
