@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use portico::master::{self, spawn};
+use portico::settings::args::LogFormat;
 use portico::settings::{file as config_file, print};
 use portico::{access_log, listeners};
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
@@ -61,12 +62,27 @@ fn run() -> anyhow::Result<()> {
     // Colours only for a person at a terminal, and never with NO_COLOR set (no-color.org).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let error_log = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_timer(Tagged(who))
-        .with_writer(std::io::stderr)
-        .with_filter(EnvFilter::try_new(&args.log_level).context("invalid --log-level")?)
-        .with_filter(filter_fn(|m| m.target() != access_log::TARGET));
+    let level = EnvFilter::try_new(&args.log_level).context("invalid --log-level")?;
+    let not_access = filter_fn(|m| m.target() != access_log::TARGET);
+    let error_log = match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_timer(Tagged(who.clone()))
+            .with_writer(std::io::stderr)
+            .with_filter(level)
+            .with_filter(not_access)
+            .boxed(),
+        // The process tag becomes a field of the JSON object, not text before the time.
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(TagWriter::make(&who))
+            .with_filter(level)
+            .with_filter(not_access)
+            .boxed(),
+    };
+    access_log::set_format(args.access_log_format.parse().map_err(anyhow::Error::msg)?);
     let (access_writer, _guard) = match args.access_log.as_str() {
         "off" => (None, None),
         "-" => {
@@ -104,6 +120,44 @@ fn run() -> anyhow::Result<()> {
         }
         _ if args.worker_processes() == 0 => portico::server::run(args, config, inherited.listeners),
         _ => master::run(args, config, inherited.listeners, inherited.upgrade),
+    }
+}
+
+/// The JSON error log's writer: each event's object gets a first key `"process"` (`master
+/// 41`, `worker 57 g3`) when there are several processes. The fmt layer writes one whole
+/// object per `write`.
+struct TagWriter {
+    prefix: std::sync::Arc<[u8]>,
+}
+
+impl TagWriter {
+    fn make(who: &str) -> impl for<'a> tracing_subscriber::fmt::MakeWriter<'a> + 'static {
+        let prefix: std::sync::Arc<[u8]> = if who.is_empty() {
+            std::sync::Arc::from(&b"{"[..])
+        } else {
+            format!("{{\"process\":{},", serde_json::Value::from(who)).into_bytes().into()
+        };
+        move || TagWriter { prefix: std::sync::Arc::clone(&prefix) }
+    }
+}
+
+impl std::io::Write for TagWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut err = std::io::stderr().lock();
+        match buf.strip_prefix(b"{") {
+            Some(rest) => {
+                let mut line = Vec::with_capacity(self.prefix.len() + rest.len());
+                line.extend_from_slice(&self.prefix);
+                line.extend_from_slice(rest);
+                err.write_all(&line)?;
+            }
+            None => err.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

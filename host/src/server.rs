@@ -198,6 +198,9 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
             for sig in signals.forever() {
                 match sig {
                     SIGHUP if alone => {
+                        // As a new generation's workers do when they open it: a log moved
+                        // away before the SIGHUP gets a new file.
+                        crate::access_log::request_reopen();
                         // On its own thread: a plugin's test load may take up to
                         // --worker-ready-timeout, and SIGTERM must still be heard meanwhile.
                         // Reloads run one at a time (the lock); one asked for during another

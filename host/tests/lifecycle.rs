@@ -245,3 +245,55 @@ fn sigusr1_reopens_a_moved_access_log_and_unused_signals_are_ignored() {
         assert_eq!(server.get("/hello.py").status, 200, "workers {workers}: still serving");
     }
 }
+
+/// `--access-log-format combined|json` and `--log-format json` (issue 15, finding 11 and the
+/// logs part): every line of each parses, with the fields an operator filters on.
+#[test]
+fn access_log_formats_and_a_json_error_log() {
+    let read_line = |path: &std::path::Path, needle: &str| {
+        support::poll_until(Duration::from_secs(5), Duration::from_millis(20), || {
+            std::fs::read_to_string(path).ok()?.lines().find(|l| l.contains(needle)).map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no access line with {needle:?} in {}", path.display()))
+    };
+    let request = b"GET /hello.py?x=1 HTTP/1.1\r\nHost: x\r\nReferer: http://ref.example/\r\nUser-Agent: agent \"1.0\"\r\nConnection: close\r\n\r\n";
+    let dir = support::TempDir::new("portico-access-formats");
+
+    let combined = dir.path().join("combined.log");
+    let server = Server::builder()
+        .plugins(&["hello"])
+        .args([
+            "--access-log".to_owned(),
+            combined.display().to_string(),
+            "--access-log-format".to_owned(),
+            "combined".to_owned(),
+        ])
+        .start();
+    assert_eq!(server.request(request).status, 200);
+    let line = read_line(&combined, "/hello.py?x=1");
+    assert!(
+        line.contains("\"GET /hello.py?x=1 HTTP/1.1\" 200 14 \"http://ref.example/\" \"agent \\\"1.0\\\"\""),
+        "{line}"
+    );
+    drop(server);
+
+    let json = dir.path().join("json.log");
+    let server = Server::builder()
+        .plugins(&["hello"])
+        .args(["--access-log", &json.display().to_string(), "--access-log-format", "json", "--log-format", "json"])
+        .start();
+    assert_eq!(server.request(request).status, 200);
+    let line = read_line(&json, "/hello.py?x=1");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(
+        (v["method"].as_str(), v["target"].as_str(), v["status"].as_u64()),
+        (Some("GET"), Some("/hello.py?x=1"), Some(200))
+    );
+    assert_eq!((v["user_agent"].as_str(), v["referer"].as_str()), (Some("agent \"1.0\""), Some("http://ref.example/")));
+    assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')) && v["duration_us"].is_u64(), "{line}");
+    for line in server.stderr_text().lines().filter(|l| !l.trim().is_empty()) {
+        let e: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("an error log line is not JSON ({e}): {line}"));
+        assert!(e["level"].is_string() && e["timestamp"].is_string() && e["message"].is_string(), "{line}");
+    }
+}

@@ -105,6 +105,14 @@ pub struct Args {
     /// Access log destination: a file path, `-` for stdout, or `off`.
     #[arg(long, env = "PORTICO_ACCESS_LOG", default_value = "-", value_hint = ValueHint::FilePath)]
     pub access_log: String,
+    /// Access log lines: `common` (Common Log Format plus the duration in µs), `combined`
+    /// (plus Referer and User-Agent, as nginx's `combined`) or `json` (an object a line).
+    #[arg(long, env = "PORTICO_ACCESS_LOG_FORMAT", default_value = "common",
+          value_parser = clap::builder::PossibleValuesParser::new(["common", "combined", "json"]))]
+    pub access_log_format: String,
+    /// Error log lines: `text` (for people) or `json` (an object a line, for log collectors).
+    #[arg(long, env = "PORTICO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Seconds a keep-alive connection may stay idle between requests; then it is closed.
     #[arg(long, env = "PORTICO_KEEP_ALIVE_TIMEOUT", default_value_t = limits::KEEP_ALIVE_TIMEOUT.as_secs())]
     pub keep_alive_timeout: u64,
@@ -255,4 +263,14 @@ fn at_least_one(value: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{value:?} is not a number")),
     }
+}
+
+/// `--log-format`: the error log's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line an event.
+    Text,
+    /// One JSON object an event (tracing-subscriber's json layer).
+    Json,
 }
