@@ -40,13 +40,23 @@ fn plugin_configs(c: &Loaded) -> HashMap<String, String> {
 ///
 /// # Errors
 /// A mount names a plugin that did not load, or an application where middleware belongs.
-pub fn initial(registry: &Registry, config: Option<&Loaded>, site: &Site) -> Result<Table, ConfigError> {
+/// The plugin files that do not serve after a scan, with why: `FILE: reason` each.
+fn refused_lines(report: &registry::ReloadReport) -> Vec<String> {
+    let mut lines: Vec<String> = report.failed.iter().map(|(path, e)| format!("{}: {e}", path.display())).collect();
+    lines.extend(report.still_refused.iter().map(|(path, why)| format!("{}: {why}", path.display())));
+    lines.sort();
+    lines
+}
+
+/// [`initial`]'s table and the plugin files it refused (for the status page).
+pub fn initial(registry: &Registry, config: Option<&Loaded>, site: &Site) -> Result<(Table, Vec<String>), ConfigError> {
     if let Some(c) = config {
         registry.set_configs(plugin_configs(c));
     }
     let (plugins, report) = registry.stage(&PluginSet::new());
     registry::log_report(&report, true);
     warn_unused_tables(config, &plugins, registry);
+    let refused = refused_lines(&report);
     let mounts = match config {
         Some(c) => {
             Mounts::validate(c, &plugins)?;
@@ -57,7 +67,7 @@ pub fn initial(registry: &Registry, config: Option<&Loaded>, site: &Site) -> Res
     for m in mounts.list() {
         tracing::info!("mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
     }
-    Ok(Table::new(mounts, plugins, &site.docroot, &site.apps, None))
+    Ok((Table::new(mounts, plugins, &site.docroot, &site.apps, None), refused))
 }
 
 /// A `[plugin.NAME]` table for a plugin the directory does not have (a typo such as
@@ -151,6 +161,7 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
 /// Records a reload's outcome: `ok` when nothing was refused; `partial` when something was
 /// refused and something else applied; `failed` when nothing new was applied.
 fn record(stats: &Stats, report: &registry::ReloadReport, config_applied: bool, refusal: Option<String>) {
+    stats.set_refused(refused_lines(report));
     let mut errors: Vec<String> = report.failed.iter().map(|(path, e)| format!("{}: {e}", path.display())).collect();
     errors.extend(refusal);
     let changed = !(report.added.is_empty() && report.reloaded.is_empty() && report.removed.is_empty());

@@ -110,7 +110,8 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         Role::Worker { .. } => Registry::snapshot(args.plugins.clone(), cache_dir),
     });
     let site = reload::Site { docroot: docroot.clone(), apps: args.app_defaults() };
-    let routes = Arc::new(Current::new(reload::initial(&registry, config.as_ref(), &site)?));
+    let (table, refused) = reload::initial(&registry, config.as_ref(), &site)?;
+    let routes = Arc::new(Current::new(table));
     if matches!(role, Role::Alone) {
         registry.probe_first(Duration::from_secs_f64(args.worker_ready_timeout));
     }
@@ -129,6 +130,7 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
     let (job_tx, job_rx) = crossbeam_channel::unbounded();
     let queue = job_rx.clone();
     let stats = Arc::new(Stats::new(io_threads, threads, Box::new(move || queue.len())));
+    stats.set_refused(refused);
     let shared = Arc::new(event_loop::Shared {
         config: args.config(),
         docroot: docroot.clone(),

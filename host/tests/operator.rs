@@ -139,3 +139,37 @@ fn check_fails_on_a_table_for_a_missing_plugin_and_gives_one_error_per_mistake()
     let out = portico().arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("portico check"), "--help names the subcommand");
 }
+
+#[test]
+fn the_status_page_lists_plugin_files_that_do_not_serve_and_why() {
+    let junk = TempDir::new("portico-junk-status");
+    let junk_file = junk.path().join("junk.so");
+    std::fs::write(&junk_file, "not an ELF file\n").unwrap();
+    // Alone: refused at start, and still listed after a SIGHUP that does not retry it.
+    let server = support::Server::builder().plugins(&["hello"]).plugin_file("junk.so", &junk_file).start();
+    let listed = |server: &support::Server| {
+        let status = server.get("/_portico/status?format=json").json();
+        let lines: Vec<String> = status["refused_plugins"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        lines.iter().any(|l| l.contains("junk.so") && l.contains("not a loadable shared library"))
+    };
+    assert!(listed(&server), "{}", server.get("/_portico/status?format=json").text());
+    let mark = server.log_mark();
+    server.hup();
+    server.wait_for_line(mark, &["reload"], Duration::from_secs(10));
+    assert!(listed(&server), "still refused after a reload that did not retry it");
+    let html = server.get("/_portico/status").text();
+    assert!(html.contains("Plugins not serving") && html.contains("junk.so"), "the HTML page too");
+    drop(server);
+    // Under a master: its record says what the generation's test load refused.
+    let server = support::Server::builder()
+        .plugins(&["hello"])
+        .plugin_file("junk.so", &junk_file)
+        .args(["--workers", "2"])
+        .start();
+    let status = server.get("/_portico/status?format=json").json();
+    let refused = status["processes"]["master"]["refused"].to_string();
+    assert!(refused.contains("junk"), "{status}");
+}

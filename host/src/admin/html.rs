@@ -204,7 +204,17 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
             );
         }
     }
-    h.push_str("</tr></tbody></table>\n</body></html>\n");
+    h.push_str("</tr></tbody></table>\n");
+    if !s.refused_plugins.is_empty() {
+        h.push_str(
+            "<h2>Plugins not serving</h2>\n<table id=\"refused\"><thead><tr><th>file: why</th></tr></thead><tbody>",
+        );
+        for line in &s.refused_plugins {
+            let _ = write!(h, "<tr><td class=\"err\">{}</td></tr>", escape(line));
+        }
+        h.push_str("</tbody></table>\n");
+    }
+    h.push_str("</body></html>\n");
     h
 }
 

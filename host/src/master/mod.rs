@@ -318,6 +318,8 @@ impl Master {
         for line in &findings.refused {
             tracing::error!("{line}; skipped");
         }
+        // On the status page from the start, not only after a reload.
+        self.record.refused = findings.refused;
         self.next_generation = 2;
         self.start_generation(snapshot)
     }

@@ -296,6 +296,8 @@ pub struct Stats {
     /// Reads the job queue's length.
     queue: QueueDepth,
     reloads: Mutex<Reloads>,
+    /// Plugin files that do not serve, with why (see [`Stats::set_refused`]).
+    refused: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Stats {
@@ -318,6 +320,7 @@ impl Stats {
             busy: AtomicUsize::new(0),
             queue,
             reloads: Mutex::new(Reloads { count: 0, failures: 0, last: None, last_success: now }),
+            refused: Mutex::new(Vec::new()),
         }
     }
 
@@ -382,6 +385,17 @@ impl Stats {
     /// Jobs waiting for a worker now.
     pub fn queue_depth(&self) -> usize {
         (self.queue)()
+    }
+
+    /// Sets the plugin files that do not serve, with why (`FILE: reason` each), after the
+    /// start and after each reload.
+    pub fn set_refused(&self, lines: Vec<String>) {
+        *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = lines;
+    }
+
+    /// The plugin files that do not serve, with why.
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Records a reload.

@@ -27,6 +27,10 @@ pub struct Snapshot {
     pub apps: Vec<AppRow>,
     /// SIGHUP reloads.
     pub reloads: ReloadInfo,
+    /// Plugin files in the directory that do not serve, with why (`FILE: reason`): refused at
+    /// the start or by a reload, and not changed since. Under a master see also
+    /// `processes.master.refused` (the workers load only what the master's test load passed).
+    pub refused_plugins: Vec<String>,
     /// Under a master (`--workers N`): the master's record, a row per worker, and totals
     /// across workers (the plugin rows above then count every worker, not only this one).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,6 +199,7 @@ impl Snapshot {
                 abandoned: apps.iter().map(|a| a.counts.abandoned).sum(),
             },
             apps,
+            refused_plugins: stats.refused(),
             reloads: ReloadInfo {
                 count: reloads.count,
                 failures: reloads.failures,

@@ -31,6 +31,9 @@ pub struct ReloadReport {
     pub removed: Vec<String>,
     /// Files refused, with why; a previous version of the same name keeps serving.
     pub failed: Vec<(PathBuf, LoadError)>,
+    /// Files refused before and unchanged since (not tried again), with why: with `failed`,
+    /// every file in the directory that does not serve.
+    pub still_refused: Vec<(PathBuf, String)>,
 }
 
 /// The plugins directory, and what loading from it remembers between scans.
@@ -40,7 +43,7 @@ pub struct Registry {
     generation: AtomicU64,
     /// Files that failed to load, by fingerprint, so an unchanged bad file is not retried
     /// (and re-logged) on every SIGHUP.
-    failed: Mutex<HashMap<PathBuf, (Fingerprint, String)>>,
+    failed: Mutex<HashMap<PathBuf, (Fingerprint, String, String)>>,
     /// Each plugin's `[plugin.NAME]` table as TOML text, handed to `init` at load. A plugin
     /// whose table changes is loaded afresh on the next scan.
     configs: Mutex<HashMap<String, String>>,
@@ -117,8 +120,9 @@ impl Registry {
                 next.insert(name, Arc::clone(p));
                 continue;
             }
-            if failed.get(&path).is_some_and(|(f, c)| *f == fp && c == config) {
+            if let Some((_, _, why)) = failed.get(&path).filter(|(f, c, _)| *f == fp && c == config) {
                 // Unchanged since it last failed: keep what serves, without a new log line.
+                report.still_refused.push((path.clone(), why.clone()));
                 if let Some(p) = previous {
                     next.insert(name, Arc::clone(p));
                 }
@@ -169,7 +173,7 @@ impl Registry {
                     // Remember only failures that the same bytes will always give; a full
                     // disk or a missing system library may be fixed without touching the file.
                     if e.is_permanent() {
-                        failed.insert(path.clone(), (fp, config));
+                        failed.insert(path.clone(), (fp, config, e.to_string()));
                     }
                     if let Some(p) = previous {
                         next.insert(name, Arc::clone(p));
