@@ -2,8 +2,8 @@
 //!
 //! It reads the configuration exactly as the server would (flags, `PORTICO_*`, the file),
 //! checks the docroot, then test-loads every plugin of the plugins directory with its
-//! `[plugin.NAME]` settings — each **in a child process** (`portico check --load-one NAME
-//! FILE`, settings on stdin), so a plugin that crashes or hangs while loading cannot take the
+//! `[plugin.NAME]` settings — each **in a child process** (`portico check --load-many`, a
+//! batch of one, settings on stdin), so a plugin that crashes or hangs while loading cannot take the
 //! checker down — and finally checks the mounts against what loaded. One line per finding on
 //! stdout; exit status 0 when everything would load, 1 otherwise, 2 for a configuration file
 //! that does not parse.
@@ -29,9 +29,6 @@ macro_rules! say {
 
 /// Runs `portico check ARGS...` (`args` without the `check` word); the process exit status.
 pub fn run(args: Vec<OsString>) -> i32 {
-    if args.first().is_some_and(|a| a == "--load-one") {
-        return probe::load_one(&args[1..]);
-    }
     if args.first().is_some_and(|a| a == "--load-many") {
         return probe::load_many(&args[1..]);
     }
@@ -55,25 +52,17 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return 2;
         }
     };
-    crate::plugin::loader::set_facts(crate::plugin::loader::Facts {
-        config_dir: config_file::config_dir(config.as_ref()),
-        worker_threads: args.worker_threads(),
-        worker_processes: args.worker_processes(),
-    });
+    crate::plugin::loader::set_facts(crate::plugin::loader::Facts::of(&args, config.as_ref()));
     let mut ok = true;
     match &config {
         Some(c) => say!("ok: configuration {}", c.path.display()),
         None => say!("ok: no configuration file (built-in defaults, flags and PORTICO_* variables)"),
     }
-    let docroot = std::path::absolute(&args.docroot).unwrap_or_else(|_| args.docroot.clone());
-    match std::fs::metadata(&docroot) {
-        Ok(m) if m.is_dir() => say!("ok: docroot {}", docroot.display()),
-        Ok(_) => {
-            say!("error: docroot {} is not a directory", docroot.display());
-            ok = false;
-        }
-        Err(e) => {
-            say!("error: docroot {}: {e}", docroot.display());
+    // The server's own check, and its words.
+    match crate::settings::docroot_dir(&args.docroot) {
+        Ok(dir) => say!("ok: docroot {}", dir.display()),
+        Err(why) => {
+            say!("error: {why}");
             ok = false;
         }
     }

@@ -99,11 +99,7 @@ pub fn run_worker(
 fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role) -> anyhow::Result<()> {
     let docroot = crate::settings::docroot_dir(&args.docroot).map_err(anyhow::Error::msg)?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
-    crate::plugin::loader::set_facts(crate::plugin::loader::Facts {
-        config_dir: crate::settings::file::config_dir(config.as_ref()),
-        worker_threads: args.worker_threads(),
-        worker_processes: if matches!(role, Role::Alone) { 1 } else { args.worker_processes() },
-    });
+    crate::plugin::loader::set_facts(crate::plugin::loader::Facts::of(&args, config.as_ref()));
     let registry = Arc::new(match role {
         Role::Alone => Registry::new(args.plugins.clone(), cache_dir),
         // Its generation's snapshot: private copies already, loaded where they are.

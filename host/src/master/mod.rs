@@ -191,11 +191,7 @@ pub fn run(
     }
     let cache_root = args.cache_dir.clone().unwrap_or_else(|| args.plugins.join(".cache"));
     // For the test loads of each generation's plugins (the master loads none itself).
-    crate::plugin::loader::set_facts(crate::plugin::loader::Facts {
-        config_dir: crate::settings::file::config_dir(config.as_ref()),
-        worker_threads: args.worker_threads(),
-        worker_processes: args.worker_processes(),
-    });
+    crate::plugin::loader::set_facts(crate::plugin::loader::Facts::of(&args, config.as_ref()));
     remove_dead_homes(&cache_root);
     let home = cache_root.join(format!("master-{}", std::process::id()));
     let root = home.join("generations");

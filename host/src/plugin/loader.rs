@@ -93,6 +93,15 @@ pub fn facts() -> Facts {
 }
 
 impl Facts {
+    /// The facts of a process run with `args` and `config` (`--workers 0` is one process).
+    pub fn of(args: &crate::settings::Args, config: Option<&crate::settings::file::Loaded>) -> Facts {
+        Facts {
+            config_dir: crate::settings::file::config_dir(config),
+            worker_threads: args.worker_threads(),
+            worker_processes: args.worker_processes().max(1),
+        }
+    }
+
     /// Calls `f` with a [`portico_api::abi::Setup`] of `config` and these facts.
     fn setup<R>(&self, config: &str, f: impl FnOnce(&portico_api::abi::Setup<'_>) -> R) -> R {
         use abi_stable::std_types::{RSlice, RStr};

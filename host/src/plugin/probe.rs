@@ -1,8 +1,8 @@
-//! Test-loading plugins in child processes (`portico check --load-one NAME FILE`, its
-//! `[plugin.NAME]` settings on stdin; `portico check --load-many`, a JSON list on stdin), so a
+//! Test-loading plugins in child processes (`portico check --load-many`: a JSON list of
+//! plugins and their `[plugin.NAME]` settings on stdin, a JSON line back for each), so a
 //! plugin that crashes or hangs while loading takes only the child down: used by `portico
-//! check`, by the master before each generation (a batch per core), and by the
-//! single-process server (`--workers 0`) before it loads a changed plugin.
+//! check` (a batch of one per plugin), by the master before each generation (a batch per
+//! core), and by the single-process server (`--workers 0`) before it loads a changed plugin.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -45,52 +45,18 @@ pub enum ProbeError {
     Died(String),
 }
 
-/// Loads plugin `name` from `path` with `settings` in a child process and waits at most
-/// `timeout` for it.
+/// Loads plugin `name` from `path` with `settings` in a child process (a batch of one) and
+/// waits at most `timeout` for it.
 ///
 /// # Errors
 /// [`ProbeError::Refused`] with the loader's error; [`ProbeError::Died`] with the signal or
 /// status the child died of and its last lines of stderr, or the timeout.
-/// Loads one plugin in a child process; `(version, is_middleware)` or why it failed.
 pub fn load_in_child(name: &str, path: &Path, settings: &str, timeout: Duration) -> Result<Loaded, ProbeError> {
-    let path = path.to_string_lossy();
-    match run_child(&["--load-one", name, &path], settings.as_bytes(), timeout) {
-        Ok((_, out, _)) => {
-            let mut words = out.split_whitespace();
-            let version = words.next().unwrap_or("?").to_owned();
-            Ok(Loaded { version, middleware: words.next() == Some("middleware") })
-        }
-        Err(ChildFailed { out, .. }) if !out.trim().is_empty() => Err(ProbeError::Refused(out.trim().to_owned())),
-        Err(ChildFailed { why, .. }) => Err(ProbeError::Died(why)),
-    }
-}
-
-/// The child's side (`portico check --load-one NAME FILE [CONFIG_DIR]`): load `NAME FILE` with the
-/// settings on stdin into a private cache directory; print `VERSION application|middleware` (exit 0) or the reason (exit 1).
-pub fn load_one(args: &[OsString]) -> i32 {
-    let (Some(name), Some(path)) = (args.first().and_then(|n| n.to_str()), args.get(1)) else {
-        println!("usage: portico check --load-one NAME FILE");
-        return 1;
-    };
-    // A test load that hangs must not outlive the process waiting for it.
-    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
-    if let Some(dir) = args.get(2) {
-        loader::set_facts(loader::Facts { config_dir: dir.into(), ..loader::facts() });
-    }
-    let mut settings = String::new();
-    let _ = std::io::stdin().read_to_string(&mut settings);
-    let cache = std::env::temp_dir().join(format!("portico-check-{}", std::process::id()));
-    let result = loader::load(name, Path::new(path), &cache, 1, &settings);
-    let _ = std::fs::remove_dir_all(&cache);
-    match result {
-        Ok(p) => {
-            println!("{} {}", p.version, if p.is_middleware() { "middleware" } else { "application" });
-            0
-        }
-        Err(e) => {
-            println!("{e}");
-            1
-        }
+    let item = Item { name: name.to_owned(), path: path.to_owned(), settings: settings.to_owned() };
+    let (mut reports, died) = run_batch(std::slice::from_ref(&item), timeout);
+    match reports.remove(name) {
+        Some(report) => report.verdict(),
+        None => Err(ProbeError::Died(died.unwrap_or_else(|| "the checking process reported nothing".into()))),
     }
 }
 
@@ -112,6 +78,16 @@ struct Report {
     version: Option<String>,
     middleware: bool,
     error: Option<String>,
+}
+
+impl Report {
+    /// Loaded (its version and kind), or refused by the loader (why).
+    fn verdict(self) -> Result<Loaded, ProbeError> {
+        match (self.version, self.error) {
+            (Some(version), _) => Ok(Loaded { version, middleware: self.middleware }),
+            (None, error) => Err(ProbeError::Refused(error.unwrap_or_else(|| "refused".into()))),
+        }
+    }
 }
 
 /// Test-loads `items` in `available_parallelism` child processes (`portico check --load-many`,
@@ -137,22 +113,27 @@ pub fn load_many_in_child(items: &[Item], timeout: Duration) -> Vec<Result<Loade
 }
 
 fn load_share(chunk: &[Item], timeout: Duration) -> Vec<Result<Loaded, ProbeError>> {
-    let input = serde_json::to_vec(chunk).unwrap_or_default();
-    let reports: std::collections::HashMap<String, Report> = match run_child(&["--load-many"], &input, timeout) {
-        Ok((_, out, _)) | Err(ChildFailed { out, .. }) => {
-            out.lines().filter_map(|l| serde_json::from_str::<Report>(l).ok()).map(|r| (r.name.clone(), r)).collect()
-        }
-    };
+    let (mut reports, _) = run_batch(chunk, timeout);
     chunk
         .iter()
-        .map(|item| match reports.get(&item.name) {
-            Some(Report { version: Some(version), middleware, .. }) => {
-                Ok(Loaded { version: version.clone(), middleware: *middleware })
-            }
-            Some(Report { error: Some(e), .. }) => Err(ProbeError::Refused(e.clone())),
-            _ => load_in_child(&item.name, &item.path, &item.settings, timeout),
+        .map(|item| match reports.remove(&item.name) {
+            Some(report) => report.verdict(),
+            None => load_in_child(&item.name, &item.path, &item.settings, timeout),
         })
         .collect()
+}
+
+/// Runs one `--load-many` child over `items`: the reports it printed, by name, and why it
+/// did not exit 0 in time, if it did not (a crash, a hang, a failed start).
+fn run_batch(items: &[Item], timeout: Duration) -> (std::collections::HashMap<String, Report>, Option<String>) {
+    let input = serde_json::to_vec(items).unwrap_or_default();
+    let (out, died) = match run_child(&["--load-many"], &input, timeout) {
+        Ok(out) => (out, None),
+        Err(ChildFailed { why, out }) => (out, Some(why)),
+    };
+    let reports =
+        out.lines().filter_map(|l| serde_json::from_str::<Report>(l).ok()).map(|r| (r.name.clone(), r)).collect();
+    (reports, died)
 }
 
 /// The child's side of [`load_many_in_child`] (`portico check --load-many [CONFIG_DIR]`):
@@ -187,20 +168,15 @@ pub fn load_many(args: &[OsString]) -> i32 {
     0
 }
 
-/// A child that did not exit 0 in time: its status (`None` when it was killed at the
-/// timeout) and what it wrote.
+/// A child that did not exit 0 in time: why, and what it wrote before.
 struct ChildFailed {
     why: String,
     out: String,
 }
 
-/// Runs `portico check ARGS CONFIG_DIR` with `input` on stdin, at most `timeout`: (status,
-/// stdout, stderr) of a child that exited, or why it did not.
-fn run_child(
-    args: &[&str],
-    input: &[u8],
-    timeout: Duration,
-) -> Result<(std::process::ExitStatus, String, String), ChildFailed> {
+/// Runs `portico check ARGS CONFIG_DIR` with `input` on stdin, at most `timeout`: the stdout
+/// of a child that exited 0, or why it did not (with what it wrote before).
+fn run_child(args: &[&str], input: &[u8], timeout: Duration) -> Result<String, ChildFailed> {
     let failed = |why: String| ChildFailed { why, out: String::new() };
     let exe = running_binary().map_err(|e| failed(format!("cannot find the portico executable: {e}")))?;
     let mut child = Command::new(exe)
@@ -256,7 +232,7 @@ fn run_child(
     let out = stdout.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
     let err = stderr.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
     match status {
-        Ok(status) if status.success() => Ok((status, out, err)),
+        Ok(status) if status.success() => Ok(out),
         Ok(status) => {
             let tail: Vec<&str> = err.lines().rev().take(3).collect();
             let tail = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
@@ -264,7 +240,6 @@ fn run_child(
                 Some(code) => format!("the checking process exited with status {code}: {tail}"),
                 None => format!("crashed while loading ({status}): {tail}"),
             };
-            // A refusal (exit 1 with the reason on stdout) is told apart by the caller.
             Err(ChildFailed { why, out })
         }
         Err(why) => Err(ChildFailed { why, out }),

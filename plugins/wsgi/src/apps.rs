@@ -7,7 +7,7 @@
 //! application's own directories (never the standard library's, the venv's or extension
 //! modules) are dropped from `sys.modules` and the application is imported again; on success
 //! it replaces the old one, on failure the dropped modules are put back and the old one
-//! serves on ([`REIMPORT`]).
+//! serves on ([`HELPERS`]).
 //! Scripts are loaded again on their next request. What a re-import cannot refresh —
 //! process-wide state such as Django's settings, or a package upgraded in the venv — needs a
 //! generation reload (the default process model) or a restart.
@@ -32,13 +32,14 @@ pub struct Apps {
 }
 
 impl Apps {
-    /// Prepends `pythonpath` to `sys.path` and imports the configured application; when the
-    /// interpreter was already running (`fresh` false: another copy of the plugin started it),
-    /// the application's own modules are imported anew, as on reload.
+    /// Prepends `pythonpath` to `sys.path` and imports the configured application, as a
+    /// reload does ([`HELPERS`]' `reimport`): in a fresh interpreter nothing of the
+    /// application is imported yet; in one another copy of the plugin started, its modules are
+    /// imported anew.
     ///
     /// # Errors
     /// The import failed or the callable is missing: the formatted traceback.
-    pub fn load(py: Python<'_>, config: Config, fresh: bool) -> Result<Apps, String> {
+    pub fn load(py: Python<'_>, config: Config) -> Result<Apps, String> {
         let sys_path = py.import("sys").and_then(|s| s.getattr("path")).map_err(|e| traceback(py, &e))?;
         let sys_path = sys_path.cast_into::<PyList>().map_err(|_| "sys.path is not a list".to_owned())?;
         for dir in config.pythonpath.iter().rev() {
@@ -48,7 +49,6 @@ impl Apps {
             }
         }
         let app = match &config.app {
-            Some((module, callable)) if fresh => Some(import_app(py, module, callable)?),
             Some((module, callable)) => Some(reimport_app(py, module, callable, &config.pythonpath)?),
             None => None,
         };
@@ -104,15 +104,19 @@ impl Apps {
     }
 }
 
-/// The reload recipe, in Python: modules whose file is under the application's directories
-/// (`roots`: `pythonpath` and the application module's own directory) and not under the
-/// interpreter's or the venv's prefixes or site-packages, and not extension modules (which
-/// cannot be imported twice), leave `sys.modules`; the application is imported again; on any
-/// failure the new half-imported modules leave and the old ones come back, so requests go on
-/// with the old code. Django's URL resolver cache is cleared only after a success.
-const REIMPORT: &std::ffi::CStr = pyo3::ffi::c_str!(
+/// The Python side of loading code, one module compiled on use:
+/// - `reimport(module, attr, roots)`, the import recipe of start and reload: modules whose
+///   file is under the application's directories (`roots`: `pythonpath` and the application
+///   module's own directory) and not under the interpreter's or the venv's prefixes or
+///   site-packages, and not extension modules (which cannot be imported twice), leave
+///   `sys.modules`; the application is imported; on any failure the new half-imported modules
+///   leave and the old ones come back, so requests go on with the old code. Django's URL
+///   resolver cache is cleared only after a success.
+/// - `load_script(name, path)`: the file at `path` as a module of its own, never imported by
+///   name (`/os.py` is not the standard library's `os`); its `application`.
+const HELPERS: &std::ffi::CStr = pyo3::ffi::c_str!(
     r#"
-import importlib, os, site, sys
+import importlib, importlib.util, os, site, sys
 
 def reimport(module, attr, roots):
     current = sys.modules.get(module)
@@ -156,63 +160,47 @@ def reimport(module, attr, roots):
     if urls is not None:
         urls.clear_url_caches()
     return obj
+
+def load_script(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module.application
 "#
 );
 
-/// [`REIMPORT`]'s `reimport(module, callable, roots)`.
-fn reimport_app(py: Python<'_>, module: &str, callable: &str, roots: &[PathBuf]) -> Result<Py<PyAny>, String> {
-    let helper = PyModule::from_code(
-        py,
-        REIMPORT,
-        pyo3::ffi::c_str!("portico_wsgi_reimport.py"),
-        pyo3::ffi::c_str!("portico_wsgi_reimport"),
-    )
-    .and_then(|m| m.getattr("reimport"))
-    .map_err(|e| traceback(py, &e))?;
-    let roots: Vec<String> = roots.iter().map(|r| r.to_string_lossy().into_owned()).collect();
-    helper
-        .call1((module, callable, roots))
+/// Calls [`HELPERS`]' function `name` with `args`; `what` names the work in an error.
+fn call_helper<'py>(
+    py: Python<'py>,
+    name: &str,
+    args: impl pyo3::call::PyCallArgs<'py>,
+    what: &str,
+) -> Result<Py<PyAny>, String> {
+    let helpers =
+        PyModule::from_code(py, HELPERS, pyo3::ffi::c_str!("portico_wsgi.py"), pyo3::ffi::c_str!("portico_wsgi"))
+            .map_err(|e| traceback(py, &e))?;
+    helpers
+        .getattr(name)
+        .and_then(|f| f.call1(args))
         .map(Bound::unbind)
-        .map_err(|e| format!("importing {module}: {}", traceback(py, &e)))
+        .map_err(|e| format!("{what}: {}", traceback(py, &e)))
 }
 
-/// `importlib.import_module(module)`, then the dotted attribute path `callable` of it.
-fn import_app(py: Python<'_>, module: &str, callable: &str) -> Result<Py<PyAny>, String> {
-    let m = py.import(module).map_err(|e| format!("importing {module}: {}", traceback(py, &e)))?;
-    let mut obj = m.into_any();
-    for part in callable.split('.') {
-        obj = obj.getattr(part).map_err(|_| format!("module {module} has no {callable}"))?;
-    }
-    if !obj.is_callable() {
-        return Err(format!("{module}:{callable} is not callable"));
-    }
-    Ok(obj.unbind())
+/// `reimport(module, callable, roots)` of [`HELPERS`].
+fn reimport_app(py: Python<'_>, module: &str, callable: &str, roots: &[PathBuf]) -> Result<Py<PyAny>, String> {
+    let roots: Vec<String> = roots.iter().map(|r| r.to_string_lossy().into_owned()).collect();
+    call_helper(py, "reimport", (module, callable, roots), &format!("importing {module}"))
 }
 
-/// Loads `path` as a module of its own (`portico_script_NAME`) and returns its `application`.
+/// `load_script` of [`HELPERS`]: `path` as the module `portico_script_NAME`, its `application`.
 fn load_script(py: Python<'_>, name: &str, path: &Path) -> Result<Py<PyAny>, String> {
-    let code = pyo3::ffi::c_str!(
-        "import importlib.util, sys\n\
-         def load(name, path):\n    \
-             spec = importlib.util.spec_from_file_location(name, path)\n    \
-             module = importlib.util.module_from_spec(spec)\n    \
-             sys.modules[name] = module\n    \
-             try:\n        spec.loader.exec_module(module)\n    \
-             except BaseException:\n        sys.modules.pop(name, None)\n        raise\n    \
-             return module.application\n"
-    );
-    let loader = PyModule::from_code(
-        py,
-        code,
-        pyo3::ffi::c_str!("portico_wsgi_scripts.py"),
-        pyo3::ffi::c_str!("portico_wsgi_scripts"),
-    )
-    .and_then(|m| m.getattr("load"))
-    .map_err(|e| traceback(py, &e))?;
-    let app = loader
-        .call1((format!("portico_script_{name}"), path.to_string_lossy()))
-        .map_err(|e| format!("loading {}: {}", path.display(), traceback(py, &e)))?;
-    Ok(app.unbind())
+    let args = (format!("portico_script_{name}"), path.to_string_lossy().into_owned());
+    call_helper(py, "load_script", args, &format!("loading {}", path.display()))
 }
 
 /// An exception as Python prints it (`traceback.format_exception`), for the error log.

@@ -110,7 +110,7 @@ fn set_up(setup: &Setup<'_>) -> Result<(), String> {
             // can change is refused, so the copy serving now goes on.
             interpreter::same_start(py, &executable, &env)?;
         }
-        Apps::load(py, config, fresh)
+        Apps::load(py, config)
     })?;
     STATE.set(Some((apps, process))).map_err(|_| "wsgi: setup called twice".to_owned())
 }
