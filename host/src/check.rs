@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::time::Duration;
 
 use crate::plugin::{probe, registry};
-use crate::routing::mount::Mounts;
+use crate::routing::mount::{Mounts, Named};
 use crate::settings::file as config_file;
 
 /// `println!` that ends the process quietly when stdout is gone (`portico check | head -3`),
@@ -83,7 +83,16 @@ pub fn run(args: Vec<OsString>) -> i32 {
                 kinds.insert(name, middleware);
             }
             Err(why) => {
-                say!("error: plugin {name} from {}: {why}", path.display());
+                // A refusal of its [plugin.NAME] table is placed at the file's line.
+                let why = why.to_string();
+                match why
+                    .strip_prefix("init failed: ")
+                    .zip(config.as_ref())
+                    .and_then(|(w, c)| c.plugin_init_error(&name, w))
+                {
+                    Some(e) => say!("error: {e}"),
+                    None => say!("error: plugin {name} from {}: {why}", path.display()),
+                }
                 refused.push(name);
                 ok = false;
             }
@@ -104,14 +113,19 @@ pub fn run(args: Vec<OsString>) -> i32 {
             );
             ok = false;
         }
-        match Mounts::validate_with(c, |n| kinds.get(n).copied()) {
-            Ok(()) => {
+        // One error per mistake: a mount naming a plugin refused above is that refusal.
+        let named = |n: &str| match kinds.get(n) {
+            Some(true) => Some(Named::Middleware),
+            Some(false) => Some(Named::Application),
+            None => refused.iter().any(|r| r == n).then_some(Named::AlreadyReported),
+        };
+        match Mounts::validate_with(c, named) {
+            Ok(()) if refused.is_empty() => {
                 for m in Mounts::from_config(c).list() {
                     say!("ok: mount {} → {} (middleware: {})", m.prefix, m.app, m.middleware.join(", "));
                 }
             }
-            // One error per mistake: a mount that lacks a plugin refused above is that refusal.
-            Err(e) if refused.iter().any(|n| e.to_string().contains(&format!("{n:?}"))) => {}
+            Ok(()) => {}
             Err(e) => {
                 say!("error: {e}");
                 ok = false;

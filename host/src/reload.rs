@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use crate::metrics::counters::{ReloadOutcome, Stats};
 use crate::plugin::loader;
 use crate::plugin::registry::{self, PluginSet, Registry};
-use crate::routing::mount::Mounts;
+use crate::routing::mount::{Mounts, Named};
 use crate::routing::{Current, Table};
 use crate::settings::AppDefaults;
 use crate::settings::file::{ConfigError, Loaded};
@@ -59,7 +59,17 @@ pub fn initial(registry: &Registry, config: Option<&Loaded>, site: &Site) -> Res
     let refused = refused_lines(&report);
     let mounts = match config {
         Some(c) => {
-            Mounts::validate(c, &plugins)?;
+            // A mount naming a refused plugin is that refusal (placed at its table when its
+            // init refused the settings), not "not loaded".
+            Mounts::validate_with(c, |n| match plugins.get(n) {
+                Some(p) if p.is_middleware() => Some(Named::Middleware),
+                Some(_) => Some(Named::Application),
+                None => report
+                    .failed
+                    .iter()
+                    .find(|(path, _)| path.file_name().and_then(|f| f.to_str()).and_then(loader::route_name) == Some(n))
+                    .map(|(_, e)| Named::Refused(e.to_string())),
+            })?;
             Mounts::from_config(c)
         }
         None => Mounts::default(),

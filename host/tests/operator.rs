@@ -127,12 +127,33 @@ fn check_fails_on_a_table_for_a_missing_plugin_and_gives_one_error_per_mistake()
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("error:") && out.contains("portico.toml:3:") && out.contains("no plugin ip_filtr"), "{out}");
     let dir = TempDir::new("portico-check-cidr");
-    let config = "[plugin.ip_filter]\nallow = [\"127.0.0.1/33\"]\n\n[[mount]]\nprefix = \"/api\"\napp = \"hello\"\nmiddleware = [\"ip_filter\"]\n";
+    // The bad value is on line 4, three lines below the table's header.
+    let config = "[plugin.ip_filter]\n# who may call /api\ndeny = []\nallow = [\"127.0.0.1/33\"]\n\n[[mount]]\nprefix = \"/api\"\napp = \"hello\"\nmiddleware = [\"ip_filter\"]\n";
     let (code, out) = check(&dir, config, &["hello", "ip_filter"]);
     assert_eq!(code, 1, "{out}");
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "one mistake, one error: {out}");
-    assert!(errors[0].contains("init failed") && errors[0].contains("127.0.0.1/33"), "{out}");
+    assert!(errors[0].contains("portico.toml:4:1: plugin ip_filter refused [plugin.ip_filter] in its init"), "{out}");
+    assert!(errors[0].contains("127.0.0.1/33"), "{out}");
+    // Starting the server says the same in one line, exit status 2, with or without a master.
+    for workers in ["0", "1"] {
+        let out = portico()
+            .args(["--workers", workers, "--bind", "127.0.0.1:0", "--config"])
+            .arg(dir.path().join("portico.toml"))
+            .arg("--plugins")
+            .arg(dir.path().join("plugins"))
+            .arg("--docroot")
+            .arg(support::workspace_root().join("html"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--workers {workers}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("portico: error:")).collect();
+        assert_eq!(errors.len(), 1, "--workers {workers}: {stderr}");
+        assert!(errors[0].contains("portico.toml:4:1: plugin ip_filter refused"), "--workers {workers}: {stderr}");
+        assert!(!stderr.contains("is loaded"), "--workers {workers}: {stderr}");
+    }
     let out = portico().args(["check", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && help.contains("Usage: portico check"), "{help}");

@@ -134,7 +134,11 @@ pub mod __private {
 /// per loaded copy of the plugin, before its first request, with the plugin's configuration
 /// (its `[plugin.NAME]` table) as TOML text, empty when there is none; an `Err` (or a panic)
 /// refuses the plugin, with the message shown to the operator, and the previous version
-/// keeps serving. A configuration change makes the host load a fresh copy of the library
+/// keeps serving. Written as a `[plugin.NAME]` header and keys, the text is the table's own
+/// lines numbered as in the file (the lines before it are empty), so a TOML error's line is
+/// the file's. The host shows a refusal at the file's line when its message starts with
+/// `line N` or with the key it is about (`allow[0]: invalid CIDR …`, `deny: …`), else at the
+/// table's header. A configuration change makes the host load a fresh copy of the library
 /// (fresh statics), so `init` can keep what it parsed in a `static OnceLock`.
 ///
 /// An application:

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::plugin::{probe, registry};
-use crate::routing::mount::Mounts;
-use crate::settings::file::Loaded;
+use crate::routing::mount::{Mounts, Named};
+use crate::settings::file::{ConfigError, Loaded};
 
 /// The configuration file's copy in a snapshot (not a plugin name: it does not end in `.so`).
 pub const CONFIG_COPY: &str = "portico.toml";
@@ -50,6 +50,25 @@ pub struct Findings {
     pub kept_previous: Vec<String>,
 }
 
+/// Why a generation cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The configuration does not fit the plugins: a mount's plugin is missing, refused (by
+    /// its `init`: placed at its `[plugin.NAME]` table) or of the wrong kind.
+    #[error(transparent)]
+    Config(ConfigError),
+    /// Anything else: a directory or a file could not be made or copied, a plugin the
+    /// configuration names was refused on a reload.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for PrepareError {
+    fn from(s: String) -> PrepareError {
+        PrepareError::Other(s)
+    }
+}
+
 /// Makes generation `id`'s snapshot under `root` from `plugins_dir`, test-loading each file
 /// (at most `timeout` each, a few at a time); `previous` is the generation serving now (none
 /// at start).
@@ -64,10 +83,10 @@ pub fn prepare(
     config: Option<&Loaded>,
     previous: Option<&Snapshot>,
     timeout: Duration,
-) -> Result<(Snapshot, Findings), String> {
+) -> Result<(Snapshot, Findings), PrepareError> {
     let dir = root.join(id.to_string());
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("making {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|e| PrepareError::Other(format!("making {}: {e}", dir.display())))?;
     let result = fill(id, &dir, plugins_dir, config, previous, timeout);
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -82,7 +101,7 @@ fn fill(
     config: Option<&Loaded>,
     previous: Option<&Snapshot>,
     timeout: Duration,
-) -> Result<(Snapshot, Findings), String> {
+) -> Result<(Snapshot, Findings), PrepareError> {
     if let Some(c) = config {
         // What the generation's workers read instead of the file (which may change).
         std::fs::write(dir.join(CONFIG_COPY), c.text()).map_err(|e| format!("copying the configuration: {e}"))?;
@@ -117,6 +136,7 @@ fn fill(
     let mut plugins = BTreeMap::new();
     let mut findings = Findings::default();
     let mut fatal = Vec::new();
+    let mut refusals: BTreeMap<String, String> = BTreeMap::new();
     for (name, result) in probed {
         let copy = dir.join(format!("{name}.so"));
         match result {
@@ -126,6 +146,7 @@ fn fill(
             Err(why) => {
                 let _ = std::fs::remove_file(&copy);
                 let line = format!("plugin {name}: {why}");
+                refusals.insert(name.clone(), why.clone());
                 let kept = previous.and_then(|p| p.plugins.get(&name).map(|e| (p.dir.join(format!("{name}.so")), e)));
                 if previous.is_some() && named.contains(&name) {
                     // Its old version with the new settings and mounts, or the new mounts
@@ -141,15 +162,21 @@ fn fill(
         }
     }
     if !fatal.is_empty() {
-        return Err(format!("a plugin the configuration names was refused: {}", fatal.join("; ")));
+        return Err(PrepareError::Other(format!("a plugin the configuration names was refused: {}", fatal.join("; "))));
     }
     if let Some(c) = config
-        && let Err(e) = Mounts::validate_with(c, |n| plugins.get(n).map(|e| e.middleware))
+        && let Err(e) = Mounts::validate_with(c, |n| match (plugins.get(n), refusals.get(n)) {
+            (Some(e), _) if e.middleware => Some(Named::Middleware),
+            (Some(_), _) => Some(Named::Application),
+            (None, why) => why.map(|w| Named::Refused(w.clone())),
+        })
     {
-        // The refusals first: they usually say why a mount lacks its plugin.
-        let mut why = findings.refused;
-        why.push(e.to_string());
-        return Err(why.join("\n"));
+        // The error names the refusal of a plugin a mount needs (one line per mistake); the
+        // other refusals are logged, as on a generation that starts.
+        for line in &findings.refused {
+            tracing::warn!("{line}");
+        }
+        return Err(PrepareError::Config(e));
     }
     Ok((Snapshot { id, dir: dir.to_owned(), plugins }, findings))
 }

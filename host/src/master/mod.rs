@@ -77,7 +77,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const KILL_MARGIN: Duration = Duration::from_secs(5);
 
 /// A prepared generation (or why not), and the configuration it was prepared with.
-type Prepared = (Result<(Snapshot, Findings), String>, Option<Loaded>);
+type Prepared = (Result<(Snapshot, Findings), generation::PrepareError>, Option<Loaded>);
 
 /// What other threads tell the loop.
 enum Msg {
@@ -309,8 +309,13 @@ impl Master {
     fn start(&mut self) -> anyhow::Result<()> {
         let timeout = self.ready_timeout();
         let (snapshot, findings) =
-            generation::prepare(1, &self.root, &self.args.plugins, self.config.as_ref(), None, timeout)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            generation::prepare(1, &self.root, &self.args.plugins, self.config.as_ref(), None, timeout).map_err(
+                |e| match e {
+                    // Exit status 2, as without a master.
+                    generation::PrepareError::Config(c) => anyhow::Error::new(c),
+                    other => anyhow::anyhow!("{other}"),
+                },
+            )?;
         for line in &findings.refused {
             tracing::error!("{line}; skipped");
         }

@@ -81,7 +81,11 @@ impl Master {
         }
     }
 
-    pub(super) fn on_prepared(&mut self, result: Result<(Snapshot, Findings), String>, config: Option<Loaded>) {
+    pub(super) fn on_prepared(
+        &mut self,
+        result: Result<(Snapshot, Findings), generation::PrepareError>,
+        config: Option<Loaded>,
+    ) {
         self.preparing = false;
         if self.stopping.is_some() {
             return;
@@ -104,7 +108,7 @@ impl Master {
             }
             Err(why) => {
                 tracing::error!("SIGHUP: new generation refused, the current one keeps serving: {why}");
-                self.record.failed_generation(why);
+                self.record.failed_generation(why.to_string());
                 self.next_reload();
             }
         }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::plugin::registry::PluginSet;
 use crate::settings::file::{ConfigError, Loaded};
+use toml::Spanned;
 
 /// What answers at the end of a mount's pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,21 @@ pub struct Mount {
     pub max_concurrency: Option<usize>,
     /// `queue`, when the mount sets it.
     pub queue: Option<usize>,
+}
+
+/// What a plugin name in a mount stands for, to [`Mounts::validate_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// A loaded application.
+    Application,
+    /// A loaded middleware.
+    Middleware,
+    /// A file that was refused, and why ([`crate::plugin::loader::LoadError`]'s words: an
+    /// `init failed: …` refusal is placed at its `[plugin.NAME]` table).
+    Refused(String),
+    /// A refused file whose refusal the caller has reported already (`portico check`): not
+    /// reported again.
+    AlreadyReported,
 }
 
 /// The mount table the server routes with.
@@ -99,43 +115,50 @@ impl Mounts {
     /// # Errors
     /// [`ConfigError::Invalid`] at the offending name.
     pub fn validate(loaded: &Loaded, plugins: &PluginSet) -> Result<(), ConfigError> {
-        Self::validate_with(loaded, |name| plugins.get(name).map(|p| p.is_middleware()))
+        Self::validate_with(loaded, |name| {
+            plugins.get(name).map(|p| if p.is_middleware() { Named::Middleware } else { Named::Application })
+        })
     }
 
-    /// [`Mounts::validate`] against any plugin set: `kind(name)` is `None` for a plugin that
-    /// is not loaded, else whether it is middleware.
+    /// [`Mounts::validate`] against any plugin set: `kind(name)` says what a plugin name is
+    /// (`None`: no such plugin file).
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] at the offending name.
-    pub fn validate_with(loaded: &Loaded, kind: impl Fn(&str) -> Option<bool>) -> Result<(), ConfigError> {
+    /// [`ConfigError::Invalid`] at the offending name; for a plugin refused by its `init`,
+    /// at the line of its `[plugin.NAME]` table the refusal is about (one error per mistake:
+    /// the refusal, not "not loaded").
+    pub fn validate_with(loaded: &Loaded, kind: impl Fn(&str) -> Option<Named>) -> Result<(), ConfigError> {
+        let missing = |prefix: &str, name: &Spanned<String>, why: Option<String>| {
+            let n = name.get_ref();
+            match why {
+                None => loaded.error_at(name.span(), format!("mount {prefix:?}: no plugin {n:?} is loaded")),
+                Some(why) => {
+                    why.strip_prefix("init failed: ").and_then(|init| loaded.plugin_init_error(n, init)).unwrap_or_else(
+                        || loaded.error_at(name.span(), format!("mount {prefix:?}: plugin {n:?} was refused: {why}")),
+                    )
+                }
+            }
+        };
         for m in &loaded.file.mount {
-            if let Some(app) = &m.app
-                && kind(app.get_ref()).is_none()
-            {
-                return Err(loaded.error_at(
-                    app.span(),
-                    format!("mount {:?}: no plugin {:?} is loaded", m.prefix.get_ref(), app.get_ref()),
-                ));
+            let prefix = m.prefix.get_ref();
+            if let Some(app) = &m.app {
+                match kind(app.get_ref()) {
+                    None => return Err(missing(prefix, app, None)),
+                    Some(Named::Refused(why)) => return Err(missing(prefix, app, Some(why))),
+                    Some(_) => {}
+                }
             }
             for name in &m.middleware {
                 match kind(name.get_ref()) {
-                    None => {
+                    None => return Err(missing(prefix, name, None)),
+                    Some(Named::Refused(why)) => return Err(missing(prefix, name, Some(why))),
+                    Some(Named::Application) => {
                         return Err(loaded.error_at(
                             name.span(),
-                            format!("mount {:?}: no plugin {:?} is loaded", m.prefix.get_ref(), name.get_ref()),
+                            format!("mount {prefix:?}: plugin {:?} is an application, not middleware", name.get_ref()),
                         ));
                     }
-                    Some(false) => {
-                        return Err(loaded.error_at(
-                            name.span(),
-                            format!(
-                                "mount {:?}: plugin {:?} is an application, not middleware",
-                                m.prefix.get_ref(),
-                                name.get_ref()
-                            ),
-                        ));
-                    }
-                    Some(true) => {}
+                    Some(Named::Middleware | Named::AlreadyReported) => {}
                 }
             }
         }

@@ -224,18 +224,6 @@ impl Loaded {
         &self.text
     }
 
-    /// The `[plugin.NAME]` table as TOML text (empty when there is none).
-    pub fn plugin_config(&self, name: &str) -> String {
-        self.file.plugin.get(name).map(|t| toml::to_string(t).unwrap_or_default()).unwrap_or_default()
-    }
-
-    /// Where the `[plugin.NAME]` table is, for errors about its contents (line 1 if unknown).
-    pub fn plugin_table_error(&self, name: &str, message: impl Into<String>) -> ConfigError {
-        let header = format!("[plugin.{name}]");
-        let start = self.text.find(&header).unwrap_or(0);
-        self.error_at(start..start, message)
-    }
-
     /// The `[server]` table as command-line arguments (`--flag=value`, `--flag` for `true`),
     /// in the file's key order, each checked by its flag's parser. Relative paths (flags whose
     /// value is a path) are taken relative to the file's directory.

@@ -5,6 +5,7 @@
 //! | [`args`] | the command line ([`Args`], clap): every server setting, spelled once |
 //! | [`bind`] | what `--bind` names: a TCP address or `unix:PATH` |
 //! | [`file`](mod@file) | the configuration file: `[server]` keys checked against [`Args`], `[[mount]]`, `[plugin.NAME]`; merging under flags and environment |
+//! | [`plugin_table`] | a `[plugin.NAME]` table as its plugin's `init` gets it, and a refusal of it placed at the file's line |
 //! | [`print`](mod@print) | `--print-config`: every setting, in the file's own format |
 //!
 //! This module turns the parsed [`Args`] into the values the running server reads: [`Config`]
@@ -13,6 +14,7 @@
 pub mod args;
 pub mod bind;
 pub mod file;
+pub mod plugin_table;
 pub mod print;
 
 use std::time::Duration;
