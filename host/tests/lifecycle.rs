@@ -86,6 +86,42 @@ fn graceful_timeout_bounds_the_shutdown() {
 }
 
 #[test]
+fn a_response_cut_off_by_the_graceful_timeout_is_access_logged_with_what_was_sent() {
+    let dir = support::TempDir::new("portico-cut-off");
+    let log = dir.path().join("access.log");
+    let server = Server::builder()
+        .plugins(&["hello", "fixture"])
+        .args([std::ffi::OsString::from("--access-log"), log.clone().into_os_string()])
+        .args(["--graceful-timeout", "1"])
+        .start();
+    // An idle keep-alive connection is not a request in flight.
+    let mut idle = server.connect();
+    idle.send(&request_bytes("GET", "/hello.py", false));
+    assert_eq!(idle.read_response().status, 200);
+    // 100 chunks 100 ms apart: 10 s, cut off after 1 s.
+    let mut conn = server.connect();
+    conn.send(&request_bytes("GET", "/fixture.py/slow-stream?n=100&ms=100", false));
+    let head = conn.read_head().unwrap_or_else(|e| panic!("{e}{}", server.context()));
+    assert_eq!(head.status, 200);
+    let first = conn.read_chunk().unwrap_or_else(|e| panic!("{e}{}", server.context())).expect("a first chunk");
+    server.term();
+    server.wait_exit(Duration::from_secs(8)).unwrap_or_else(|| panic!("no exit after SIGTERM{}", server.context()));
+    let stderr = server.stderr_text();
+    let drain = stderr.lines().find(|l| l.contains("shutting down")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(drain.contains("in_flight=1") && drain.contains("open=2"), "{drain}");
+    let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("reading {}: {e}", log.display()));
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"GET /fixture.py/slow-stream?n=100&ms=100 HTTP/1.1\""))
+        .unwrap_or_else(|| panic!("the cut-off response was not logged: {text:?}{}", server.context()));
+    let fields: Vec<&str> = line.rsplit('"').next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(fields.first(), Some(&"200"), "{line}");
+    let bytes: u64 = fields.get(1).and_then(|b| b.parse().ok()).unwrap_or_else(|| panic!("no byte count: {line}"));
+    // At least the chunk read above, far fewer than all 100 (each "1:N\n", 4 to 5 bytes).
+    assert!(bytes >= first.len() as u64 && bytes < 200, "{bytes} bytes logged: {line}");
+}
+
+#[test]
 fn startup_logs_every_loaded_plugin_with_its_version() {
     let server = Server::start();
     for (name, version) in [

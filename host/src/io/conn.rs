@@ -194,12 +194,31 @@ struct Exchange {
     head_request: bool,
     log: Option<Access>,
     status: u16,
+    /// The body's length in bytes: declared, or (streamed) produced so far.
     body_bytes: u64,
+    /// Bytes of the response head.
+    head_bytes: u64,
+    /// Bytes written to the socket so far, head included (chunk framing too).
+    sent: u64,
 }
 
 impl Exchange {
     fn none() -> Exchange {
-        Exchange { version: Version::Http11, head_request: false, log: None, status: 0, body_bytes: 0 }
+        Exchange {
+            version: Version::Http11,
+            head_request: false,
+            log: None,
+            status: 0,
+            body_bytes: 0,
+            head_bytes: 0,
+            sent: 0,
+        }
+    }
+
+    /// The body bytes the client got of a response cut short: what was written after the
+    /// head (chunk framing included), at most the body's length.
+    fn body_sent(&self) -> u64 {
+        self.sent.saturating_sub(self.head_bytes).min(self.body_bytes)
     }
 }
 
@@ -502,8 +521,10 @@ impl<S: Transport> Conn<S> {
         {
             h.submit(Job::Close(s));
         }
+        // A response cut short (the client went, a timeout, the end of a drain): logged with
+        // what was sent.
         if let (Some(a), true) = (self.exchange.log.take(), self.exchange.status != 0) {
-            access_log::write(&a, self.exchange.status, self.exchange.body_bytes);
+            access_log::write(&a, self.exchange.status, self.exchange.body_sent());
         }
         Step::Close
     }
@@ -543,6 +564,8 @@ impl<S: Transport> Conn<S> {
             log: h.config().access_log.then(|| Access::new(&head, self.peer.remote)),
             status: 0,
             body_bytes: 0,
+            head_bytes: 0,
+            sent: 0,
         };
         if !head.keep_alive || h.draining() {
             self.close_after = true;
@@ -688,6 +711,8 @@ impl<S: Transport> Conn<S> {
         self.phase = Phase::Writing { body, stream };
         self.exchange.status = p.status;
         self.exchange.body_bytes = p.body_len;
+        self.exchange.head_bytes = p.head.len() as u64;
+        self.exchange.sent = 0;
         self.close_after |= p.close;
         self.out.push(Piece::Owned(p.head));
         for piece in p.body {
@@ -702,6 +727,7 @@ impl<S: Transport> Conn<S> {
         let (flushed, sent) = self.out.write_to(&self.sock, FLUSH_SHARE);
         if sent > 0 {
             self.last_write = Instant::now();
+            self.exchange.sent += sent as u64;
         }
         match flushed {
             Flushed::Drained | Flushed::Blocked => {}

@@ -204,6 +204,11 @@ impl EventLoop {
                         open = self.conns.len(),
                         "graceful timeout passed; closing the remaining connections"
                     );
+                    // Closed as any other: a response cut short gets its access line.
+                    let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+                    for t in tokens {
+                        self.with_conn(t, |c, h| c.close(h));
+                    }
                     drained = false;
                     break;
                 }
@@ -252,8 +257,10 @@ impl EventLoop {
 
     fn start_drain(&mut self) {
         let grace = self.shared.config.graceful_timeout;
+        let c = self.count_conns();
         tracing::info!(
-            in_flight = self.conns.len(),
+            open = c.open,
+            in_flight = c.open - c.idle - c.closing,
             "shutting down: no longer accepting; draining for up to {} s",
             grace.as_secs()
         );
