@@ -63,6 +63,12 @@ pub struct WorkerReport {
     pub rss_bytes: Option<u64>,
     /// Open connections.
     pub connections: u64,
+    /// Responses by status class (1xx…5xx), every kind.
+    #[serde(default)]
+    pub responses: Vec<u64>,
+    /// The docroot's responses by status class.
+    #[serde(default)]
+    pub static_responses: Vec<u64>,
     /// Per plugin: requests, responses by class (1xx…5xx), latency sum in seconds, and the
     /// histogram's buckets.
     pub plugins: Vec<PluginTotals>,

@@ -149,6 +149,14 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
     } else {
         Err(format!("a plugin the configuration names did not load: {}", refused.join("; ")))
     };
+    // On the status page the refusals are listed once, with the reason after them.
+    let refusal = |e: &str| {
+        if refused.is_empty() {
+            format!("reload refused: {e}")
+        } else {
+            "reload refused: a plugin the configuration names did not load (above)".to_owned()
+        }
+    };
     match checked {
         Ok(()) => {
             warn_unused_tables(Some(&next), &staged, registry);
@@ -156,6 +164,7 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
             registry::log_report(&report, false);
             tracing::info!("SIGHUP: configuration {} reloaded", next.path.display());
             *config = Some(next);
+            stats.config_reloaded(std::time::SystemTime::now());
             record(stats, &report, true, None);
         }
         Err(e) => {
@@ -163,7 +172,7 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
             registry.set_configs(old_configs);
             tracing::error!("SIGHUP: reload refused, the previous configuration and plugins keep serving: {e}");
             let nothing = registry::ReloadReport { failed: report.failed, ..Default::default() };
-            record(stats, &nothing, false, Some(format!("reload refused: {e}")));
+            record(stats, &nothing, false, Some(refusal(&e)));
         }
     }
 }

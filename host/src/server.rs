@@ -27,7 +27,7 @@ use crate::exchange::Notifier;
 use crate::io::balance::Balance;
 use crate::io::event_loop::{self, EventLoop};
 use crate::listeners::{self, Listener};
-use crate::metrics::counters::{Stats, resident_memory_bytes};
+use crate::metrics::counters::{Setup, Stats, resident_memory_bytes};
 use crate::plugin::registry::Registry;
 use crate::reload;
 use crate::routing::Current;
@@ -127,6 +127,11 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
     let queue = job_rx.clone();
     let stats = Arc::new(Stats::new(io_threads, threads, Box::new(move || queue.len())));
     stats.set_refused(refused);
+    stats.set_setup(Setup {
+        config_file: config.as_ref().map(|c| c.path.clone()),
+        config_loaded_at: config.as_ref().map(|_| std::time::SystemTime::now()),
+        listeners: listeners.iter().map(Listener::describe).collect(),
+    });
     let shared = Arc::new(event_loop::Shared {
         config: args.config(),
         docroot: docroot.clone(),
@@ -352,6 +357,8 @@ pub(crate) fn report(stats: &Stats) -> WorkerReport {
         .collect();
     WorkerReport {
         requests: stats.requests_served(),
+        responses: stats.responses().to_vec(),
+        static_responses: stats.static_responses().to_vec(),
         rss_bytes: resident_memory_bytes(),
         connections: stats.connections().open as u64,
         plugins,

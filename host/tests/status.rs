@@ -60,6 +60,8 @@ fn json_counts_what_was_sent() {
         let r = server.get("/fixture.py/panic");
         assert_eq!(r.status, 500, "{}", r.summary());
     }
+    get_ok(&server, "/index.html");
+    assert_eq!(server.get("/no-such-file.txt").status, 404);
     let r = server.get("/_portico/status?format=json");
     assert_eq!(r.header("Cache-Control"), Some("no-store"), "{}", r.summary());
     let json = r.json();
@@ -77,11 +79,21 @@ fn json_counts_what_was_sent() {
     assert_eq!((u(&echo["requests"]), u(&echo["responses"]["5xx"])), (3, 0), "{echo:#}");
     let fixture = plugin(&json, "fixture");
     assert_eq!((u(&fixture["requests"]), u(&fixture["responses"]["5xx"])), (2, 2), "the panics are 5xx: {fixture:#}");
-    // Every loaded plugin has a row, with its own generation.
-    let mut generations: Vec<u64> = STANDARD_PLUGINS.iter().map(|n| u(&plugin(&json, n)["generation"])).collect();
-    generations.sort_unstable();
-    generations.dedup();
-    assert_eq!(generations.len(), STANDARD_PLUGINS.len(), "{json:#}");
+    // Every loaded plugin has a row, loaded once so far.
+    for name in STANDARD_PLUGINS {
+        assert_eq!(u(&plugin(&json, name)["loads"]), 1, "{name}: {json:#}");
+    }
+    // Every request by status class (the status request itself is not counted yet), and
+    // the docroot's.
+    let t = &json["traffic"];
+    let classes = |v: &Value| ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| u(&v[c]));
+    assert_eq!(classes(&t["responses"]), [0, 9, 0, 1, 2], "5 hello, 3 echo, 1 file; 1 404; 2 panics: {t:#}");
+    assert_eq!(classes(&t["static_files"]), [0, 1, 0, 1, 0], "{t:#}");
+    assert_eq!(u(&t["requests"]), 12, "{t:#}");
+    let setup = &json["setup"];
+    let listening = format!("http://{}", server.addr());
+    assert_eq!(setup["listeners"], serde_json::json!([listening]), "{setup:#}");
+    assert_eq!((&setup["config_file"], &setup["mounts"]), (&Value::Null, &serde_json::json!([])), "{setup:#}");
     for name in ["ctime", "stream", "dispatch"] {
         assert_eq!(u(&plugin(&json, name)["requests"]), 0, "{json:#}");
     }
@@ -552,6 +564,72 @@ fn reloads_are_reported_with_their_error() {
     assert_eq!((r["last"]["outcome"].as_str(), u(&r["failures"])), (Some("partial"), 2), "{r:#}");
     assert!(r["last"]["error"].as_str().is_some_and(|e| e.contains("broken2.so")), "{r:#}");
     assert_eq!(plugin(&last, "hello3")["loaded"], true);
+}
+
+/// The server's setup (configuration file, listeners, mounts with their pipelines) and each
+/// plugin's load count, alone and under a master (whose count spans generations).
+#[test]
+fn the_page_shows_the_setup_and_how_often_each_plugin_was_loaded() {
+    for workers in ["0", "1"] {
+        let dir = TempDir::new("portico-status-setup");
+        let config = dir.path().join("portico.toml");
+        let text = "[[mount]]\nprefix = \"/api\"\napp = \"hello\"\nmiddleware = [\"headers\"]\n\n\
+                    [plugin.headers]\nadd = { X-Test = \"1\" }\n";
+        std::fs::write(&config, text).unwrap();
+        let server = Server::builder()
+            .plugins(&["hello", "headers", "echo"])
+            .args(["--config".as_ref(), config.as_os_str()])
+            .args(["--workers", workers])
+            .start();
+        get_ok(&server, "/api");
+        let json = status_json(&server);
+        let setup = &json["setup"];
+        assert_eq!(setup["config_file"].as_str(), config.to_str(), "--workers {workers}: {setup:#}");
+        assert!(setup["config_loaded_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{setup:#}");
+        let mounts = serde_json::json!([{"prefix": "/api", "app": "hello", "middleware": ["headers"]}]);
+        assert_eq!(setup["mounts"], mounts, "--workers {workers}: {setup:#}");
+        assert_eq!(setup["listeners"], serde_json::json!([format!("http://{}", server.addr())]), "{setup:#}");
+        assert_eq!(u(&plugin(&json, "hello")["loads"]), 1, "--workers {workers}: {json:#}");
+        let html = get_ok(&server, "/_portico/status").text();
+        assert!(html.contains("<td class=\"name\">/api</td><td>headers → hello</td>"), "{html}");
+        assert!(html.contains("id=\"traffic-static\"") && html.contains(">loads</th>"), "{html}");
+
+        // hello's file is replaced (same bytes, a new file): loaded anew; echo is not.
+        server.install_plugin("hello.so", &support::plugin("hello"));
+        server.hup();
+        let mut last = Value::Null;
+        let counted = poll_until(support::RELOAD_TIMEOUT, Duration::from_millis(50), || {
+            last = status_json(&server);
+            (plugin(&last, "hello")["loads"].as_u64() == Some(2)).then_some(())
+        });
+        assert!(counted.is_some(), "--workers {workers}: hello's second load not counted: {last:#}");
+        assert_eq!(u(&plugin(&last, "echo")["loads"]), 1, "--workers {workers}: {last:#}");
+        let metrics = get_ok(&server, "/_portico/metrics").text();
+        assert!(metrics.contains("portico_plugin_loads_total{plugin=\"hello\"} 2\n"), "{metrics}");
+        assert!(metrics.contains("portico_responses_total{class=\"2xx\"}"), "{metrics}");
+        assert_metrics_documented(&metrics);
+    }
+}
+
+/// Every metric family in `text` is named in the README's list (counters as `NAME_total`,
+/// info metrics as `NAME_info`).
+fn assert_metrics_documented(text: &str) {
+    let readme = std::fs::read_to_string(support::workspace_root().join("README.md")).unwrap();
+    let (_, types) = parse_openmetrics(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let named = |name: &str| {
+        readme.match_indices(name).any(|(i, _)| {
+            let next = readme[i + name.len()..].chars().next();
+            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    for (family, kind) in &types {
+        let name = match kind.as_str() {
+            "counter" => format!("{family}_total"),
+            "info" => format!("{family}_info"),
+            _ => family.clone(),
+        };
+        assert!(named(&name), "the README's metrics list lacks {name} ({kind})");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

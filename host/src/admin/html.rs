@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::escape::html as escape;
-use crate::metrics::counters::ReloadOutcome;
+use crate::metrics::counters::{CLASSES, ReloadOutcome};
 use crate::metrics::snapshot::Snapshot;
 use crate::settings::AdminPaths;
 
@@ -71,8 +71,11 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
         escape(&paths.metrics),
     );
 
+    setup(&mut h, s);
+    traffic(&mut h, s);
+
     h.push_str("<h2>Plugins</h2>\n<table id=\"plugins\"><thead><tr><th>plugin</th><th>version</th>");
-    h.push_str("<th class=\"n\">generation</th><th>loaded at</th><th class=\"n\">requests</th>");
+    h.push_str("<th class=\"n\" title=\"times loaded: 1 at the start, one more per reload that changed its file or settings\">loads</th><th>loaded at</th><th class=\"n\">requests</th>");
     h.push_str("<th class=\"n\">5xx</th><th class=\"n\">in flight</th><th class=\"n\">mean</th>");
     h.push_str(
         "<th class=\"n\" title=\"estimated from the latency histogram's buckets\">p99</th></tr></thead><tbody>\n",
@@ -84,14 +87,14 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
         let dash = || "–".to_owned();
         let _ = writeln!(
             h,
-            "<tr id=\"plugin-{id}\"><td class=\"name\">{name}{removed}</td><td>{version}</td><td class=\"n\">{generation}</td>\
+            "<tr id=\"plugin-{id}\"><td class=\"name\">{name}{removed}</td><td>{version}</td><td class=\"n\">{loads}</td>\
              <td>{loaded_at}</td><td class=\"n\">{requests}</td><td class=\"n{bad}\">{errors}</td>\
              <td class=\"n\">{in_flight}</td><td class=\"n\">{mean}</td><td class=\"n\">{p99}</td></tr>",
             id = escape(&p.name),
             name = escape(&p.name),
             removed = if p.loaded { "" } else { " <span class=\"muted\">(removed)</span>" },
             version = p.version.as_deref().map_or_else(dash, escape),
-            generation = p.generation.map_or_else(dash, |g| g.to_string()),
+            loads = p.loads.map_or_else(dash, |g| g.to_string()),
             loaded_at = p.loaded_at.as_deref().map_or_else(dash, escape),
             requests = p.requests,
             bad = if p.responses["5xx"] > 0 { " bad" } else { "" },
@@ -218,6 +221,53 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
     h
 }
 
+/// What the server runs with: the configuration file, the listeners, the mounts.
+fn setup(h: &mut String, s: &Snapshot) {
+    let u = &s.setup;
+    let config = match (&u.config_file, &u.config_loaded_at) {
+        (Some(f), Some(at)) => format!("configuration <code>{}</code> (read {})", escape(f), escape(at)),
+        (Some(f), None) => format!("configuration <code>{}</code>", escape(f)),
+        _ => "no configuration file (flags and defaults)".to_owned(),
+    };
+    let listeners: Vec<String> = u.listeners.iter().map(|l| format!("<code>{}</code>", escape(l))).collect();
+    let _ = writeln!(
+        h,
+        "<h2>Server</h2>\n<p class=\"meta\" id=\"setup\">{config} · listening on {}</p>",
+        if listeners.is_empty() { "–".to_owned() } else { listeners.join(", ") }
+    );
+    h.push_str(
+        "<table id=\"mounts\"><thead><tr><th>mount</th><th>pipeline (outermost first)</th></tr></thead><tbody>\n",
+    );
+    if u.mounts.is_empty() {
+        h.push_str("<tr><td colspan=\"2\" class=\"muted\">no mounts: /NAME.py runs plugin NAME, the rest is the docroot</td></tr>\n");
+    }
+    for m in &u.mounts {
+        let pipeline: Vec<String> = m.middleware.iter().chain(std::iter::once(&m.app)).map(|n| escape(n)).collect();
+        let _ = writeln!(h, "<tr><td class=\"name\">{}</td><td>{}</td></tr>", escape(&m.prefix), pipeline.join(" → "));
+    }
+    h.push_str("</tbody></table>\n");
+}
+
+/// Every request by status class, and the docroot's share.
+fn traffic(h: &mut String, s: &Snapshot) {
+    let t = &s.traffic;
+    h.push_str("<h2>Requests</h2>\n<table id=\"traffic\"><thead><tr><th>answered by</th>");
+    for class in CLASSES {
+        let _ = write!(h, "<th class=\"n\">{class}</th>");
+    }
+    h.push_str("</tr></thead><tbody>\n");
+    for (id, name, row) in [("all", "everything", &t.responses), ("static", "static files", &t.static_files)] {
+        let _ = write!(h, "<tr id=\"traffic-{id}\"><td class=\"name\">{name}</td>");
+        for class in CLASSES {
+            let n = row.get(class).copied().unwrap_or(0);
+            let bad = if class == "5xx" && n > 0 { " bad" } else { "" };
+            let _ = write!(h, "<td class=\"n{bad}\">{n}</td>");
+        }
+        h.push_str("</tr>\n");
+    }
+    let _ = writeln!(h, "</tbody></table>\n<p class=\"meta\">{} requests answered in all</p>", t.requests);
+}
+
 /// The process tree under a master: its record, a row per worker, the latest deaths.
 fn processes(h: &mut String, tree: &serde_json::Value) {
     let m = &tree["master"];
@@ -301,7 +351,7 @@ mod tests {
         p.record(Duration::from_micros(300), 200);
         p.record(Duration::from_millis(2), 500);
         stats.record_reload(ReloadOutcome::Failed, "0 loaded".into(), Some("bad <b>file</b> & \"quotes\"".into()));
-        let s = Snapshot::take(&stats, &PluginSet::new(), Vec::new());
+        let s = Snapshot::take(&stats, &PluginSet::new(), Vec::new(), Vec::new());
         let paths = AdminPaths::parse("/_portico/status").unwrap().unwrap();
         let html = render(&s, &paths, Some(5));
         assert!(!html.contains("<script>"), "{html}");

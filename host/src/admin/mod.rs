@@ -28,7 +28,7 @@ use crate::http::outgoing::Response;
 use crate::http::request::RequestHead;
 use crate::http::target;
 use crate::metrics::counters::Stats;
-use crate::metrics::snapshot::{AppRow, Snapshot};
+use crate::metrics::snapshot::{AppRow, MountRow, Snapshot};
 use crate::routing::Table;
 use crate::settings::{AdminPage, AdminPaths};
 
@@ -88,7 +88,13 @@ pub fn respond(
     let mut apps: Vec<AppRow> =
         table.apps.iter().map(|(name, app)| AppRow { name: name.clone(), counts: app.gate.counts() }).collect();
     apps.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut snapshot = Snapshot::take(stats, &table.plugins, apps);
+    let mounts = table
+        .mounts
+        .list()
+        .iter()
+        .map(|m| MountRow { prefix: m.prefix.clone(), app: m.app.to_string(), middleware: m.middleware.to_vec() })
+        .collect();
+    let mut snapshot = Snapshot::take(stats, &table.plugins, apps, mounts);
     if let Some(tree) = tree.and_then(|t| t.ask(TREE_TIMEOUT)) {
         snapshot = snapshot.with_tree(tree);
     }

@@ -82,6 +82,28 @@ impl Collector for Collect {
     fn encode(&self, mut e: DescriptorEncoder) -> Fmt {
         let s = &self.0;
         let seconds = Unit::Seconds;
+        let t = &s.traffic;
+        counter(
+            &mut e,
+            "portico_requests",
+            "Requests answered, every kind (under a master: every worker process's).",
+            t.requests,
+        )?;
+        for (name, help, by_class) in [
+            (
+                "portico_responses",
+                "Responses by status class, every kind: files, applications, admin pages, the server's own errors.",
+                &t.responses,
+            ),
+            (
+                "portico_static_responses",
+                "The docroot's responses by status class (files, 304s, ranges, 404s).",
+                &t.static_files,
+            ),
+        ] {
+            let rows: Vec<(&str, u64)> = by_class.iter().map(|(c, n)| (*c, *n)).collect();
+            family(&mut e, name, help, MetricType::Counter, "class", &rows, |r| r.0, |r| r.1)?;
+        }
         plugin_counter(
             &mut e,
             "portico_plugin_requests",
@@ -135,15 +157,21 @@ impl Collector for Collect {
             let mut m =
                 e.encode_descriptor("portico_plugin", "The plugin versions loaded now.", None, MetricType::Info)?;
             for p in s.plugins.iter().filter(|p| p.loaded) {
-                let generation = p.generation.unwrap_or(0).to_string();
-                let labels = [
-                    ("plugin", p.name.as_str()),
-                    ("version", p.version.as_deref().unwrap_or("")),
-                    ("generation", generation.as_str()),
-                ];
+                let labels = [("plugin", p.name.as_str()), ("version", p.version.as_deref().unwrap_or(""))];
                 m.encode_info(&labels)?;
             }
         }
+        let loaded: Vec<&PluginRow> = s.plugins.iter().filter(|p| p.loads.is_some()).collect();
+        family(
+            &mut e,
+            "portico_plugin_loads",
+            "Times a plugin has been loaded: 1 at the start, one more per reload that changed its file or settings.",
+            MetricType::Counter,
+            "plugin",
+            &loaded,
+            |p| p.name.as_str(),
+            |p| p.loads.unwrap_or(0),
+        )?;
         {
             let mut m = e.encode_descriptor(
                 "portico_plugin_loaded_timestamp",
@@ -309,12 +337,6 @@ fn processes(e: &mut DescriptorEncoder, tree: &serde_json::Value) -> Fmt {
     )?;
     counter(e, "portico_worker_process_recycles", "Worker processes replaced gracefully.", n(&m["recycled"]))?;
     gauge(e, "portico_generation", "The serving generation of worker processes.", None, n(&m["generation"]))?;
-    counter(
-        e,
-        "portico_requests",
-        "Requests answered by every worker process, of every kind.",
-        n(&tree["totals"]["requests"]),
-    )?;
     let rss = n(&tree["totals"]["rss_bytes"]);
     gauge(
         e,
@@ -353,7 +375,7 @@ mod tests {
         let limits = crate::admission::Limits { max_concurrency: 3, queue: 8, timeout: None, max_abandoned: 4 };
         let gate = crate::admission::Gate::new("/api".into(), limits, 1);
         let apps = vec![crate::metrics::snapshot::AppRow { name: "/api".into(), counts: gate.counts() }];
-        Snapshot::take(&stats, &PluginSet::new(), apps)
+        Snapshot::take(&stats, &PluginSet::new(), apps, Vec::new())
     }
 
     #[test]
@@ -371,6 +393,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("portico_reload_last_success_timestamp_seconds "), "{text}");
+        assert!(text.contains("portico_requests_total 0\n"), "{text}");
+        assert!(text.contains("portico_responses_total{class=\"4xx\"} 0\n"), "{text}");
+        assert!(text.contains("# TYPE portico_static_responses counter\n"), "{text}");
         assert!(text.contains("portico_app_max_concurrency{app=\"/api\"} 3\n"), "{text}");
         assert!(text.contains("portico_app_timeouts_total{app=\"/api\"} 0\n"), "{text}");
         assert!(!text.contains("portico_uptime"), "process_start_time_seconds says it: {text}");

@@ -26,18 +26,17 @@ use std::time::{Duration, Instant};
 
 use super::Transport;
 use super::body::{BodyIn, Fed};
+pub use super::handler::{Admission, Decision, Expiry, Handler, Step};
 use super::read_buf::{self, READ_CHUNK};
 use super::stream_slot::StreamSlot;
 use super::write::{Flushed, WriteQueue};
 use crate::access_log::{self, Access};
-use crate::admission::{Admit, Refusal};
-use crate::exchange::body_pipe::BodyPipe;
 use crate::exchange::{CallJob, Chunk, ConnId, Job, Peer, Reply, RequestBody, StreamState};
 use crate::http::decode::Decoder;
 use crate::http::error::RequestError;
 use crate::http::limits::WRITE_HIGH_WATER;
 use crate::http::outgoing::{Piece, Prepared, Response};
-use crate::http::request::{self, Framing, HeadLimits, HeadScan, Parsed, RequestHead, Version};
+use crate::http::request::{self, Framing, HeadScan, Parsed, RequestHead, Version};
 use crate::http::response;
 use crate::metrics::counters::ConnCounts;
 use crate::routing::App;
@@ -54,98 +53,6 @@ const LINGER_IDLE: Duration = Duration::from_secs(2);
 const LINGER_MAX: Duration = Duration::from_secs(5);
 /// Most parse/feed rounds in one turn before the connection yields to the others.
 const PUMP_ROUNDS: usize = 64;
-
-/// What the connection needs from its event loop.
-pub trait Handler {
-    /// The settings (limits and timeouts).
-    fn config(&self) -> &Config;
-    /// The request head limits.
-    fn limits(&self) -> &HeadLimits;
-    /// Whether the server is shutting down (new requests close their connection).
-    fn draining(&self) -> bool;
-    /// What answers `head`, which arrived on connection `id` from `peer`.
-    fn decide(&mut self, id: ConnId, peer: &Peer, head: Box<RequestHead>) -> Decision;
-    /// Sends a job to the worker pool.
-    fn submit(&mut self, job: Job);
-    /// Hands a call to its application's gate (see [`crate::admission`]): sent to the pool,
-    /// queued, or refused.
-    fn admit(&mut self, job: Box<CallJob>) -> Admission {
-        let app = Arc::clone(&job.route.app);
-        match app.gate.admit(job.conn, job) {
-            Admit::Now(job) => {
-                self.submit(Job::Call(job));
-                Admission::Sent
-            }
-            Admit::Queued => Admission::Queued,
-            Admit::Refused(_, why) => Admission::Refused(why),
-        }
-    }
-    /// A new pipe for a request body of connection `id`.
-    fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe>;
-    /// Asks for [`Conn::on_readable`] on the next turn (fairness; a pipelined request).
-    fn pump_later(&mut self, token: usize);
-    /// Asks for [`Conn::on_writable`] on the next turn (a fast reader used its share).
-    fn flush_later(&mut self, token: usize);
-    /// The loop's scratch buffer for reads whose bytes are not kept as they come (its
-    /// contents are meaningless between calls; readers reserve what they need).
-    fn scratch(&mut self) -> &mut Vec<u8>;
-    /// A request's response has been written (counted for `--max-requests`).
-    fn served(&mut self) {}
-}
-
-/// What answers a request (the handler's decision).
-pub enum Decision {
-    /// A response made on the event loop (static file, admin page, server-made answer). A
-    /// request body is not read: the connection closes after it. `close` closes it anyway.
-    Respond {
-        /// The response.
-        response: Response,
-        /// Close the connection after it.
-        close: bool,
-    },
-    /// An application, on a worker: the connection reads the body (whole, or into a pipe as
-    /// the route's policy says) and sends the job when the body rules allow.
-    Call(Box<CallJob>),
-    /// Refused: the error's status, and the connection closes.
-    Reject(RequestError),
-}
-
-/// What became of a call handed to its application ([`Handler::admit`]).
-#[derive(Debug)]
-pub enum Admission {
-    /// It went to the worker pool.
-    Sent,
-    /// It waits in the application's queue; a worker runs it when a slot is free.
-    Queued,
-    /// Refused (503).
-    Refused(Refusal),
-}
-
-/// Whether the connection stays open after an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub enum Step {
-    /// Keep it.
-    Open,
-    /// It is closed: deregister and drop it (its body pipe, stream and access line are
-    /// already dealt with).
-    Close,
-}
-
-/// A timeout found by [`Conn::expired`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
-    /// A request head arrived too slowly: 408.
-    Head,
-    /// Nothing arrived on a new or idle keep-alive connection: close silently.
-    Idle,
-    /// A request body stalled: 408 if no response has started, else close.
-    Body,
-    /// The client stopped reading the response: close, with a log line.
-    Send,
-    /// Lingering lasted long enough.
-    Linger,
-}
 
 enum Phase {
     Head {
@@ -709,6 +616,7 @@ impl<S: Transport> Conn<S> {
         let body = self.phase.take_body();
         let stream = StreamSlot::new(stream);
         self.phase = Phase::Writing { body, stream };
+        h.responded(p.status);
         self.exchange.status = p.status;
         self.exchange.body_bytes = p.body_len;
         self.exchange.head_bytes = p.head.len() as u64;
@@ -818,6 +726,8 @@ mod tests {
     //! worker threads. The test plays the client on one end and the loop on the other, and
     //! delivers the workers' completions by hand.
 
+    use crate::exchange::body_pipe::BodyPipe;
+    use crate::http::request::HeadLimits;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 

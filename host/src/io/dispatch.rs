@@ -51,9 +51,15 @@ impl Handler for EventLoop {
             }
             Route::Static { path } => {
                 let fence = &table.fence;
-                respond(self.statics.serve(&head, &path, &|real| fence.allows(real, None)))
+                let response = self.statics.serve(&head, &path, &|real| fence.allows(real, None));
+                self.shared.stats.loop_conns(self.index).docroot_responded(response.head.code);
+                respond(response)
             }
-            Route::NotFound => respond(self.statics.not_found()),
+            Route::NotFound => {
+                let response = self.statics.not_found();
+                self.shared.stats.loop_conns(self.index).docroot_responded(response.head.code);
+                respond(response)
+            }
             Route::Admin(page) => {
                 // This loop's counts fresh (the asking connection as writing), so a person
                 // sees their own connection; the other loops' are from their last sweep.
@@ -95,5 +101,9 @@ impl Handler for EventLoop {
 
     fn served(&mut self) {
         self.shared.stats.loop_conns(self.index).served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn responded(&mut self, status: u16) {
+        self.shared.stats.loop_conns(self.index).responded(status);
     }
 }

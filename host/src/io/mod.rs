@@ -5,6 +5,7 @@
 //! | [`event_loop`] | one mio loop per `--io-threads`: accept, the connection table, completions from workers, timeouts' sweep, drain on shutdown |
 //! | [`balance`] | placing each accepted connection on the least-loaded event loop; the `--max-connections` count |
 //! | [`dispatch`] | what answers a parsed request: a static file, an admin page or a server-made answer here, or a job for a worker |
+//! | [`handler`] | what a connection and its event loop say to each other: the [`handler::Handler`] trait, a request's [`handler::Decision`] |
 //! | [`conn`] | the per-connection state machine (HTTP/1.1 keep-alive, pipelining, request bodies, 100-continue, lingering close, timeouts) |
 //! | [`read_buf`] | a connection's read buffer: growing for a read, shrinking once a request is whole |
 //! | [`stream_slot`] | where a streamed response body is between pulls: parked, waiting for its plugin's wake, or with a worker |
@@ -25,6 +26,7 @@ pub mod body;
 pub mod conn;
 pub mod dispatch;
 pub mod event_loop;
+pub mod handler;
 pub mod read_buf;
 pub mod stream_slot;
 pub mod write;

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::plugin::{probe, registry};
 use crate::routing::mount::{Mounts, Named};
@@ -28,6 +28,21 @@ pub struct Entry {
     pub version: String,
     /// Middleware rather than an application.
     pub middleware: bool,
+    /// Its source file and settings when copied: a generation whose stamp differs from the
+    /// previous generation's loaded something new.
+    pub stamp: Stamp,
+    /// Generations that loaded something new for it, this one included (1 at the start).
+    pub loads: u64,
+    /// When the generation that loaded this file and these settings first was made.
+    pub loaded_at: SystemTime,
+}
+
+/// What a plugin's load depends on: its file's length and modification time, its settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    settings: String,
 }
 
 /// A generation's plugin files.
@@ -118,9 +133,31 @@ fn fill(
             Err(e) => probed.push((name.clone(), Err(format!("copying {}: {e}", src.display())))),
         }
     }
+    let stamps: BTreeMap<&str, Stamp> = files
+        .iter()
+        .map(|(name, src)| {
+            let meta = std::fs::metadata(src).ok();
+            let stamp = Stamp {
+                len: meta.as_ref().map_or(0, std::fs::Metadata::len),
+                modified: meta.and_then(|m| m.modified().ok()),
+                settings: settings(name),
+            };
+            (name.as_str(), stamp)
+        })
+        .collect();
+    let now = SystemTime::now();
     // In a few children (one per core), each plugin alone only when a child dies.
     for (item, result) in items.iter().zip(probe::load_many_in_child(&items, timeout)) {
-        let result = result.map(|p| Entry { version: p.version, middleware: p.middleware }).map_err(|e| e.to_string());
+        let stamp = stamps.get(item.name.as_str()).cloned().unwrap_or_default();
+        // Loaded anew when its file or its settings changed since the previous generation.
+        let (loads, loaded_at) = match previous.and_then(|p| p.plugins.get(&item.name)) {
+            Some(old) if old.stamp == stamp => (old.loads, old.loaded_at),
+            Some(old) => (old.loads + 1, now),
+            None => (1, now),
+        };
+        let result = result
+            .map(|p| Entry { version: p.version, middleware: p.middleware, stamp, loads, loaded_at })
+            .map_err(|e| e.to_string());
         probed.push((item.name.clone(), result));
     }
     let named: HashSet<String> = config

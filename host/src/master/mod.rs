@@ -321,6 +321,7 @@ impl Master {
         }
         // On the status page from the start, not only after a reload.
         self.record.refused = findings.refused;
+        self.record.serving(&snapshot);
         self.next_generation = 2;
         self.start_generation(snapshot)
     }

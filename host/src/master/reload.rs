@@ -138,6 +138,7 @@ impl Master {
     pub(super) fn promote(&mut self) {
         let Some(generation) = self.pending.take() else { return };
         let new = generation.snapshot.id;
+        self.record.serving(&generation.snapshot);
         let old = self.current.replace(generation).map(|g| g.snapshot.id);
         let stopping: Vec<usize> =
             self.workers.iter().filter(|(_, w)| Some(w.generation) == old).map(|(k, _)| k).collect();

@@ -16,6 +16,9 @@ use serde::Serialize;
 
 use crate::control::{PluginTotals, WorkerReport};
 pub use crate::metrics::snapshot::rfc3339;
+use crate::metrics::snapshot::unix;
+
+use super::generation::Snapshot;
 
 /// How long a tree request waits for the workers' reports.
 const ASK_TIMEOUT: Duration = Duration::from_millis(500);
@@ -81,11 +84,39 @@ pub struct Record {
     pub last_failed_generation: Option<String>,
     /// Plugin files refused for the serving generation.
     pub refused: Vec<String>,
+    /// The serving generation's plugins: how often each was loaded anew, and when last.
+    pub plugins: BTreeMap<String, PluginLoads>,
     /// The latest deaths, newest last.
     pub deaths: Vec<Death>,
     /// Counters of workers that have exited (their last reports), added to the totals.
     #[serde(skip)]
     pub retired: WorkerReport,
+}
+
+/// One plugin of the serving generation, as the status page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginLoads {
+    /// Generations that loaded a new file or new settings for it (1 at the start).
+    pub loads: u64,
+    /// When the last of those was made, RFC 3339 UTC.
+    pub loaded_at: String,
+    /// The same, seconds since the Unix epoch.
+    pub loaded_at_unix: f64,
+}
+
+impl Record {
+    /// `snapshot` serves now: its plugins' load counts.
+    pub fn serving(&mut self, snapshot: &Snapshot) {
+        self.plugins = snapshot
+            .plugins
+            .iter()
+            .map(|(name, e)| {
+                let row =
+                    PluginLoads { loads: e.loads, loaded_at: rfc3339(e.loaded_at), loaded_at_unix: unix(e.loaded_at) };
+                (name.clone(), row)
+            })
+            .collect();
+    }
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -108,6 +139,7 @@ impl Record {
             next_respawn_delay: Duration::ZERO,
             last_failed_generation: None,
             refused: Vec::new(),
+            plugins: BTreeMap::new(),
             deaths: Vec::new(),
             retired: WorkerReport::default(),
         }
@@ -138,6 +170,8 @@ impl Record {
 /// Adds `r`'s counters into `into` (not the gauges: memory, connections, calls in flight).
 fn add(into: &mut WorkerReport, r: &WorkerReport) {
     into.requests += r.requests;
+    sum_into(&mut into.responses, &r.responses);
+    sum_into(&mut into.static_responses, &r.static_responses);
     for p in &r.plugins {
         let i = match into.plugins.iter().position(|q| q.name == p.name) {
             Some(i) => i,

@@ -195,6 +195,24 @@ pub struct LoopConns {
     pub closing: AtomicUsize,
     /// Requests answered on this loop since it started (every kind; for `--max-requests`).
     pub served: std::sync::atomic::AtomicU64,
+    /// Responses started on this loop, every kind (files, applications, admin pages, the
+    /// server's own errors), by status class ([`CLASSES`]).
+    pub responses: [AtomicU64; 5],
+    /// Of those, the docroot's answers made on the loop (files, 304s, ranges, 404s; not
+    /// static mounts behind middleware, which their pipeline answers), by status class.
+    pub static_responses: [AtomicU64; 5],
+}
+
+impl LoopConns {
+    /// Counts a response with `status` (every kind).
+    pub fn responded(&self, status: u16) {
+        self.responses[class_of(status)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a response the docroot made, with `status` (also counted by [`Self::responded`]).
+    pub fn docroot_responded(&self, status: u16) {
+        self.static_responses[class_of(status)].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Connections by state, all loops added up.
@@ -280,6 +298,18 @@ pub struct Reloads {
     pub last_success: SystemTime,
 }
 
+/// What the server runs with, for the status page: set at the start, the file's time again
+/// on each reload that applies it.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// The configuration file (`--config`), if any.
+    pub config_file: Option<std::path::PathBuf>,
+    /// When the configuration serving now was read from it.
+    pub config_loaded_at: Option<SystemTime>,
+    /// Where the server listens (`http://127.0.0.1:8000`, `unix:/run/portico.sock`).
+    pub listeners: Vec<String>,
+}
+
 /// The length of the job queue, read when asked.
 pub type QueueDepth = Box<dyn Fn() -> usize + Send + Sync>;
 
@@ -298,6 +328,7 @@ pub struct Stats {
     reloads: Mutex<Reloads>,
     /// Plugin files that do not serve, with why (see [`Stats::set_refused`]).
     refused: Mutex<Vec<String>>,
+    setup: Mutex<Setup>,
 }
 
 impl std::fmt::Debug for Stats {
@@ -321,6 +352,7 @@ impl Stats {
             queue,
             reloads: Mutex::new(Reloads { count: 0, failures: 0, last: None, last_success: now }),
             refused: Mutex::new(Vec::new()),
+            setup: Mutex::new(Setup::default()),
         }
     }
 
@@ -328,6 +360,31 @@ impl Stats {
     /// admin pages, errors).
     pub fn requests_served(&self) -> u64 {
         self.loops.iter().map(|l| l.served.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Records what the server runs with (at the start).
+    pub fn set_setup(&self, setup: Setup) {
+        *self.setup.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = setup;
+    }
+
+    /// A reload applied the configuration file read at `at`.
+    pub fn config_reloaded(&self, at: SystemTime) {
+        self.setup.lock().unwrap_or_else(std::sync::PoisonError::into_inner).config_loaded_at = Some(at);
+    }
+
+    /// What the server runs with.
+    pub fn setup(&self) -> Setup {
+        self.setup.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Responses since the process started, every kind, by status class ([`CLASSES`]).
+    pub fn responses(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.loops.iter().map(|l| l.responses[i].load(Ordering::Relaxed)).sum())
+    }
+
+    /// The docroot's responses since the process started, by status class.
+    pub fn static_responses(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.loops.iter().map(|l| l.static_responses[i].load(Ordering::Relaxed)).sum())
     }
 
     /// The counters of plugin `name`, created at zero on first use. Takes a lock: the request

@@ -16,6 +16,10 @@ use crate::plugin::registry::PluginSet;
 pub struct Snapshot {
     /// The process.
     pub server: ServerInfo,
+    /// What the server runs with: configuration file, listeners, mounts.
+    pub setup: SetupInfo,
+    /// Every request, by what answered it.
+    pub traffic: Traffic,
     /// Every plugin loaded now, and any that served requests before being removed; by name.
     pub plugins: Vec<PluginRow>,
     /// Connections by state (each event loop's figures are from its last 250 ms sweep).
@@ -52,6 +56,53 @@ pub struct ServerInfo {
     pub resident_memory_bytes: Option<u64>,
 }
 
+/// What the server runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupInfo {
+    /// The configuration file (`--config`), if any.
+    pub config_file: Option<String>,
+    /// When this process read the configuration serving now (at the start, or the last reload
+    /// that applied it), RFC 3339 UTC.
+    pub config_loaded_at: Option<String>,
+    /// Where the server listens: `http://127.0.0.1:8000`, `unix:/run/portico.sock`.
+    pub listeners: Vec<String>,
+    /// The mounts, in the order they are matched (longest prefix first).
+    pub mounts: Vec<MountRow>,
+}
+
+/// One mount: a URL prefix and the pipeline that answers it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MountRow {
+    /// The prefix (`SCRIPT_NAME`).
+    pub prefix: String,
+    /// What answers at the end of the pipeline: a plugin's name, or `static files`.
+    pub app: String,
+    /// Middleware, outermost first.
+    pub middleware: Vec<String>,
+}
+
+/// Every request since the start (under a master: every worker's, exited ones included).
+#[derive(Debug, Clone, Serialize)]
+pub struct Traffic {
+    /// Requests answered, every kind (a response written whole).
+    pub requests: u64,
+    /// Responses by status class, every kind (files, applications, admin pages, the server's
+    /// own errors such as a 400 for a malformed request or a 503 when an application is
+    /// full): `{"1xx": 0, "2xx": 12, …}`.
+    pub responses: BTreeMap<&'static str, u64>,
+    /// Of those, the docroot's answers on the event loop (files, 304s, ranges, 404s), by
+    /// status class. A static mount behind middleware counts under its pipeline instead.
+    pub static_files: BTreeMap<&'static str, u64>,
+}
+
+impl Traffic {
+    fn of(requests: u64, responses: &[u64], static_files: &[u64]) -> Traffic {
+        let by_class =
+            |v: &[u64]| CLASSES.iter().enumerate().map(|(i, c)| (*c, v.get(i).copied().unwrap_or(0))).collect();
+        Traffic { requests, responses: by_class(responses), static_files: by_class(static_files) }
+    }
+}
+
 /// One plugin.
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginRow {
@@ -61,8 +112,10 @@ pub struct PluginRow {
     pub loaded: bool,
     /// The version the plugin reports.
     pub version: Option<String>,
-    /// Load generation (unique in the process; a reload gives a new one).
-    pub generation: Option<u64>,
+    /// Times this plugin has been loaded: 1 at the start, one more for each reload that
+    /// loaded a new file or new settings (under a master, counted by the master across
+    /// generations).
+    pub loads: Option<u64>,
     /// When this version was loaded, RFC 3339 UTC.
     pub loaded_at: Option<String>,
     /// The same, seconds since the Unix epoch.
@@ -155,7 +208,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 impl Snapshot {
     /// Reads the counters now. Every loaded plugin gets a row (its counters are created at
     /// zero), so a plugin that has served nothing yet still shows.
-    pub fn take(stats: &Stats, plugins: &PluginSet, apps: Vec<AppRow>) -> Snapshot {
+    pub fn take(stats: &Stats, plugins: &PluginSet, apps: Vec<AppRow>, mounts: Vec<MountRow>) -> Snapshot {
         for name in plugins.keys() {
             stats.plugin(name);
         }
@@ -167,7 +220,7 @@ impl Snapshot {
                 PluginRow {
                     loaded: p.is_some(),
                     version: p.map(|p| p.version.clone()),
-                    generation: p.map(|p| p.generation),
+                    loads: p.map(|p| p.loads),
                     loaded_at: p.map(|p| rfc3339(p.loaded_at)),
                     loaded_at_unix: p.map(|p| unix(p.loaded_at)),
                     requests: c.requests,
@@ -182,7 +235,14 @@ impl Snapshot {
             })
             .collect();
         let reloads = stats.reloads();
+        let setup = stats.setup();
         Snapshot {
+            setup: SetupInfo {
+                config_file: setup.config_file.map(|p| p.display().to_string()),
+                config_loaded_at: setup.config_loaded_at.map(rfc3339),
+                listeners: setup.listeners,
+                mounts,
+            },
             server: ServerInfo {
                 version: env!("CARGO_PKG_VERSION"),
                 started_at: rfc3339(stats.started_at()),
@@ -190,6 +250,7 @@ impl Snapshot {
                 uptime_seconds: stats.uptime().as_secs_f64(),
                 resident_memory_bytes: resident_memory_bytes(),
             },
+            traffic: Traffic::of(stats.requests_served(), &stats.responses(), &stats.static_responses()),
             plugins: rows,
             connections: stats.connections(),
             workers: WorkerInfo {
@@ -221,7 +282,15 @@ impl Snapshot {
     /// become the totals across every worker (exited ones included).
     pub fn with_tree(mut self, tree: serde_json::Value) -> Snapshot {
         let totals: WorkerReport = serde_json::from_value(tree["totals"].clone()).unwrap_or_default();
+        self.traffic = Traffic::of(totals.requests, &totals.responses, &totals.static_responses);
         for row in &mut self.plugins {
+            // The master's count: each worker of a generation loads its plugins once.
+            let loads = &tree["master"]["plugins"][&row.name];
+            if let (Some(n), Some(at)) = (loads["loads"].as_u64(), loads["loaded_at_unix"].as_f64()) {
+                row.loads = Some(n);
+                row.loaded_at_unix = Some(at);
+                row.loaded_at = loads["loaded_at"].as_str().map(str::to_owned);
+            }
             let Some(t) = totals.plugins.iter().find(|t| t.name == row.name) else { continue };
             let mut c = PluginCounts {
                 requests: t.requests,
@@ -261,7 +330,7 @@ mod tests {
         let p = stats.plugin("hello");
         p.record(Duration::from_micros(300), 200);
         p.record(Duration::from_millis(2), 503);
-        let s = Snapshot::take(&stats, &PluginSet::new(), Vec::new());
+        let s = Snapshot::take(&stats, &PluginSet::new(), Vec::new(), Vec::new());
         let row = &s.plugins[0];
         assert_eq!((row.name.as_str(), row.loaded, row.requests), ("hello", false, 2));
         assert_eq!((row.responses["2xx"], row.responses["5xx"], row.responses["4xx"]), (1, 1, 0));

@@ -137,6 +137,9 @@ pub struct Plugin {
     pub config: String,
     /// When it was loaded.
     pub loaded_at: SystemTime,
+    /// How many times this process has loaded a plugin of this name, this version included
+    /// (1 at the first load; the registry counts on from the version it replaces).
+    pub loads: u64,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -435,6 +438,7 @@ fn finish(
         generation,
         config: config.to_owned(),
         loaded_at: SystemTime::now(),
+        loads: 1,
     })
 }
 

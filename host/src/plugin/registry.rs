@@ -159,7 +159,8 @@ impl Registry {
         for ((name, path, fp, config), loaded) in wanted.into_iter().zip(loaded) {
             let previous = old.get(&name);
             match loaded {
-                Ok(plugin) => {
+                Ok(mut plugin) => {
+                    plugin.loads = previous.map_or(1, |p| p.loads + 1);
                     failed.remove(&path);
                     let entry = (name.clone(), plugin.version.clone());
                     if previous.is_some() {
