@@ -77,7 +77,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         let settings = config.as_ref().map(|c| c.plugin_config(&name)).unwrap_or_default();
         let timeout = Duration::from_secs_f64(args.worker_ready_timeout);
         match probe::load_in_child(&name, &path, &settings, timeout) {
-            Ok(probe::Loaded { version, middleware }) => {
+            Ok(probe::Loaded { version, middleware, .. }) => {
                 let kind = if middleware { "middleware" } else { "application" };
                 say!("ok: plugin {name} {version} ({kind}) from {}", path.display());
                 kinds.insert(name, middleware);

@@ -24,7 +24,7 @@
 //! `escape`, `http`, `ids` · `settings`, `access_log` · `plugin::{loader, registry}`,
 //! `admission` · `routing`,
 //! `static_files`, `metrics` · `exchange` · `plugin::call` · `worker`, `admin`, `reload`,
-//! `check` · `io` · `server`.
+//! `check`, `install`, `scaffold` · `io` · `server`.
 //!
 //! The library target exists for the binary, the tests, the examples and the fuzz targets;
 //! it is not a stable API. What they use is `pub`; the rest is `pub(crate)`.
@@ -43,6 +43,7 @@ pub(crate) mod escape;
 pub mod exchange;
 pub mod http;
 pub(crate) mod ids;
+pub mod install;
 pub(crate) mod io;
 pub mod listeners;
 pub mod master;
@@ -50,6 +51,7 @@ pub(crate) mod metrics;
 pub mod plugin;
 pub(crate) mod reload;
 pub mod routing;
+pub mod scaffold;
 pub mod server;
 pub mod settings;
 pub mod static_files;

@@ -35,8 +35,11 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let mut argv = std::env::args_os();
-    if argv.nth(1).is_some_and(|a| a == "check") {
-        std::process::exit(portico::check::run(argv.collect()));
+    match argv.nth(1) {
+        Some(a) if a == "check" => std::process::exit(portico::check::run(argv.collect())),
+        Some(a) if a == "new" => std::process::exit(portico::scaffold::run(argv.collect())),
+        Some(a) if a == "install" => std::process::exit(portico::install::run(argv.collect())),
+        _ => {}
     }
     // Before any thread exists: taking the sockets removes `LISTEN_*` from the environment.
     let inherited = listeners::inherited();

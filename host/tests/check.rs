@@ -58,7 +58,10 @@ fn a_plugin_refusing_its_settings_is_reported_once_and_not_again_as_missing_from
     );
     let (code, out) = check(&config);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("error: plugin ip_filter") && out.contains("10.0.0.0/33"), "{out}");
+    assert!(
+        out.contains("plugin ip_filter refused [plugin.ip_filter] in its init") && out.contains("10.0.0.0/33"),
+        "{out}"
+    );
     // One mistake, one error (issue 15): the mount that uses it is not called a second one.
     assert_eq!(out.lines().filter(|l| l.starts_with("error:")).count(), 1, "{out}");
 }

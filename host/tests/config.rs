@@ -117,8 +117,9 @@ fn mounts_set_script_name_and_path_info_and_hide_name_py() {
     // A mounted plugin is reachable only through its mount; others keep /NAME.py.
     assert_eq!(server.get("/echo.py/x").status, 404, "/echo.py must not bypass the mount");
     assert_eq!(server.get("/hello.py").text(), "Hello, world!\n");
-    // The [plugin.fixture] table reached the fixture's init (it logs the byte count).
-    server.wait_for_log("fixture: init with 16 bytes of configuration", Duration::from_secs(5));
+    // The [plugin.fixture] table reached the fixture's init (it logs the byte count): its own
+    // line, `greeting = "hi"` (16 bytes), after 9 empty ones (it is line 10 of the file).
+    server.wait_for_log("fixture: init with 25 bytes of configuration", Duration::from_secs(5));
 }
 
 #[test]
@@ -166,13 +167,13 @@ fn sighup_reloads_the_file_and_a_bad_file_keeps_the_old_one_serving() {
 fn a_changed_plugin_table_loads_a_fresh_copy_with_the_new_settings() {
     let dir = TempDir::new("portico-config");
     let server = echo_mounted(&dir, "");
-    server.wait_for_log("fixture: init with 16 bytes of configuration", Duration::from_secs(5));
+    server.wait_for_log("fixture: init with 25 bytes of configuration", Duration::from_secs(5));
     let config = dir.path().join("portico.toml");
     let text = fs::read_to_string(&config).expect("reading the config");
     let mark = server.log_mark();
     support::install_bytes(text.replace("greeting = \"hi\"", "greeting = \"hello!\"").as_bytes(), &config);
     server.hup();
-    server.wait_for_line(mark, &["fixture: init with 20 bytes of configuration"], Duration::from_secs(5));
+    server.wait_for_line(mark, &["fixture: init with 29 bytes of configuration"], Duration::from_secs(5));
     server.wait_for_line(mark, &["reloaded plugin", "fixture"], Duration::from_secs(5));
     assert_eq!(server.get("/api/v2/version").text(), "fixture v1\n");
 }

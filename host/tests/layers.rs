@@ -22,7 +22,7 @@ const LAYERS: &[&[&str]] = &[
     &["routing", "static_files", "metrics"],
     &["exchange"],
     &["plugin/call"],
-    &["worker", "admin", "reload", "check"],
+    &["worker", "admin", "reload", "check", "install", "scaffold"],
     &["io"],
     &["server", "master"],
 ];

@@ -189,7 +189,10 @@ fn a_bad_cidr_stops_the_server_with_the_plugins_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a mount whose middleware refused its settings must not start: {stderr}");
     assert!(stderr.contains("10.0.0.0/33"), "the plugin's reason is shown: {stderr}");
-    assert!(stderr.contains("portico.toml:4:"), "the mount's line is shown: {stderr}");
+    assert!(
+        stderr.contains("portico.toml:7:1: plugin ip_filter refused [plugin.ip_filter] in its init"),
+        "the line of the refused setting is shown: {stderr}"
+    );
 }
 
 fn start_static(dir: &TempDir, text: &str) -> Server {

@@ -19,6 +19,8 @@ pub struct Loaded {
     pub version: String,
     /// Whether it is middleware (else an application).
     pub middleware: bool,
+    /// The name it exports (its root module's, `export_app!(name: …)`).
+    pub module_name: String,
 }
 
 /// The binary this process runs, to exec again: `/proc/self/exe` where there is one, which
@@ -77,6 +79,8 @@ struct Report {
     name: String,
     version: Option<String>,
     middleware: bool,
+    #[serde(default)]
+    module_name: String,
     error: Option<String>,
 }
 
@@ -84,7 +88,7 @@ impl Report {
     /// Loaded (its version and kind), or refused by the loader (why).
     fn verdict(self) -> Result<Loaded, ProbeError> {
         match (self.version, self.error) {
-            (Some(version), _) => Ok(Loaded { version, middleware: self.middleware }),
+            (Some(version), _) => Ok(Loaded { version, middleware: self.middleware, module_name: self.module_name }),
             (None, error) => Err(ProbeError::Refused(error.unwrap_or_else(|| "refused".into()))),
         }
     }
@@ -154,10 +158,20 @@ pub fn load_many(args: &[OsString]) -> i32 {
     let mut stdout = std::io::stdout().lock();
     for (i, item) in items.iter().enumerate() {
         let report = match loader::load(&item.name, &item.path, &cache, i as u64 + 1, &item.settings) {
-            Ok(p) => {
-                Report { name: item.name.clone(), middleware: p.is_middleware(), version: Some(p.version), error: None }
-            }
-            Err(e) => Report { name: item.name.clone(), version: None, middleware: false, error: Some(e.to_string()) },
+            Ok(p) => Report {
+                name: item.name.clone(),
+                middleware: p.is_middleware(),
+                module_name: p.module_name.clone(),
+                version: Some(p.version.clone()),
+                error: None,
+            },
+            Err(e) => Report {
+                name: item.name.clone(),
+                version: None,
+                middleware: false,
+                module_name: String::new(),
+                error: Some(e.to_string()),
+            },
         };
         let line = serde_json::to_string(&report).unwrap_or_default();
         if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {

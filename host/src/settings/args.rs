@@ -21,9 +21,12 @@ use crate::http::limits;
     version,
     about,
     long_about = None,
-    override_usage = "portico [OPTIONS]\n       portico check [OPTIONS]",
-    after_help = "Commands:\n  check  Check the configuration and load every plugin in a child process, without \
-                  serving; the same options (portico check --help)\n\nSignals: HUP reload, TERM/INT drain and exit, \
+    override_usage = "portico [OPTIONS]\n       portico check [OPTIONS]\n       portico new NAME [--middleware]\n       \
+                      portico install LIB.so [--plugins DIR] [--pid-file FILE] [--config FILE]",
+    after_help = "Commands (each has its own --help):\n  check    Check the configuration and load every plugin in a \
+                  child process, without serving; the same options\n  new      Make a plugin crate in ./NAME/ that \
+                  builds and is served as it is\n  install  Test-load a built plugin, install it into the plugins \
+                  directory by rename, and SIGHUP the server\n\nSignals: HUP reload, TERM/INT drain and exit, \
                   QUIT exit now, USR1 reopen the access log, USR2 binary upgrade, TTIN/TTOU one worker more/fewer."
 )]
 pub struct Args {
@@ -273,4 +276,17 @@ pub enum LogFormat {
     Text,
     /// One JSON object an event (tracing-subscriber's json layer).
     Json,
+}
+
+/// Parses a subcommand's own command line (`portico new`, `portico install`): `args` are
+/// the words after the subcommand's name. `Err` is the exit status once clap has printed its
+/// message: 0 for `--help`, 2 for a bad command line.
+///
+/// # Errors
+/// As above.
+pub fn parse_subcommand<T: clap::Parser>(name: &str, args: Vec<std::ffi::OsString>) -> Result<T, i32> {
+    T::try_parse_from(std::iter::once(std::ffi::OsString::from(name)).chain(args)).map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() { 2 } else { 0 }
+    })
 }

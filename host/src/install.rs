@@ -1,0 +1,172 @@
+//! `portico install LIB.so [--plugins DIR] [--pid-file FILE] [--config FILE]`: puts a built
+//! plugin into a plugins directory safely and has the server load it.
+//!
+//! 1. The library is test-loaded in a child process (as `portico check` does), with its
+//!    `[plugin.NAME]` table when a configuration file is given: a library that is not a
+//!    plugin, was built against another `portico-api` 0.minor, refuses its settings, or
+//!    crashes while loading is refused here, and nothing is installed.
+//! 2. Its name is the one it exports (`export_app!(name: …)`), not the file's: a
+//!    `target/release/libhello.so` of a crate named anything installs as `NAME.so`.
+//! 3. It is copied next to its destination under a hidden temporary name (the server's scan
+//!    skips names starting with `.`), flushed, then renamed over `NAME.so`: a server reading
+//!    the directory sees the old file or the new one, never half of one.
+//! 4. SIGHUP goes to the pid in the pid file (`--pid-file`, or the configuration's
+//!    `pid_file`): the server reloads without dropping a request, and keeps the previous
+//!    version serving if this one fails there.
+//!
+//! `--plugins` and `--pid-file` default to what the configuration file (and `PORTICO_*`)
+//! says, as for the server itself.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::settings::args::parse_subcommand;
+
+use crate::plugin::{loader, probe};
+use crate::settings::file as config_file;
+
+/// `portico install`'s command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "portico install",
+    about = "Test-load a plugin library, install it as PLUGINS/NAME.so (NAME: the name it exports) \
+             by rename, and send SIGHUP to the server.",
+    after_help = "Exit status: 0 installed (and signalled, with a pid file), 1 refused or failed, \
+                  2 a bad command line or configuration file."
+)]
+struct InstallArgs {
+    /// The built library (`target/release/libNAME.so`).
+    library: PathBuf,
+    /// The plugins directory (default: the configuration's, else `plugins`).
+    #[arg(long, value_name = "DIR")]
+    plugins: Option<PathBuf>,
+    /// The running server's pid file (`portico --pid-file FILE`); without one (here or in the
+    /// configuration) nothing is signalled.
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// The server's configuration file: the plugin is test-loaded with its `[plugin.NAME]`
+    /// table, and the plugins directory and pid file default to the file's.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Seconds the test load may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+}
+
+/// What went wrong: the message, and the exit status.
+struct Failed(String, i32);
+
+/// Runs `portico install ARGS...` (`args` without the `install` word); the exit status.
+pub fn run(args: Vec<OsString>) -> i32 {
+    let args: InstallArgs = match parse_subcommand("portico install", args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match install(&args) {
+        Ok(lines) => {
+            let mut out = std::io::stdout().lock();
+            for line in lines {
+                let _ = writeln!(out, "{line}");
+            }
+            0
+        }
+        Err(Failed(why, code)) => {
+            eprintln!("portico install: error: {why}");
+            code
+        }
+    }
+}
+
+fn install(args: &InstallArgs) -> Result<Vec<String>, Failed> {
+    let library = std::path::absolute(&args.library).unwrap_or_else(|_| args.library.clone());
+    if !library.is_file() {
+        return Err(Failed(format!("{}: no such file", library.display()), 1));
+    }
+    // The server's own reading of its settings: file, PORTICO_* and these flags.
+    let mut argv: Vec<OsString> = vec!["portico".into()];
+    if let Some(c) = &args.config {
+        argv.extend(["--config".into(), c.clone().into_os_string()]);
+    }
+    if let Some(p) = &args.plugins {
+        argv.extend(["--plugins".into(), p.clone().into_os_string()]);
+    }
+    let (server, config) = config_file::parse_args(argv).map_err(|e| Failed(e.to_string(), 2))?;
+    loader::set_facts(loader::Facts::of(&server, config.as_ref()));
+    let settings = |name: &str| config.as_ref().map(|c| c.plugin_config(name)).unwrap_or_default();
+    let timeout = Duration::from_secs_f64(args.timeout.max(0.1));
+
+    // The file's name first (its settings may be needed to load at all), then the name it
+    // exports, with that name's settings if they differ.
+    let file_name = library.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let guess = loader::route_name(file_name).unwrap_or("plugin").to_owned();
+    let test = |name: &str| {
+        probe::load_in_child(name, &library, &settings(name), timeout).map_err(|e| {
+            let why = e.to_string();
+            let placed = why
+                .strip_prefix("init failed: ")
+                .and_then(|w| config.as_ref().and_then(|c| c.plugin_init_error(name, w)))
+                .map_or(why, |e| e.to_string());
+            Failed(format!("{} was not installed: {placed}", library.display()), 1)
+        })
+    };
+    let mut loaded = test(&guess)?;
+    let name = loaded.module_name.clone();
+    if loader::route_name(&format!("{name}{}", std::env::consts::DLL_SUFFIX)) != Some(name.as_str()) {
+        return Err(Failed(format!("the plugin exports the name {name:?}, which cannot be a plugin file's name"), 1));
+    }
+    if name != guess && settings(&name) != settings(&guess) {
+        loaded = test(&name)?;
+    }
+
+    let dir = &server.plugins;
+    std::fs::create_dir_all(dir).map_err(|e| Failed(format!("making {}: {e}", dir.display()), 1))?;
+    let target = dir.join(format!("{name}{}", std::env::consts::DLL_SUFFIX));
+    put_in_place(&library, &target).map_err(|e| Failed(e, 1))?;
+    let kind = if loaded.middleware { "middleware" } else { "application" };
+    let mut lines = vec![format!("installed {name} {} ({kind}) as {}", loaded.version, target.display())];
+    match args.pid_file.as_ref().or(server.pid_file.as_ref()) {
+        Some(pid_file) => {
+            let pid = signal_reload(pid_file).map_err(|e| Failed(format!("installed, but {e}"), 1))?;
+            lines.push(format!("SIGHUP sent to portico {pid}: it loads {name} now"));
+        }
+        None => lines.push("no --pid-file: send the server SIGHUP to load it".to_owned()),
+    }
+    Ok(lines)
+}
+
+/// Copies `library` to a hidden name beside `target`, flushes it, and renames it to `target`.
+fn put_in_place(library: &Path, target: &Path) -> Result<(), String> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let file = target.file_name().and_then(|n| n.to_str()).unwrap_or("plugin");
+    let temp = dir.join(format!(".{file}.install-{}", std::process::id()));
+    let result = (|| {
+        std::fs::copy(library, &temp).map_err(|e| format!("copying to {}: {e}", temp.display()))?;
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("flushing {}: {e}", temp.display()))?;
+        std::fs::rename(&temp, target).map_err(|e| format!("renaming to {}: {e}", target.display()))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Sends SIGHUP to the pid written in `pid_file`; the pid.
+fn signal_reload(pid_file: &Path) -> Result<i32, String> {
+    let text =
+        std::fs::read_to_string(pid_file).map_err(|e| format!("reading the pid file {}: {e}", pid_file.display()))?;
+    let pid = text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| format!("the pid file {} holds no pid: {:?}", pid_file.display(), text.trim()))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+        .map_err(|e| format!("sending SIGHUP to {} (from {}): {e}", pid.as_raw_nonzero(), pid_file.display()))?;
+    Ok(pid.as_raw_nonzero().get())
+}
