@@ -122,6 +122,35 @@ fn a_response_cut_off_by_the_graceful_timeout_is_access_logged_with_what_was_sen
 }
 
 #[test]
+fn the_health_check_says_ok_while_serving_and_503_while_draining() {
+    let server = Server::builder().plugins(&["hello", "fixture"]).args(["--graceful-timeout", "10"]).start();
+    let r = server.get("/_portico/health");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"), "{}", r.summary());
+    assert_eq!(r.header("Cache-Control"), Some("no-store"), "{}", r.summary());
+    assert_eq!(server.get("/_portico/health?probe=1").status, 200, "the query is not part of the path");
+    let mut post = server.connect();
+    post.send(&request_bytes("POST", "/_portico/health", false));
+    assert_eq!(post.read_response().status, 405);
+    // A keep-alive connection that asks again once the drain has begun: 503, then closed.
+    let mut probe = server.connect();
+    probe.send(&request_bytes("GET", "/_portico/health", false));
+    assert_eq!(probe.read_response().status, 200);
+    let (_slow, _sent) = start_slow_request(&server, 3000);
+    server.term();
+    server.wait_for_log("shutting down", Duration::from_secs(5));
+    probe.send(&request_bytes("GET", "/_portico/health", false));
+    let r = probe.read_response();
+    assert_eq!((r.status, r.text().as_str()), (503, "draining\n"), "{}", r.summary());
+    assert_eq!(probe.wait_closed(Duration::from_secs(2)), Peer::Closed);
+
+    // `--health-path off`: no such page (the docroot answers 404).
+    let off = Server::builder().plugins(&["hello"]).args(["--health-path", "off"]).start();
+    assert_eq!(off.get("/_portico/health").status, 404);
+    let moved = Server::builder().plugins(&["hello"]).args(["--health-path", "/healthz"]).start();
+    assert_eq!(moved.get("/healthz").text(), "ok\n");
+}
+
+#[test]
 fn startup_logs_every_loaded_plugin_with_its_version() {
     let server = Server::start();
     for (name, version) in [

@@ -14,6 +14,7 @@ use crate::exchange::{CallJob, ConnId, Job, Peer, RequestBody};
 use crate::http::outgoing::Response;
 use crate::http::request::{HeadLimits, RequestHead};
 use crate::http::response::{Framing, ResponseHead};
+use crate::http::target;
 use crate::routing::{self, Route};
 use crate::settings::Config;
 
@@ -36,6 +37,12 @@ impl Handler for EventLoop {
     fn decide(&mut self, id: ConnId, peer: &Peer, head: Box<RequestHead>) -> Decision {
         let respond = |response| Decision::Respond { response, close: false };
         let config = &self.shared.config;
+        // The health check: every client, before anything else is looked at.
+        if let Some(path) = &config.health
+            && target::split(head.target(), head.form).path == path.as_bytes()
+        {
+            return health(&head, self.draining.is_some());
+        }
         // The server's own pages, for the clients allowed to see them (the others are routed
         // as if the pages did not exist).
         let admin =
@@ -106,4 +113,16 @@ impl Handler for EventLoop {
     fn responded(&mut self, status: u16) {
         self.shared.stats.loop_conns(self.index).responded(status);
     }
+}
+
+/// The health check's answer (`--health-path`): `200 ok` while serving, `503 draining` and
+/// a closed connection once shutting down; `GET` and `HEAD` only.
+fn health(head: &RequestHead, draining: bool) -> Decision {
+    if !matches!(head.method(), "GET" | "HEAD") {
+        return Decision::Respond { response: Response::error(405).field("Allow", "GET, HEAD"), close: true };
+    }
+    let (code, body) = if draining { (503, "draining\n") } else { (200, "ok\n") };
+    let response =
+        Response::page(code, "text/plain; charset=utf-8", body.as_bytes().to_vec()).field("Cache-Control", "no-store");
+    Decision::Respond { response, close: draining }
 }

@@ -194,6 +194,12 @@ pub struct Args {
     /// clients; others are routed as if the pages did not exist).
     #[arg(long, env = "PORTICO_STATUS_PUBLIC")]
     pub status_public: bool,
+    /// Path of the health check a load balancer or a readiness probe calls, answered to
+    /// every client on the event loop, ahead of mounts and files: `200 ok` while the server
+    /// serves, `503 draining` (and the connection closes) once it is shutting down. `off`
+    /// disables it.
+    #[arg(long, env = "PORTICO_HEALTH_PATH", default_value = "/_portico/health", value_parser = parse_health_path)]
+    pub health_path: String,
 }
 
 /// A file mode as TOML writes it back: octal text (`"0660"`).
@@ -212,6 +218,14 @@ fn parse_seconds(v: &str) -> Result<f64, String> {
 /// A `--status-path` must be `off` or a plain absolute path (see [`super::AdminPaths::parse`]).
 fn parse_status_path(v: &str) -> Result<String, String> {
     super::AdminPaths::parse(v)?;
+    Ok(v.to_owned())
+}
+
+/// A `--health-path` must be `off` or a plain absolute path (see [`super::plain_path`]).
+fn parse_health_path(v: &str) -> Result<String, String> {
+    if v != "off" {
+        super::plain_path(v)?;
+    }
     Ok(v.to_owned())
 }
 

@@ -60,6 +60,8 @@ pub(crate) struct Config {
     pub admin: Option<AdminPaths>,
     /// Answer them to every client, not only loopback ones.
     pub admin_public: bool,
+    /// The health check's path (`--health-path`; `None`: off).
+    pub health: Option<String>,
 }
 
 /// The server-wide limits of applications (`--app-*`), which a mount may override.
@@ -149,8 +151,28 @@ impl Args {
             access_log: self.access_log != "off",
             admin: AdminPaths::parse(&self.status_path).unwrap_or(None),
             admin_public: self.status_public,
+            health: Some(self.health_path.clone()).filter(|p| p != "off"),
         }
     }
+}
+
+/// A path flag's value (`--status-path`, `--health-path`): an absolute path of plain segments
+/// (no `?`, `#`, `%`, spaces or control characters, no empty, `.` or `..` segment, no
+/// trailing `/`), matched byte for byte against a request's path.
+///
+/// # Errors
+/// Why the value is refused.
+pub fn plain_path(flag: &str) -> Result<(), String> {
+    let Some(rest) = flag.strip_prefix('/') else {
+        return Err(format!("{flag:?} must start with '/' (or be `off`)"));
+    };
+    if flag.bytes().any(|b| b.is_ascii_control() || b" ?#%\\".contains(&b)) {
+        return Err(format!("{flag:?} must be a plain path (no spaces, ?, #, % or \\)"));
+    }
+    if rest.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(format!("{flag:?} has an empty, `.` or `..` segment (or ends with '/')"));
+    }
+    Ok(())
 }
 
 /// Which of the server's own pages (answered on the event loop, see `crate::admin`).
@@ -182,15 +204,7 @@ impl AdminPaths {
         if flag == "off" {
             return Ok(None);
         }
-        let Some(rest) = flag.strip_prefix('/') else {
-            return Err(format!("{flag:?} must start with '/' (or be `off`)"));
-        };
-        if flag.bytes().any(|b| b.is_ascii_control() || b" ?#%\\".contains(&b)) {
-            return Err(format!("{flag:?} must be a plain path (no spaces, ?, #, % or \\)"));
-        }
-        if rest.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-            return Err(format!("{flag:?} has an empty, `.` or `..` segment (or ends with '/')"));
-        }
+        plain_path(flag)?;
         let (parent, last) = flag.rsplit_once('/').unwrap_or(("", flag));
         if last == "metrics" {
             return Err(format!("{flag:?} would be the metrics path (its parent + /metrics): choose another name"));
