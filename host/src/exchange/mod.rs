@@ -60,18 +60,48 @@ pub struct Peer {
     /// The connection came on a Unix socket: it has no addresses (`REMOTE_ADDR` is empty, the
     /// ports are 0), and counts as local for the admin pages.
     pub unix: bool,
+    /// The client used `https` (`wsgi.url_scheme`): as a trusted proxy said.
+    pub https: bool,
 }
 
 impl Peer {
     /// The addresses of a new TCP connection.
     pub fn new(remote: SocketAddr, local: SocketAddr) -> Peer {
-        Peer { remote, local, ips: Arc::new((remote.ip().to_string(), local.ip().to_string())), unix: false }
+        Peer {
+            remote,
+            local,
+            ips: Arc::new((remote.ip().to_string(), local.ip().to_string())),
+            unix: false,
+            https: false,
+        }
+    }
+
+    /// The peer as trusted proxies describe the client (`--forwarded-allow-ips`): their
+    /// client's address (port 0: the proxies do not say) and scheme; `None` when this peer
+    /// is not trusted or they said nothing.
+    pub fn forwarded(
+        &self,
+        head: &crate::http::request::RequestHead,
+        trusted: &crate::http::forwarded::TrustedProxies,
+    ) -> Option<Peer> {
+        if self.unix || trusted.is_empty() {
+            return None;
+        }
+        let client = trusted.client(head, self.remote.ip())?;
+        let remote = SocketAddr::new(client.ip, if client.ip == self.remote.ip() { self.remote.port() } else { 0 });
+        Some(Peer {
+            remote,
+            local: self.local,
+            ips: Arc::new((client.ip.to_string(), self.ips.1.clone())),
+            unix: false,
+            https: client.https.unwrap_or(self.https),
+        })
     }
 
     /// A connection on a Unix socket.
     pub fn unix() -> Peer {
         let none = SocketAddr::from(([0, 0, 0, 0], 0));
-        Peer { remote: none, local: none, ips: Arc::new((String::new(), String::new())), unix: true }
+        Peer { remote: none, local: none, ips: Arc::new((String::new(), String::new())), unix: true, https: false }
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`target`]: the request target → path and query, percent-decoding (RFC 9112 §3.2, RFC 3986).
 //! - [`decode`]: request body framing ([`decode::Decoder`]: `Content-Length` or chunked).
 //! - [`chunked`]: the chunked transfer coding decoder (RFC 9112 §7.1).
+//! - [`forwarded`]: the client behind trusted proxies (`X-Forwarded-For`, `Forwarded`).
 //! - [`error`]: every request failure and the status it answers with, in one place.
 //!
 //! Responses:
@@ -22,6 +23,7 @@ pub mod chunked;
 pub(crate) mod decode;
 pub(crate) mod encode;
 pub mod error;
+pub mod forwarded;
 pub(crate) mod limits;
 pub(crate) mod outgoing;
 pub mod request;

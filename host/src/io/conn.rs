@@ -464,11 +464,13 @@ impl<S: Transport> Conn<S> {
 
     /// A head was parsed: asks the handler what answers it, and starts that.
     fn start_request(&mut self, head: Box<RequestHead>, h: &mut impl Handler) -> Step {
+        // The client behind trusted proxies, for the application and the access line.
+        let forwarded = self.peer.forwarded(&head, &h.config().forwarded);
         self.phase = Phase::Request { body: None, pending: None, queued: None };
         self.exchange = Exchange {
             version: head.version,
             head_request: head.is_head(),
-            log: h.config().access_log.then(|| Access::new(&head, self.peer.remote)),
+            log: h.config().access_log.then(|| Access::new(&head, forwarded.as_ref().unwrap_or(&self.peer).remote)),
             status: 0,
             body_bytes: 0,
             head_bytes: 0,
@@ -479,7 +481,7 @@ impl<S: Transport> Conn<S> {
         }
         let framing = head.framing;
         let expect_continue = head.expect_continue;
-        match h.decide(self.id, &self.peer, head) {
+        match h.decide(self.id, forwarded.as_ref().unwrap_or(&self.peer), head) {
             Decision::Reject(e) => self.reject(&e, h),
             Decision::Respond { response, close } => {
                 // A body sent along is not read: close after answering.

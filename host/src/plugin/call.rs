@@ -309,7 +309,7 @@ pub fn call(
             server_port: info.peer.local.port(),
             remote_addr: RStr::from_str(remote_addr),
             remote_port: info.peer.remote.port(),
-            url_scheme: RStr::from_str("http"),
+            url_scheme: RStr::from_str(if info.peer.https { "https" } else { "http" }),
             content_type: RSlice::from_slice(head.content_type.as_ref().map_or(&b""[..], |r| head.slice(r))),
             content_length,
             headers: RSlice::from_slice(fields),

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use crate::http::forwarded;
 use clap::{Parser, ValueHint};
 use serde::Serialize;
 
@@ -194,6 +195,17 @@ pub struct Args {
     /// clients; others are routed as if the pages did not exist).
     #[arg(long, env = "PORTICO_STATUS_PUBLIC")]
     pub status_public: bool,
+    /// Proxies whose forwarding fields are believed, by address or CIDR, comma-separated
+    /// (`127.0.0.1,10.0.0.0/8`; Gunicorn's name). From these peers only, `X-Forwarded-For`
+    /// (or `Forwarded`, see `--forwarded-header`) sets `REMOTE_ADDR` and `X-Forwarded-Proto`
+    /// sets `wsgi.url_scheme`, for every application, `ip_filter` and the access log. Default:
+    /// none (Gunicorn trusts 127.0.0.1 by default; naming them is safer).
+    #[arg(long, env = "PORTICO_FORWARDED_ALLOW_IPS", default_value = "", value_parser = parse_trusted)]
+    pub forwarded_allow_ips: String,
+    /// Which fields the trusted proxies write: `x-forwarded-for` (with `X-Forwarded-Proto`;
+    /// nginx, HAProxy, Kubernetes ingresses) or `forwarded` (RFC 7239: `for=`, `proto=`).
+    #[arg(long, env = "PORTICO_FORWARDED_HEADER", value_enum, default_value_t = ForwardedHeader::XForwardedFor)]
+    pub forwarded_header: ForwardedHeader,
     /// Path of the health check a load balancer or a readiness probe calls, answered to
     /// every client on the event loop, ahead of mounts and files: `200 ok` while the server
     /// serves, `503 draining` (and the connection closes) once it is shutting down. `off`
@@ -280,6 +292,32 @@ fn at_least_one(value: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{value:?} is not a number")),
     }
+}
+
+/// `--forwarded-header`: which fields trusted proxies write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` and `X-Forwarded-Proto`.
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The parser's own name for it.
+    pub fn header(self) -> forwarded::Header {
+        match self {
+            ForwardedHeader::XForwardedFor => forwarded::Header::XForwardedFor,
+            ForwardedHeader::Forwarded => forwarded::Header::Forwarded,
+        }
+    }
+}
+
+/// A `--forwarded-allow-ips` list: addresses and CIDRs.
+fn parse_trusted(v: &str) -> Result<String, String> {
+    forwarded::TrustedProxies::parse(v, forwarded::Header::XForwardedFor)?;
+    Ok(v.to_owned())
 }
 
 /// `--log-format`: the error log's lines.

@@ -62,6 +62,8 @@ pub(crate) struct Config {
     pub admin_public: bool,
     /// The health check's path (`--health-path`; `None`: off).
     pub health: Option<String>,
+    /// The proxies whose forwarding fields are believed (`--forwarded-allow-ips`).
+    pub forwarded: std::sync::Arc<crate::http::forwarded::TrustedProxies>,
 }
 
 /// The server-wide limits of applications (`--app-*`), which a mount may override.
@@ -152,6 +154,13 @@ impl Args {
             admin: AdminPaths::parse(&self.status_path).unwrap_or(None),
             admin_public: self.status_public,
             health: Some(self.health_path.clone()).filter(|p| p != "off"),
+            forwarded: std::sync::Arc::new(
+                crate::http::forwarded::TrustedProxies::parse(
+                    &self.forwarded_allow_ips,
+                    self.forwarded_header.header(),
+                )
+                .unwrap_or_default(),
+            ),
         }
     }
 }
