@@ -21,7 +21,7 @@
 //! SIGHUP ([`server`]) reloads plugins and mounts ([`reload`]) without stopping requests.
 //!
 //! Layers, each using only those above it in this list (checked by `tests/layers.rs`):
-//! `escape`, `http`, `ids` · `settings`, `access_log` · `plugin::{loader, registry}`,
+//! `escape`, `http`, `ids`, `tls` · `settings`, `access_log` · `plugin::{loader, registry}`,
 //! `admission` · `routing`,
 //! `static_files`, `metrics` · `exchange` · `plugin::call` · `worker`, `admin`, `reload`,
 //! `check`, `install`, `scaffold` · `io` · `server`.
@@ -55,4 +55,5 @@ pub mod scaffold;
 pub mod server;
 pub mod settings;
 pub mod static_files;
+pub mod tls;
 pub(crate) mod worker;

@@ -91,6 +91,14 @@ impl Listener {
         }
     }
 
+    /// [`Listener::describe`], with `https://` for a TCP listener when TLS is on.
+    pub fn describe_as(&self, tls: bool) -> String {
+        match (self, tls) {
+            (Listener::Tcp(_), true) => self.describe().replacen("http://", "https://", 1),
+            _ => self.describe(),
+        }
+    }
+
     /// For the log and the status page: `http://127.0.0.1:8000`, `unix:/run/portico.sock`.
     pub fn describe(&self) -> String {
         match self {
@@ -248,6 +256,8 @@ pub enum Stream {
     Tcp(mio::net::TcpStream),
     /// A Unix stream socket: the client has no address (`REMOTE_ADDR` is empty).
     Unix(mio::net::UnixStream),
+    /// TCP with TLS in front (`--tls-cert`).
+    Tls(Box<crate::tls::TlsStream>),
 }
 
 impl Listener {
@@ -297,6 +307,10 @@ macro_rules! either {
         match $self {
             Stream::Tcp($s) => $e,
             Stream::Unix($s) => $e,
+            Stream::Tls(t) => {
+                let $s = t.tcp();
+                $e
+            }
         }
     };
 }
@@ -307,15 +321,26 @@ impl std::os::fd::AsFd for Stream {
     }
 }
 
+impl Stream {
+    /// The socket itself, to register with a poll.
+    fn socket(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Unix(s) => s,
+            Stream::Tls(t) => t.tcp_mut(),
+        }
+    }
+}
+
 impl mio::event::Source for Stream {
     fn register(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
-        either!(self, s => s.register(r, t, i))
+        self.socket().register(r, t, i)
     }
     fn reregister(&mut self, r: &mio::Registry, t: mio::Token, i: mio::Interest) -> io::Result<()> {
-        either!(self, s => s.reregister(r, t, i))
+        self.socket().reregister(r, t, i)
     }
     fn deregister(&mut self, r: &mio::Registry) -> io::Result<()> {
-        either!(self, s => s.deregister(r))
+        self.socket().deregister(r)
     }
 }
 

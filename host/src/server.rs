@@ -130,8 +130,14 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
     stats.set_setup(Setup {
         config_file: config.as_ref().map(|c| c.path.clone()),
         config_loaded_at: config.as_ref().map(|_| std::time::SystemTime::now()),
-        listeners: listeners.iter().map(Listener::describe).collect(),
+        listeners: listeners.iter().map(|l| l.describe_as(args.tls_cert.is_some())).collect(),
     });
+    // TLS: the certificate and key read now (a worker of a new generation reads them anew;
+    // alone, SIGHUP reads them again below).
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(arc_swap::ArcSwap::new(crate::tls::server_config(cert, key)?))),
+        _ => None,
+    };
     let shared = Arc::new(event_loop::Shared {
         config: args.config(),
         docroot: docroot.clone(),
@@ -141,6 +147,7 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         balance: Balance::new(io_threads),
         stats: Arc::clone(&stats),
         tree: tree.clone(),
+        tls: tls.clone(),
     });
     let mut polls = Vec::with_capacity(io_threads);
     let mut loops = Vec::with_capacity(io_threads);
@@ -196,6 +203,7 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         let config = Arc::new(Mutex::new(config));
         let alone = matches!(role, Role::Alone);
         let stop = stop.clone();
+        let tls_files = (args.tls_cert.clone(), args.tls_key.clone());
         std::thread::Builder::new().name("portico-signals".into()).spawn(move || {
             let mut terms = 0;
             for sig in signals.forever() {
@@ -208,16 +216,29 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
                         // --worker-ready-timeout, and SIGTERM must still be heard meanwhile.
                         // Reloads run one at a time (the lock); one asked for during another
                         // runs after it.
-                        let (registry, routes, stats, config, site) = (
+                        let (registry, routes, stats, config, site, tls, tls_files) = (
                             Arc::clone(&registry),
                             Arc::clone(&routes),
                             Arc::clone(&stats),
                             Arc::clone(&config),
                             site.clone(),
+                            tls.clone(),
+                            tls_files.clone(),
                         );
                         let spawned = std::thread::Builder::new().name("portico-reload".into()).spawn(move || {
                             let mut config = config.lock().unwrap_or_else(|e| e.into_inner());
                             reload::reload(&registry, &routes, &stats, &mut config, &site);
+                            if let (Some(swap), Some(cert), Some(key)) = (&tls, &tls_files.0, &tls_files.1) {
+                                match crate::tls::server_config(cert, key) {
+                                    Ok(c) => {
+                                        swap.store(c);
+                                        tracing::info!("SIGHUP: TLS certificate {} read again", cert.display());
+                                    }
+                                    Err(e) => tracing::error!(
+                                        "SIGHUP: TLS certificate not reloaded, the previous one serves: {e}"
+                                    ),
+                                }
+                            }
                         });
                         if let Err(e) = spawned {
                             tracing::error!("SIGHUP: cannot start the reload: {e}");
@@ -288,7 +309,7 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
                 if io_threads == 1 { "" } else { "s" }
             );
             for l in listeners {
-                tracing::info!("listening on {}", l.describe());
+                tracing::info!("listening on {}", l.describe_as(args.tls_cert.is_some()));
             }
         }
         Role::Worker { control } => {

@@ -16,7 +16,7 @@ const MAX_LINES: usize = 600;
 /// The layers, lowest first: a module may use modules of lower layers only (and its own).
 /// Keys are module paths as files name them (`http`, `plugin/loader`, `io`).
 const LAYERS: &[&[&str]] = &[
-    &["escape", "http", "ids", "control"],
+    &["escape", "http", "ids", "control", "tls"],
     &["settings", "access_log"],
     &["plugin/loader", "plugin/registry", "plugin", "admission", "listeners"],
     &["routing", "static_files", "metrics"],

@@ -269,6 +269,10 @@ impl<S: Transport> Conn<S> {
 
     /// The socket is writable: writes what is queued.
     pub fn on_writable(&mut self, h: &mut impl Handler) -> Step {
+        // TLS records the socket did not take last time go first.
+        if self.sock.flush_pending().is_err() {
+            return self.close(h);
+        }
         self.flush(h)
     }
 

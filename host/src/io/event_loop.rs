@@ -62,6 +62,9 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// In a worker process: how the status page asks the master for the whole tree.
     pub tree: Option<Arc<crate::control::TreeLink>>,
+    /// TLS on TCP connections (`--tls-cert`): the configuration new connections get
+    /// (swapped when SIGHUP reads the files again).
+    pub tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
 }
 
 /// One event loop.
@@ -288,9 +291,22 @@ impl EventLoop {
             let Some(listener) = self.listeners.get(i) else { return };
             match listener.accept() {
                 Ok((sock, addrs)) => {
-                    let peer = match addrs {
+                    let mut peer = match addrs {
                         Some((remote, local)) => Peer::new(remote, local),
                         None => Peer::unix(),
+                    };
+                    let sock = match (sock, &shared.tls) {
+                        (Stream::Tcp(tcp), Some(tls)) => match crate::tls::TlsStream::new(tcp, tls.load_full()) {
+                            Ok(t) => {
+                                peer.https = true;
+                                Stream::Tls(Box::new(t))
+                            }
+                            Err(e) => {
+                                tracing::warn!("TLS session not started: {e}");
+                                continue;
+                            }
+                        },
+                        (sock, _) => sock,
                     };
                     let event_loop = balance.pick(self.index);
                     balance.add(event_loop);

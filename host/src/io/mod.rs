@@ -57,6 +57,38 @@ pub trait Transport: AsFd + mio::event::Source {
     /// # Errors
     /// As `shutdown(2)`.
     fn shutdown_write(&self) -> io::Result<()>;
+
+    /// Writes `bufs`; `more`: file bytes follow (see [`write::write_gathered`]).
+    ///
+    /// # Errors
+    /// As [`Transport::write_vectored`].
+    fn write_more(&self, bufs: &[io::IoSlice<'_>], more: bool) -> io::Result<usize>
+    where
+        Self: Sized,
+    {
+        write::write_gathered(self, bufs, more)
+    }
+
+    /// Sends up to `remaining` bytes of `file` from `offset` (`sendfile(2)` on a plain
+    /// socket); `Ok(0)` when the file ended early.
+    ///
+    /// # Errors
+    /// As `sendfile(2)`; `WouldBlock` when the socket buffer is full.
+    fn send_file(&self, file: &std::fs::File, offset: u64, remaining: u64) -> io::Result<usize>
+    where
+        Self: Sized,
+    {
+        write::send_file(self, file, offset, remaining)
+    }
+
+    /// Sends bytes the transport holds back (TLS records the socket did not take); `Ok(true)`
+    /// when none is left. A plain socket holds none.
+    ///
+    /// # Errors
+    /// As `write(2)`.
+    fn flush_pending(&self) -> io::Result<bool> {
+        Ok(true)
+    }
 }
 
 /// mio's stream sockets read and write through `&Self`; `shutdown` takes `&self`.
@@ -75,11 +107,42 @@ macro_rules! transport {
 
 transport!(mio::net::TcpStream, mio::net::UnixStream);
 
+/// Plain TCP and Unix sockets as above; TLS through its session ([`crate::tls::TlsStream`]).
 impl Transport for crate::listeners::Stream {
+    fn read_into(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        match self {
+            crate::listeners::Stream::Tls(t) => t.read_into(buf),
+            _ => rustix::io::read(self.as_fd(), rustix::buffer::spare_capacity(buf)).map_err(io::Error::from),
+        }
+    }
     fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        crate::listeners::Stream::write_vectored(self, bufs)
+        match self {
+            crate::listeners::Stream::Tls(t) => t.write_vectored(bufs),
+            _ => crate::listeners::Stream::write_vectored(self, bufs),
+        }
     }
     fn shutdown_write(&self) -> io::Result<()> {
-        self.shutdown(std::net::Shutdown::Write)
+        match self {
+            crate::listeners::Stream::Tls(t) => t.shutdown_write(),
+            _ => self.shutdown(std::net::Shutdown::Write),
+        }
+    }
+    fn write_more(&self, bufs: &[io::IoSlice<'_>], more: bool) -> io::Result<usize> {
+        match self {
+            crate::listeners::Stream::Tls(t) => t.write_vectored(bufs),
+            _ => write::write_gathered(self, bufs, more),
+        }
+    }
+    fn send_file(&self, file: &std::fs::File, offset: u64, remaining: u64) -> io::Result<usize> {
+        match self {
+            crate::listeners::Stream::Tls(t) => t.send_file(file, offset, remaining),
+            _ => write::send_file(self, file, offset, remaining),
+        }
+    }
+    fn flush_pending(&self) -> io::Result<bool> {
+        match self {
+            crate::listeners::Stream::Tls(t) => t.flush_pending(),
+            _ => Ok(true),
+        }
     }
 }

@@ -94,7 +94,7 @@ impl WriteQueue {
                 return (Flushed::ShareUsed, sent);
             }
             let result = if let Piece::File { file, offset, .. } = &front.piece {
-                send_file(sock, file, offset + front.done, front.remaining())
+                sock.send_file(file, offset + front.done, front.remaining())
             } else {
                 let mut slices = [io::IoSlice::new(&[]); WRITEV_MAX];
                 let mut n = 0;
@@ -107,7 +107,7 @@ impl WriteQueue {
                     slices[n] = io::IoSlice::new(q.rest());
                     n += 1;
                 }
-                write_gathered(sock, &slices[..n], file_next)
+                sock.write_more(&slices[..n], file_next)
             };
             match result {
                 Ok(0) if matches!(front.piece, Piece::File { .. }) => return (Flushed::FileShrank, sent),
@@ -147,7 +147,7 @@ impl WriteQueue {
 ///
 /// # Errors
 /// As `sendmsg(2)` / `writev(2)`; `WouldBlock` when the socket buffer is full.
-fn write_gathered<S: Transport>(sock: &S, slices: &[io::IoSlice<'_>], more: bool) -> io::Result<usize> {
+pub(super) fn write_gathered<S: Transport>(sock: &S, slices: &[io::IoSlice<'_>], more: bool) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
     if more {
         use rustix::net::{SendAncillaryBuffer, SendFlags, sendmsg};
@@ -166,7 +166,12 @@ fn write_gathered<S: Transport>(sock: &S, slices: &[io::IoSlice<'_>], more: bool
 /// As `sendfile(2)`; `WouldBlock` when the socket buffer is full. `Ok(0)` means the file
 /// ended before `offset + remaining` (it shrank).
 #[cfg(target_os = "linux")]
-fn send_file<S: Transport>(sock: &S, file: &std::fs::File, offset: u64, remaining: u64) -> io::Result<usize> {
+pub(super) fn send_file<S: Transport>(
+    sock: &S,
+    file: &std::fs::File,
+    offset: u64,
+    remaining: u64,
+) -> io::Result<usize> {
     let mut off = offset;
     let count = remaining.min(FILE_CHUNK as u64) as usize;
     rustix::fs::sendfile(sock.as_fd(), file, Some(&mut off), count).map_err(io::Error::from)
@@ -177,7 +182,12 @@ fn send_file<S: Transport>(sock: &S, file: &std::fs::File, offset: u64, remainin
 /// # Errors
 /// As `pread(2)` and `write(2)`.
 #[cfg(not(target_os = "linux"))]
-fn send_file<S: Transport>(sock: &S, file: &std::fs::File, offset: u64, remaining: u64) -> io::Result<usize> {
+pub(super) fn send_file<S: Transport>(
+    sock: &S,
+    file: &std::fs::File,
+    offset: u64,
+    remaining: u64,
+) -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; remaining.min(FILE_CHUNK as u64) as usize];
     let n = file.read_at(&mut buf, offset)?;

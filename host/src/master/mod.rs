@@ -184,6 +184,10 @@ pub fn run(
 ) -> anyhow::Result<()> {
     // Refused here, in one line, rather than by every worker of the first generation.
     crate::settings::docroot_dir(&args.docroot).map_err(anyhow::Error::msg)?;
+    // And the TLS certificate: a bad one is one line here, not a failing generation.
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        crate::tls::server_config(cert, key)?;
+    }
     let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode)?;
     if let Some(path) = &args.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))

@@ -162,7 +162,7 @@ impl Master {
                     self.args.docroot.display()
                 );
                 for l in &self.listeners {
-                    tracing::info!("listening on {}", l.describe());
+                    tracing::info!("listening on {}", l.describe_as(self.args.tls_cert.is_some()));
                 }
                 if let Some(mut old) = self.upgrading_from.take() {
                     // SIGUSR2: the old master drains once it reads this.

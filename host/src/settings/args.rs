@@ -195,6 +195,13 @@ pub struct Args {
     /// clients; others are routed as if the pages did not exist).
     #[arg(long, env = "PORTICO_STATUS_PUBLIC")]
     pub status_public: bool,
+    /// TLS on every TCP listener: the certificate chain, PEM, leaf first (TLS 1.2 and 1.3,
+    /// ALPN `http/1.1`; read again on SIGHUP). Needs `--tls-key`.
+    #[arg(long, env = "PORTICO_TLS_CERT", value_hint = ValueHint::FilePath, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert`, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PORTICO_TLS_KEY", value_hint = ValueHint::FilePath, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Proxies whose forwarding fields are believed, by address or CIDR, comma-separated
     /// (`127.0.0.1,10.0.0.0/8`; Gunicorn's name). From these peers only, `X-Forwarded-For`
     /// (or `Forwarded`, see `--forwarded-header`) sets `REMOTE_ADDR` and `X-Forwarded-Proto`

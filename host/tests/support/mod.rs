@@ -775,10 +775,12 @@ pub struct Server {
 }
 
 fn parse_listening(text: &str) -> Vec<SocketAddr> {
-    const NEEDLE: &str = "listening on http://";
+    // `http://`, or `https://` with TLS.
+    const NEEDLE: &str = "listening on http";
     text.lines()
         .filter_map(|line| {
             let rest = &line[line.find(NEEDLE)? + NEEDLE.len()..];
+            let rest = rest.strip_prefix("s://").or_else(|| rest.strip_prefix("://"))?;
             let addr: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
             addr.parse().ok()
         })
