@@ -22,7 +22,7 @@ use mio::{Poll, Waker};
 use signal_hook::consts::{SIGALRM, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGVTALRM};
 use signal_hook::iterator::Signals;
 
-use crate::control::{self, PluginTotals, ToMaster, ToWorker, TreeLink, WorkerReport};
+use crate::control::{self, ToMaster, ToWorker, TreeLink, WorkerReport};
 use crate::exchange::Notifier;
 use crate::io::balance::Balance;
 use crate::io::event_loop::{self, EventLoop};
@@ -179,6 +179,21 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         docroot: Arc::new(Mutex::new(StaticFiles::new(docroot.clone(), static_files::Options::from_args(&args)))),
     });
     let pool = Arc::new(Pool::start(threads, job_rx, workers).context("starting the workers")?);
+
+    // The charts' samples (alone: a master samples its workers' totals itself).
+    if matches!(role, Role::Alone) {
+        let stats = Arc::clone(&stats);
+        let every = Duration::from_secs_f64(args.status_chart_interval);
+        std::thread::Builder::new()
+            .name("portico-history".into())
+            .spawn(move || {
+                loop {
+                    stats.record_history();
+                    std::thread::sleep(every);
+                }
+            })
+            .context("starting the chart sampler")?;
+    }
 
     // Idempotent: the master gone (end of input on the control socket) and its death signal
     // both drain, once. Only a second SIGTERM/SIGINT exits at once (the signal thread counts).
@@ -364,18 +379,7 @@ fn start_link(
 
 /// This worker's counters for the master.
 pub(crate) fn report(stats: &Stats) -> WorkerReport {
-    let plugins = stats
-        .plugins()
-        .into_iter()
-        .map(|(name, c)| PluginTotals {
-            name,
-            requests: c.requests,
-            classes: c.responses.to_vec(),
-            in_flight: c.in_flight,
-            sum_seconds: c.sum_seconds,
-            buckets: c.buckets.to_vec(),
-        })
-        .collect();
+    let plugins = stats.plugin_totals();
     WorkerReport {
         requests: stats.requests_served(),
         responses: stats.responses().to_vec(),

@@ -611,6 +611,35 @@ fn the_page_shows_the_setup_and_how_often_each_plugin_was_loaded() {
     }
 }
 
+/// The charts' data under a master: the master samples every worker's totals, so the history
+/// is the same whichever worker answers.
+#[test]
+fn the_json_has_each_applications_recent_history_under_a_master_too() {
+    for workers in ["0", "1"] {
+        let server = Server::builder().args(["--status-chart-interval", "0.2", "--workers", workers]).start();
+        let mut last = Value::Null;
+        let seen = poll_until(Duration::from_secs(15), Duration::from_millis(100), || {
+            get_ok(&server, "/hello.py");
+            assert_eq!(server.get("/fixture.py/panic").status, 500);
+            last = status_json(&server);
+            let history = last["history"].as_array()?;
+            let points = |name: &str| {
+                history
+                    .iter()
+                    .find(|s| s["name"] == name)
+                    .and_then(|s| s["points"].as_array())
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let busy = points("hello").iter().any(|p| p["requests_per_second"].as_f64() > Some(0.0));
+            let failing = points("fixture").iter().any(|p| p["errors_per_second"].as_f64() > Some(0.0));
+            let timed = points("hello").iter().any(|p| p["p99_seconds"].as_f64().is_some());
+            (busy && failing && timed).then_some(())
+        });
+        assert!(seen.is_some(), "--workers {workers}: no history of hello's requests and fixture's 5xx: {last:#}");
+    }
+}
+
 /// Every metric family in `text` is named in the README's list (counters as `NAME_total`,
 /// info metrics as `NAME_info`).
 fn assert_metrics_documented(text: &str) {
@@ -715,11 +744,18 @@ fn chromium_renders_the_loaded_plugins() {
              Run scripts/test, which installs Debian's `chromium` package (or `apt-get install chromium`)."
         );
     };
-    let server = Server::start();
+    // Chart points every 0.2 s: the traffic below spans several.
+    let server = Server::builder().args(["--status-chart-interval", "0.2"]).start();
     for _ in 0..3 {
         get_ok(&server, "/hello.py");
     }
     assert_eq!(server.get("/fixture.py/panic").status, 500);
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..20 {
+        get_ok(&server, "/hello.py");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let url = format!("http://{}/_portico/status", server.addr());
     let profile = TempDir::new("portico-chromium");
 
@@ -729,9 +765,19 @@ fn chromium_renders_the_loaded_plugins() {
         let row = row(&dom, name);
         assert!(row.contains(&format!("<td class=\"name\">{name}</td>")), "{row}");
     }
-    assert!(row(&dom, "hello").contains("<td class=\"n\">3</td>"), "hello answered 3 requests: {}", row(&dom, "hello"));
+    assert!(
+        row(&dom, "hello").contains("<td class=\"n\">23</td>"),
+        "hello answered 23 requests: {}",
+        row(&dom, "hello")
+    );
     assert!(row(&dom, "fixture").contains("<td class=\"n bad\">1</td>"), "one 5xx: {}", row(&dom, "fixture"));
-    for table in ["plugins", "connections", "workers", "reloads"] {
+    // The charts: hello's three sparklines, drawn (a polyline over several points).
+    let start = dom.find("<tr id=\"chart-hello\">").unwrap_or_else(|| panic!("no chart row for hello:\n{dom}"));
+    let chart_row = &dom[start..start + dom[start..].find("</tr>").expect("the row ends")];
+    assert_eq!(chart_row.matches("<svg").count(), 3, "{chart_row}");
+    assert!(chart_row.contains("<polyline points="), "{chart_row}");
+    assert!(dom.contains("<tr id=\"chart-fixture\">"), "the panics' application has a chart: {dom}");
+    for table in ["plugins", "connections", "workers", "reloads", "charts"] {
         assert!(dom.contains(&format!("<table id=\"{table}\">")), "{table}: {dom}");
     }
 

@@ -44,7 +44,10 @@ h1{font-size:1.3em;margin:0 0 .2em}h2{font-size:1.05em;margin:1.4em 0 .4em}\
 table{border-collapse:collapse}th,td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}\
 th{background:#f3f3f3;font-weight:600}.n{text-align:right;font-variant-numeric:tabular-nums}\
 .bad{color:#b00;font-weight:600}.muted{color:#777}.err{white-space:pre-wrap;font-family:monospace}\
-p.meta{margin:0;color:#555}";
+p.meta{margin:0;color:#555}\
+svg.spark{display:block;fill:none;stroke-width:1.5;stroke-linejoin:round}svg.spark circle{stroke-width:0}\
+svg.rps{stroke:#2563eb}svg.rps circle{fill:#2563eb}svg.errors{stroke:#b00}svg.errors circle{fill:#b00}\
+svg.p99{stroke:#7c3aed}svg.p99 circle{fill:#7c3aed}";
 
 /// The status page.
 pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String {
@@ -73,6 +76,7 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
 
     setup(&mut h, s);
     traffic(&mut h, s);
+    super::charts::render(&mut h, &s.history);
 
     h.push_str("<h2>Plugins</h2>\n<table id=\"plugins\"><thead><tr><th>plugin</th><th>version</th>");
     h.push_str("<th class=\"n\" title=\"times loaded: 1 at the start, one more per reload that changed its file or settings\">loads</th><th>loaded at</th><th class=\"n\">requests</th>");

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | this one | answering a request for a page: methods, the query, the access rule |
 //! | [`html`] | the status page as HTML |
+//! | [`charts`] | the status page's charts: inline SVG sparklines of each application's recent requests/s, 5xx/s and p99 |
 //! | [`openmetrics`] | the metrics as OpenMetrics text |
 //!
 //! - **Access.** By default only loopback clients (127.0.0.0/8, `::1`, and IPv4-mapped
@@ -17,6 +18,7 @@
 //! - **One snapshot** ([`Snapshot`]) is read from the counters per request and rendered three
 //!   ways, so the HTML, the JSON and the metrics of one request agree.
 
+pub mod charts;
 pub mod html;
 pub mod openmetrics;
 

@@ -159,6 +159,8 @@ struct Master {
     announced: bool,
     stopping: Option<Instant>,
     next_report: Instant,
+    /// When the charts get their next sample of the totals.
+    next_history: Instant,
     record: Record,
     trees: tree::Asks,
     /// A binary upgrade in progress (SIGUSR2).
@@ -228,6 +230,7 @@ pub fn run(
         announced: false,
         stopping: None,
         next_report: Instant::now() + REPORT_EVERY,
+        next_history: Instant::now(),
         record: Record::new(target),
         trees: tree::Asks::default(),
         upgrade: None,
@@ -376,7 +379,7 @@ impl Master {
     }
 
     fn next_deadline(&self) -> Instant {
-        let mut next = self.next_report;
+        let mut next = self.next_report.min(self.next_history);
         next = next.min(self.respawn_at.iter().copied().min().unwrap_or(next));
         next = next.min(self.workers.iter().filter_map(|(_, w)| w.kill_at).min().unwrap_or(next));
         next = next.min(self.pending.as_ref().map_or(next, |g| g.ready_by));
@@ -417,6 +420,11 @@ impl Master {
             tracing::error!("no worker became ready within --worker-ready-timeout {secs} s; stopping");
             self.failed = Some(format!("no worker became ready within --worker-ready-timeout {secs} s"));
             self.shutdown(rustix::process::Signal::KILL);
+        }
+        if now >= self.next_history {
+            self.next_history = now + Duration::from_secs_f64(self.args.status_chart_interval);
+            let totals = tree::totals(&self.workers_view(), &self.record);
+            self.record.history.record(std::time::SystemTime::now(), totals.plugins);
         }
         if now >= self.next_report {
             self.next_report = now + REPORT_EVERY;

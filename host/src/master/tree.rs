@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 
 use crate::control::{PluginTotals, WorkerReport};
+use crate::metrics::history::History;
 pub use crate::metrics::snapshot::rfc3339;
 use crate::metrics::snapshot::unix;
 
@@ -91,6 +92,9 @@ pub struct Record {
     /// Counters of workers that have exited (their last reports), added to the totals.
     #[serde(skip)]
     pub retired: WorkerReport,
+    /// Samples of the totals for the status page's charts (shown as the tree's `history`).
+    #[serde(skip)]
+    pub history: History,
 }
 
 /// One plugin of the serving generation, as the status page shows it.
@@ -142,6 +146,7 @@ impl Record {
             plugins: BTreeMap::new(),
             deaths: Vec::new(),
             retired: WorkerReport::default(),
+            history: History::default(),
         }
     }
 
@@ -197,6 +202,15 @@ fn sum_into(into: &mut Vec<u64>, from: &[u64]) {
     }
 }
 
+/// Every worker's counters added up (exited ones included): what the charts sample.
+pub fn totals(workers: &[WorkerRow], record: &Record) -> WorkerReport {
+    let mut totals = record.retired.clone();
+    for r in workers.iter().filter_map(|w| w.report.as_ref()) {
+        add(&mut totals, r);
+    }
+    totals
+}
+
 /// The tree as the status page gets it.
 pub fn view(workers: &[WorkerRow], record: &Record) -> serde_json::Value {
     let mut totals = record.retired.clone();
@@ -227,7 +241,7 @@ pub fn view(workers: &[WorkerRow], record: &Record) -> serde_json::Value {
     totals.rss_bytes = Some(rss);
     totals.connections = connections;
     totals.plugins.sort_by(|a, b| a.name.cmp(&b.name));
-    serde_json::json!({ "master": record, "workers": rows, "totals": totals })
+    serde_json::json!({ "master": record, "workers": rows, "totals": totals, "history": record.history.series() })
 }
 
 struct Ask {

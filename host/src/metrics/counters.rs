@@ -36,38 +36,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::plugin::loader::Plugin;
 
-/// Upper bounds of the latency histogram's buckets, in seconds (a value `v` falls in the first
-/// bucket with `v <= bound`; past the last, in `+Inf`). 25 µs to 10 s, 1-2.5-5 steps.
-pub const LATENCY_BOUNDS: [f64; 19] = [
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 25.0,
-];
-
-/// [`LATENCY_BOUNDS`] in nanoseconds, for the hot path (integer compares).
-const BOUNDS_NS: [u64; 19] = [
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
-    25_000_000_000,
-];
-
-/// Buckets in the histogram: one per bound, plus `+Inf`.
-pub const BUCKETS: usize = LATENCY_BOUNDS.len() + 1;
+use super::latency::BOUNDS_NS;
+pub use super::latency::{BUCKETS, LATENCY_BOUNDS};
 
 /// The status classes responses are counted by (RFC 9110 §15), as Prometheus labels.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -157,21 +127,7 @@ impl PluginCounts {
     /// in (from 0 for the first bucket). In the `+Inf` bucket it is the largest finite bound.
     /// `None` before the first request.
     pub fn quantile_seconds(&self, q: f64) -> Option<f64> {
-        if self.requests == 0 {
-            return None;
-        }
-        let rank = q.clamp(0.0, 1.0) * self.requests as f64;
-        let mut below = 0u64;
-        for (i, &n) in self.buckets.iter().enumerate() {
-            if n > 0 && (below + n) as f64 >= rank {
-                let Some(&upper) = LATENCY_BOUNDS.get(i) else { return LATENCY_BOUNDS.last().copied() };
-                let lower = if i == 0 { 0.0 } else { LATENCY_BOUNDS[i - 1] };
-                let into = ((rank - below as f64) / n as f64).clamp(0.0, 1.0);
-                return Some(lower + (upper - lower) * into);
-            }
-            below += n;
-        }
-        LATENCY_BOUNDS.last().copied()
+        super::latency::quantile_seconds(&self.buckets, q)
     }
 }
 
@@ -329,6 +285,7 @@ pub struct Stats {
     /// Plugin files that do not serve, with why (see [`Stats::set_refused`]).
     refused: Mutex<Vec<String>>,
     setup: Mutex<Setup>,
+    history: Mutex<super::history::History>,
 }
 
 impl std::fmt::Debug for Stats {
@@ -353,6 +310,7 @@ impl Stats {
             reloads: Mutex::new(Reloads { count: 0, failures: 0, last: None, last_success: now }),
             refused: Mutex::new(Vec::new()),
             setup: Mutex::new(Setup::default()),
+            history: Mutex::new(super::history::History::default()),
         }
     }
 
@@ -360,6 +318,32 @@ impl Stats {
     /// admin pages, errors).
     pub fn requests_served(&self) -> u64 {
         self.loops.iter().map(|l| l.served.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Every plugin's counters as the master adds them up (and as a chart samples them).
+    pub fn plugin_totals(&self) -> Vec<crate::control::PluginTotals> {
+        self.plugins()
+            .into_iter()
+            .map(|(name, c)| crate::control::PluginTotals {
+                name,
+                requests: c.requests,
+                classes: c.responses.to_vec(),
+                in_flight: c.in_flight,
+                sum_seconds: c.sum_seconds,
+                buckets: c.buckets.to_vec(),
+            })
+            .collect()
+    }
+
+    /// Samples every plugin's counters for the charts (alone; a master samples its workers').
+    pub fn record_history(&self) {
+        let totals = self.plugin_totals();
+        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).record(SystemTime::now(), totals);
+    }
+
+    /// The charts from the samples kept.
+    pub fn history(&self) -> Vec<super::history::Series> {
+        self.history.lock().unwrap_or_else(std::sync::PoisonError::into_inner).series()
     }
 
     /// Records what the server runs with (at the start).

@@ -20,6 +20,9 @@ pub struct Snapshot {
     pub setup: SetupInfo,
     /// Every request, by what answered it.
     pub traffic: Traffic,
+    /// Each application's recent past (see [`super::history`]): under a master, every
+    /// worker's.
+    pub history: Vec<super::history::Series>,
     /// Every plugin loaded now, and any that served requests before being removed; by name.
     pub plugins: Vec<PluginRow>,
     /// Connections by state (each event loop's figures are from its last 250 ms sweep).
@@ -251,6 +254,7 @@ impl Snapshot {
                 resident_memory_bytes: resident_memory_bytes(),
             },
             traffic: Traffic::of(stats.requests_served(), &stats.responses(), &stats.static_responses()),
+            history: stats.history(),
             plugins: rows,
             connections: stats.connections(),
             workers: WorkerInfo {
@@ -283,6 +287,9 @@ impl Snapshot {
     pub fn with_tree(mut self, tree: serde_json::Value) -> Snapshot {
         let totals: WorkerReport = serde_json::from_value(tree["totals"].clone()).unwrap_or_default();
         self.traffic = Traffic::of(totals.requests, &totals.responses, &totals.static_responses);
+        if let Ok(history) = serde_json::from_value(tree["history"].clone()) {
+            self.history = history;
+        }
         for row in &mut self.plugins {
             // The master's count: each worker of a generation loads its plugins once.
             let loads = &tree["master"]["plugins"][&row.name];

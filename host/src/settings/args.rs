@@ -213,6 +213,10 @@ pub struct Args {
     /// nginx, HAProxy, Kubernetes ingresses) or `forwarded` (RFC 7239: `for=`, `proto=`).
     #[arg(long, env = "PORTICO_FORWARDED_HEADER", value_enum, default_value_t = ForwardedHeader::XForwardedFor)]
     pub forwarded_header: ForwardedHeader,
+    /// Seconds between the points of the status page's charts (requests/s, 5xx/s and p99 per
+    /// application); a chart shows the last 90 of them (15 minutes at the default).
+    #[arg(long, env = "PORTICO_STATUS_CHART_INTERVAL", default_value_t = 10.0, value_parser = parse_interval)]
+    pub status_chart_interval: f64,
     /// Path of the health check a load balancer or a readiness probe calls, answered to
     /// every client on the event loop, ahead of mounts and files: `200 ok` while the server
     /// serves, `503 draining` (and the connection closes) once it is shutting down. `off`
@@ -238,6 +242,14 @@ fn parse_seconds(v: &str) -> Result<f64, String> {
 fn parse_status_path(v: &str) -> Result<String, String> {
     super::AdminPaths::parse(v)?;
     Ok(v.to_owned())
+}
+
+/// Seconds between chart points: more than 0, at most an hour.
+fn parse_interval(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(s),
+        _ => Err(format!("{v:?} is not a number of seconds above 0 (at most 3600)")),
+    }
 }
 
 /// A `--health-path` must be `off` or a plain absolute path (see [`super::plain_path`]).
