@@ -1,15 +1,16 @@
 //! `portico install LIB.so [--plugins DIR] [--pid-file FILE] [--config FILE]`: puts a built
 //! plugin into a plugins directory safely and has the server load it.
 //!
-//! 1. The library is test-loaded in a child process (as `portico check` does), with its
+//! 1. It is copied into the plugins directory under a hidden temporary name (the server's
+//!    scan skips names starting with `.`) and flushed.
+//! 2. That copy is test-loaded in a child process (as `portico check` does), with its
 //!    `[plugin.NAME]` table when a configuration file is given: a library that is not a
 //!    plugin, was built against another `portico-api` 0.minor, refuses its settings, or
 //!    crashes while loading is refused here, and nothing is installed.
-//! 2. Its name is the one it exports (`export_app!(name: …)`), not the file's: a
-//!    `target/release/libhello.so` of a crate named anything installs as `NAME.so`.
-//! 3. It is copied next to its destination under a hidden temporary name (the server's scan
-//!    skips names starting with `.`), flushed, then renamed over `NAME.so`: a server reading
-//!    the directory sees the old file or the new one, never half of one.
+//! 3. Its name is the one it exports (`export_app!(name: …)`), not the file's: a
+//!    `target/release/libhello.so` of a crate named anything installs as `NAME.so`. The
+//!    tested copy is renamed over `NAME.so`: a server reading the directory sees the old file
+//!    or the new one, never half of one, and what it loads is what was tested.
 //! 4. SIGHUP goes to the pid in the pid file (`--pid-file`, or the configuration's
 //!    `pid_file`): the server reloads without dropping a request, and keeps the previous
 //!    version serving if this one fails there.
@@ -99,33 +100,17 @@ fn install(args: &InstallArgs) -> Result<Vec<String>, Failed> {
     let settings = |name: &str| config.as_ref().map(|c| c.plugin_config(name)).unwrap_or_default();
     let timeout = Duration::from_secs_f64(args.timeout.max(0.1));
 
-    // The file's name first (its settings may be needed to load at all), then the name it
-    // exports, with that name's settings if they differ.
-    let file_name = library.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let guess = loader::route_name(file_name).unwrap_or("plugin").to_owned();
-    let test = |name: &str| {
-        probe::load_in_child(name, &library, &settings(name), timeout).map_err(|e| {
-            let why = e.to_string();
-            let placed = why
-                .strip_prefix("init failed: ")
-                .and_then(|w| config.as_ref().and_then(|c| c.plugin_init_error(name, w)))
-                .map_or(why, |e| e.to_string());
-            Failed(format!("{} was not installed: {placed}", library.display()), 1)
-        })
-    };
-    let mut loaded = test(&guess)?;
-    let name = loaded.module_name.clone();
-    if loader::route_name(&format!("{name}{}", std::env::consts::DLL_SUFFIX)) != Some(name.as_str()) {
-        return Err(Failed(format!("the plugin exports the name {name:?}, which cannot be a plugin file's name"), 1));
-    }
-    if name != guess && settings(&name) != settings(&guess) {
-        loaded = test(&name)?;
-    }
-
+    // The copy that will be installed is the one tested: a rebuild meanwhile changes nothing.
     let dir = &server.plugins;
     std::fs::create_dir_all(dir).map_err(|e| Failed(format!("making {}: {e}", dir.display()), 1))?;
-    let target = dir.join(format!("{name}{}", std::env::consts::DLL_SUFFIX));
-    put_in_place(&library, &target).map_err(|e| Failed(e, 1))?;
+    let file_name = library.file_name().and_then(|n| n.to_str()).unwrap_or("plugin").to_owned();
+    let temp = dir.join(format!(".{file_name}.install-{}", std::process::id()));
+    let staged = stage(&library, &temp)
+        .and_then(|()| test_and_rename(&library, &temp, dir, timeout, &|name: &str| settings(name), config.as_ref()));
+    if staged.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    let (name, target, loaded) = staged?;
     let kind = if loaded.middleware { "middleware" } else { "application" };
     let mut lines = vec![format!("installed {name} {} ({kind}) as {}", loaded.version, target.display())];
     match args.pid_file.as_ref().or(server.pid_file.as_ref()) {
@@ -138,34 +123,82 @@ fn install(args: &InstallArgs) -> Result<Vec<String>, Failed> {
     Ok(lines)
 }
 
-/// Copies `library` to a hidden name beside `target`, flushes it, and renames it to `target`.
-fn put_in_place(library: &Path, target: &Path) -> Result<(), String> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let file = target.file_name().and_then(|n| n.to_str()).unwrap_or("plugin");
-    let temp = dir.join(format!(".{file}.install-{}", std::process::id()));
-    let result = (|| {
-        std::fs::copy(library, &temp).map_err(|e| format!("copying to {}: {e}", temp.display()))?;
-        std::fs::File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| format!("flushing {}: {e}", temp.display()))?;
-        std::fs::rename(&temp, target).map_err(|e| format!("renaming to {}: {e}", target.display()))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
+/// Copies `library` to `temp` (a hidden name in the plugins directory, which the server's
+/// scan skips) and flushes it.
+fn stage(library: &Path, temp: &Path) -> Result<(), Failed> {
+    std::fs::copy(library, temp).map_err(|e| Failed(format!("copying to {}: {e}", temp.display()), 1))?;
+    std::fs::File::open(temp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Failed(format!("flushing {}: {e}", temp.display()), 1))
+}
+
+/// Test-loads the staged copy `temp` of `library` in a child and renames it into `dir` under
+/// the name it exports: (name, installed path, what loaded).
+///
+/// The first test load needs a name for its settings: the file's (`libmy_app.so` → `my_app`,
+/// or `my-app` when only that has a `[plugin.NAME]` table, as `portico new my-app` makes);
+/// then the exported name's, if its table differs.
+fn test_and_rename(
+    library: &Path,
+    temp: &Path,
+    dir: &Path,
+    timeout: Duration,
+    settings: &dyn Fn(&str) -> String,
+    config: Option<&config_file::Loaded>,
+) -> Result<(String, PathBuf, probe::Loaded), Failed> {
+    let file_name = library.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let stem = loader::route_name(file_name).unwrap_or("plugin").to_owned();
+    let dashed = stem.replace('_', "-");
+    let has_table = |n: &str| config.is_some_and(|c| c.file.plugin.contains_key(n));
+    let guess = if !has_table(&stem) && has_table(&dashed) { dashed } else { stem };
+    let test = |name: &str| {
+        probe::load_in_child(name, temp, &settings(name), timeout).map_err(|e| {
+            let why = e.to_string();
+            let placed = why
+                .strip_prefix("init failed: ")
+                .and_then(|w| config.and_then(|c| c.plugin_init_error(name, w)))
+                .map_or(why, |e| e.to_string());
+            Failed(format!("{} was not installed: {placed}", library.display()), 1)
+        })
+    };
+    let mut loaded = test(&guess)?;
+    let name = loaded.module_name.clone();
+    if loader::route_name(&format!("{name}{}", std::env::consts::DLL_SUFFIX)) != Some(name.as_str()) {
+        return Err(Failed(format!("the plugin exports the name {name:?}, which cannot be a plugin file's name"), 1));
     }
-    result
+    if name != guess && settings(&name) != settings(&guess) {
+        loaded = test(&name)?;
+    }
+    let target = dir.join(format!("{name}{}", std::env::consts::DLL_SUFFIX));
+    std::fs::rename(temp, &target).map_err(|e| Failed(format!("renaming to {}: {e}", target.display()), 1))?;
+    Ok((name, target, loaded))
 }
 
 /// Sends SIGHUP to the pid written in `pid_file`; the pid.
 fn signal_reload(pid_file: &Path) -> Result<i32, String> {
     let text =
         std::fs::read_to_string(pid_file).map_err(|e| format!("reading the pid file {}: {e}", pid_file.display()))?;
+    // A positive pid only: kill(-1) would signal every process this user may signal.
     let pid = text
         .trim()
         .parse::<i32>()
         .ok()
+        .filter(|&p| p > 0)
         .and_then(rustix::process::Pid::from_raw)
         .ok_or_else(|| format!("the pid file {} holds no pid: {:?}", pid_file.display(), text.trim()))?;
+    // A stale pid file may name a process that reused the pid: SIGHUP would end most
+    // programs. Where /proc says what runs there, it must be portico.
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", pid.as_raw_nonzero()));
+    if let Ok(comm) = comm
+        && comm.trim() != "portico"
+    {
+        return Err(format!(
+            "the pid file {} names process {} ({}), not portico: a stale pid file? nothing signalled",
+            pid_file.display(),
+            pid.as_raw_nonzero(),
+            comm.trim()
+        ));
+    }
     rustix::process::kill_process(pid, rustix::process::Signal::HUP)
         .map_err(|e| format!("sending SIGHUP to {} (from {}): {e}", pid.as_raw_nonzero(), pid_file.display()))?;
     Ok(pid.as_raw_nonzero().get())

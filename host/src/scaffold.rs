@@ -23,7 +23,7 @@ use crate::settings::args::parse_subcommand;
 )]
 struct NewArgs {
     /// The plugin's name: what `/NAME.py` and mounts call it, and its crate's name (ASCII
-    /// letters, digits, `_` and `-`, starting with a letter).
+    /// letters, digits, `_` and `-`, starting with a letter, not with `lib`).
     name: String,
     /// A middleware (an app that wraps the next application) instead of an application.
     #[arg(long)]
@@ -49,6 +49,8 @@ fn valid_name(name: &str) -> bool {
     name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         && name.len() <= 64
+        // `libNAME.so` is NAME's file: a `library` plugin would be served as `rary`.
+        && !name.starts_with("lib")
 }
 
 /// Runs `portico new ARGS...` (`args` without the `new` word); the process exit status: 0
@@ -78,7 +80,7 @@ fn write_crate(args: &NewArgs) -> Result<PathBuf, String> {
     let name = &args.name;
     if !valid_name(name) {
         return Err(format!(
-            "invalid plugin name {name:?}: ASCII letters, digits, '_' and '-', starting with a letter"
+            "invalid plugin name {name:?}: ASCII letters, digits, '_' and '-', starting with a letter (not `lib`)"
         ));
     }
     let api = args.api_path.clone().unwrap_or_else(built_api_path);
@@ -134,7 +136,7 @@ mod tests {
         for ok in ["hello", "my-app", "a1_b"] {
             assert!(valid_name(ok), "{ok}");
         }
-        for bad in ["", "1st", "a b", "a/b", "../x", "é", "-x"] {
+        for bad in ["", "1st", "a b", "a/b", "../x", "é", "-x", "library"] {
             assert!(!valid_name(bad), "{bad}");
         }
     }

@@ -20,7 +20,7 @@
 //! TLS).
 
 use std::cell::RefCell;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -151,6 +151,11 @@ impl TlsStream {
         Ok(true)
     }
 
+    /// Whether records wait for the socket.
+    pub fn pending(&self) -> bool {
+        self.session.borrow().wants_write()
+    }
+
     /// Reads plaintext into the spare capacity of `buf` (see the module docs); `Ok(0)` at the
     /// end of input (`close_notify`, or the TCP connection's end).
     ///
@@ -161,23 +166,19 @@ impl TlsStream {
             {
                 let mut session = self.session.borrow_mut();
                 let spare = buf.capacity() - buf.len();
-                let start = buf.len();
-                buf.resize(start + spare, 0);
-                let got = session.reader().read(&mut buf[start..]);
-                match got {
-                    Ok(n) => {
-                        buf.truncate(start + n);
+                // Copied from rustls' buffer into the spare capacity, no zero-filling first.
+                let mut reader = session.reader();
+                match std::io::BufRead::fill_buf(&mut reader) {
+                    Ok(chunk) => {
+                        let n = chunk.len().min(spare);
+                        buf.extend_from_slice(&chunk[..n]);
+                        std::io::BufRead::consume(&mut reader, n);
+                        // 0: `close_notify` came, the end of input.
                         return Ok(n);
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        buf.truncate(start);
-                        return Ok(0);
-                    }
-                    Err(e) => {
-                        buf.truncate(start);
-                        return Err(e);
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) => return Err(e),
                 }
                 match session.read_tls(&mut &self.tcp) {
                     Ok(0) => return Ok(0),

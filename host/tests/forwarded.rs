@@ -40,6 +40,9 @@ fn a_trusted_proxy_names_the_client_and_the_scheme() {
     let mut req = String::from("GET /_portico/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
     req.push_str("X-Forwarded-For: 203.0.113.9\r\n\r\n");
     assert_eq!(server.request(req.as_bytes()).status, 404);
+    // Not even when a trusted proxy names a loopback client: a proxied request is not local.
+    let req = "GET /_portico/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: 127.0.0.1\r\n\r\n";
+    assert_eq!(server.request(req.as_bytes()).status, 404);
     server.term();
     server.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| panic!("no exit{}", server.context()));
     let text = std::fs::read_to_string(&log).unwrap();

@@ -112,6 +112,18 @@ fn new_then_build_then_install_serves_the_plugin() {
     let check = portico(dir.path(), &["check", "--config", config.to_str().unwrap(), "--plugins", plugins_arg]);
     assert!(text(&check).contains("ok: mount /api → hello (middleware: stamp)"), "{}", text(&check));
 
+    // A pid file that names no portico: nothing is signalled.
+    for (contents, why) in [("-1\n", "holds no pid"), (&format!("{}\n", std::process::id()), "not portico")] {
+        let bad_pid = dir.path().join("bad.pid");
+        std::fs::write(&bad_pid, contents).unwrap();
+        let out = portico(
+            dir.path(),
+            &["install", app.to_str().unwrap(), "--plugins", plugins_arg, "--pid-file", bad_pid.to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains(why), "{}", text(&out));
+    }
+
     // Not a plugin: refused, nothing installed, the server untouched.
     let junk = dir.path().join("libjunk.so");
     std::fs::write(&junk, b"not a library").unwrap();

@@ -60,6 +60,30 @@ fn s_client(addr: std::net::SocketAddr, ca: &Path, flags: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A TLS client that reads `GET /slow.bin` (`Connection: close`) 8 KiB every 8 ms through an
+/// 8 KiB receive buffer, and prints the body's length.
+const SLOW_READER: &str = r#"
+import socket, ssl, sys, time
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+sock.connect(("127.0.0.1", int(sys.argv[1])))
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(sock)
+s.sendall(b"GET /slow.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+data = b""
+while True:
+    try:
+        d = s.recv(8192)
+    except ssl.SSLError as e:
+        print("error", e); break
+    if not d:
+        break
+    data += d
+    time.sleep(0.008)
+head, _, body = data.partition(b"\r\n\r\n")
+print(head.split(b"\r\n")[0].decode(), len(body))
+"#;
+
 #[test]
 fn tls_serves_plugins_and_files_and_says_https() {
     let dir = TempDir::new("portico-tls");
@@ -68,6 +92,7 @@ fn tls_serves_plugins_and_files_and_says_https() {
     let server = Server::builder()
         .plugins(&["hello", "echo"])
         .docroot_file("big.bin", big.clone())
+        .docroot_file("slow.bin", big.iter().cycle().take(3_000_000).copied().collect::<Vec<u8>>())
         .args(["--tls-cert".as_ref(), cert.as_os_str(), "--tls-key".as_ref(), key.as_os_str()])
         .start();
     let base = format!("https://localhost:{}", server.addr().port());
@@ -81,6 +106,18 @@ fn tls_serves_plugins_and_files_and_says_https() {
     let (code, body) = r("/big.bin");
     assert_eq!(code, "200");
     assert!(body == big, "1.5 MB file over TLS: {} bytes back", body.len());
+    // A `Connection: close` response of 3 MB read slowly through a small receive buffer
+    // (~1 MB/s, past the 2 s a lingering close waits for input): every byte reaches the
+    // client before the close (python3's ssl module as the client).
+    let slow = Command::new("python3")
+        .arg("-c")
+        .arg(SLOW_READER)
+        .arg(server.addr().port().to_string())
+        .output()
+        .expect("running python3");
+    let said = String::from_utf8_lossy(&slow.stdout);
+    assert!(slow.status.success(), "{said}{}", String::from_utf8_lossy(&slow.stderr));
+    assert!(said.trim().ends_with(" 3000000"), "a slow reader got: {said}");
     // TLS 1.2 too.
     let (code, _) = curl(&cert, &format!("{base}/hello.py"), &["--resolve", &resolve, "--tls-max", "1.2"]);
     assert_eq!(code, "200");

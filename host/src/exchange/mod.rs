@@ -62,6 +62,9 @@ pub struct Peer {
     pub unix: bool,
     /// The client used `https` (`wsgi.url_scheme`): as a trusted proxy said.
     pub https: bool,
+    /// The addresses are what trusted proxies said ([`Peer::forwarded`]): such a request is
+    /// never local for the admin pages, whatever address a proxy names.
+    pub forwarded: bool,
 }
 
 impl Peer {
@@ -73,6 +76,7 @@ impl Peer {
             ips: Arc::new((remote.ip().to_string(), local.ip().to_string())),
             unix: false,
             https: false,
+            forwarded: false,
         }
     }
 
@@ -95,13 +99,21 @@ impl Peer {
             ips: Arc::new((client.ip.to_string(), self.ips.1.clone())),
             unix: false,
             https: client.https.unwrap_or(self.https),
+            forwarded: true,
         })
     }
 
     /// A connection on a Unix socket.
     pub fn unix() -> Peer {
         let none = SocketAddr::from(([0, 0, 0, 0], 0));
-        Peer { remote: none, local: none, ips: Arc::new((String::new(), String::new())), unix: true, https: false }
+        Peer {
+            remote: none,
+            local: none,
+            ips: Arc::new((String::new(), String::new())),
+            unix: true,
+            https: false,
+            forwarded: false,
+        }
     }
 }
 

@@ -124,9 +124,30 @@ fn values<'h>(head: &'h RequestHead, name: &'h str) -> impl Iterator<Item = &'h 
         .iter()
         .filter(move |(n, _)| head.slice(n).eq_ignore_ascii_case(name.as_bytes()))
         .filter_map(|(_, v)| std::str::from_utf8(head.slice(v)).ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| split_outside_quotes(v, ','))
         .map(str::trim)
         .filter(|v| !v.is_empty())
+}
+
+/// `v` split at `sep`, except inside a quoted string (RFC 9110 §5.6.4: `"…"`, `\` escaping
+/// the next character): a quoted `host="a,for=6.6.6.6"` stays one value.
+fn split_outside_quotes(v: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in v.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(&v[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&v[start..]);
+    parts
 }
 
 /// `https` / `http` (any case).
@@ -158,7 +179,7 @@ fn address(v: &str) -> Option<IpAddr> {
 fn element(e: &str) -> (Option<IpAddr>, Option<bool>) {
     let mut ip = None;
     let mut proto = None;
-    for pair in e.split(';') {
+    for pair in split_outside_quotes(e, ';') {
         let Some((k, v)) = pair.split_once('=') else { continue };
         match k.trim().to_ascii_lowercase().as_str() {
             "for" => ip = address(v),
@@ -214,6 +235,9 @@ mod tests {
             "Forwarded: for=\"[2001:db8::7]:80\";proto=https, for=10.0.0.9;proto=http\r\nX-Forwarded-For: 6.6.6.6\r\n",
         );
         assert_eq!(t.client(&h, ip("10.0.0.2")), Some(Client { ip: ip("2001:db8::7"), https: Some(true) }));
+        // A quoted parameter cannot smuggle in another element or parameter.
+        let smuggled = head("Forwarded: for=203.0.113.9;host=\"a,for=6.6.6.6;proto=https\"\r\n");
+        assert_eq!(t.client(&smuggled, ip("10.0.0.2")), Some(Client { ip: ip("203.0.113.9"), https: None }));
         let hidden = head("Forwarded: for=_hidden, for=10.0.0.9\r\n");
         assert_eq!(t.client(&hidden, ip("10.0.0.2")).unwrap().ip, ip("10.0.0.9"));
     }

@@ -269,9 +269,13 @@ impl<S: Transport> Conn<S> {
 
     /// The socket is writable: writes what is queued.
     pub fn on_writable(&mut self, h: &mut impl Handler) -> Step {
-        // TLS records the socket did not take last time go first.
-        if self.sock.flush_pending().is_err() {
-            return self.close(h);
+        // TLS records the socket did not take last time go first (progress for the send
+        // timeout).
+        if self.sock.pending() {
+            match self.sock.flush_pending() {
+                Ok(_) => self.last_write = Instant::now(),
+                Err(_) => return self.close(h),
+            }
         }
         self.flush(h)
     }
@@ -396,7 +400,7 @@ impl<S: Transport> Conn<S> {
                 });
                 if body_stalled {
                     Some(Expiry::Body)
-                } else if !self.out.is_empty() && over(self.last_write, cfg.send_timeout) {
+                } else if (!self.out.is_empty() || self.sock.pending()) && over(self.last_write, cfg.send_timeout) {
                     Some(Expiry::Send)
                 } else {
                     None
@@ -669,7 +673,11 @@ impl<S: Transport> Conn<S> {
 
     /// If the response is completely written: logs it, then closes or goes back to `Head`.
     fn finish(&mut self, h: &mut impl Handler) -> Step {
-        let done = matches!(&self.phase, Phase::Writing { stream, .. } if stream.is_none()) && self.out.is_empty();
+        // Out means out of the transport too: TLS records still in the session would be lost
+        // by a close, and a linger's clocks must not run while they wait.
+        let done = matches!(&self.phase, Phase::Writing { stream, .. } if stream.is_none())
+            && self.out.is_empty()
+            && !self.sock.pending();
         if !done {
             return Step::Open;
         }

@@ -45,8 +45,9 @@ impl Handler for EventLoop {
         }
         // The server's own pages, for the clients allowed to see them (the others are routed
         // as if the pages did not exist).
-        let admin =
-            config.admin.as_ref().filter(|_| config.admin_public || peer.unix || admin::is_loopback(peer.remote.ip()));
+        let admin = config.admin.as_ref().filter(|_| {
+            config.admin_public || (!peer.forwarded && (peer.unix || admin::is_loopback(peer.remote.ip())))
+        });
         let table = self.shared.routes.load();
         let route = match routing::route(&head, &table, admin) {
             Ok(r) => r,

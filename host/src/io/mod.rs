@@ -89,6 +89,12 @@ pub trait Transport: AsFd + mio::event::Source {
     fn flush_pending(&self) -> io::Result<bool> {
         Ok(true)
     }
+
+    /// Whether bytes the transport holds back still wait for the socket (a response is not
+    /// out until they are).
+    fn pending(&self) -> bool {
+        false
+    }
 }
 
 /// mio's stream sockets read and write through `&Self`; `shutdown` takes `&self`.
@@ -143,6 +149,12 @@ impl Transport for crate::listeners::Stream {
         match self {
             crate::listeners::Stream::Tls(t) => t.flush_pending(),
             _ => Ok(true),
+        }
+    }
+    fn pending(&self) -> bool {
+        match self {
+            crate::listeners::Stream::Tls(t) => t.pending(),
+            _ => false,
         }
     }
 }

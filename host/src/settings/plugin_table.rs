@@ -46,8 +46,19 @@ impl Loaded {
 
     /// An error about the `[plugin.NAME]` table, at its header (line 1 if it has none).
     pub fn plugin_table_error(&self, name: &str, message: impl Into<String>) -> ConfigError {
+        // A header starts its line (after blanks): not the same text in a comment or a string.
         let header = format!("[plugin.{name}]");
-        let start = self.text().find(&header).unwrap_or(0);
+        let mut at = 0;
+        let mut start = None;
+        for line in self.text().split_inclusive('\n') {
+            let indent = line.len() - line.trim_start().len();
+            if line.trim_start().starts_with(&header) {
+                start = Some(at + indent);
+                break;
+            }
+            at += line.len();
+        }
+        let start = start.unwrap_or(0);
         self.error_at(start..start, message)
     }
 
