@@ -84,6 +84,36 @@ fn ip_filter_relies_on_the_server_wide_client() {
     assert_eq!(req("198.51.100.1"), 403);
 }
 
+/// A proxy on the same host over a Unix socket (nginx `proxy_pass http://unix:…`), trusted
+/// with `unix` in the list.
+#[test]
+fn a_unix_socket_proxy_can_be_trusted() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("portico-forwarded-unix");
+    let path = dir.path().join("portico.sock");
+    let bind = format!("unix:{}", path.display());
+    let server = Server::builder()
+        .plugins(&["echo"])
+        .args(["--bind", "127.0.0.1:0", "--bind", &bind, "--forwarded-allow-ips", "unix"])
+        .start();
+    let ask = |fields: &str, path_q: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        write!(s, "GET {path_q} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{fields}\r\n").unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let echo = ask("X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n", "/echo.py/x");
+    let json: serde_json::Value = serde_json::from_str(echo.split_once("\r\n\r\n").map_or("", |(_, b)| b)).unwrap();
+    assert_eq!((json["remote_addr"].as_str(), json["url_scheme"].as_str()), (Some("203.0.113.9"), Some("https")));
+    // A proxied request is not local; the Unix socket's own (unproxied) requests still are.
+    assert!(ask("X-Forwarded-For: 203.0.113.9\r\n", "/_portico/status").starts_with("HTTP/1.1 404"));
+    assert!(ask("", "/_portico/status").starts_with("HTTP/1.1 200"));
+    // TCP peers are not trusted by `unix`.
+    let j = echo_with(&server, PROXIED);
+    assert_eq!(j["remote_addr"], "127.0.0.1", "{j}");
+}
+
 #[test]
 fn a_wildcard_or_a_bad_address_is_refused_at_start() {
     for list in ["*", "10.0.0.0/33", "proxy.local"] {

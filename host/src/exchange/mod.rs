@@ -88,19 +88,16 @@ impl Peer {
         head: &crate::http::request::RequestHead,
         trusted: &crate::http::forwarded::TrustedProxies,
     ) -> Option<Peer> {
-        if self.unix || trusted.is_empty() {
+        if trusted.is_empty() {
             return None;
         }
-        let client = trusted.client(head, self.remote.ip())?;
-        let remote = SocketAddr::new(client.ip, if client.ip == self.remote.ip() { self.remote.port() } else { 0 });
-        Some(Peer {
-            remote,
-            local: self.local,
-            ips: Arc::new((client.ip.to_string(), self.ips.1.clone())),
-            unix: false,
-            https: client.https.unwrap_or(self.https),
-            forwarded: true,
-        })
+        let client = trusted.client(head, (!self.unix).then(|| self.remote.ip()))?;
+        let (remote, ips, unix) = match client.ip {
+            Some(ip) if !self.unix && ip == self.remote.ip() => (self.remote, Arc::clone(&self.ips), false),
+            Some(ip) => (SocketAddr::new(ip, 0), Arc::new((ip.to_string(), self.ips.1.clone())), false),
+            None => (self.remote, Arc::clone(&self.ips), self.unix),
+        };
+        Some(Peer { remote, local: self.local, ips, unix, https: client.https.unwrap_or(self.https), forwarded: true })
     }
 
     /// A connection on a Unix socket.

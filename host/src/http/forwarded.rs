@@ -39,13 +39,16 @@ pub enum Header {
 pub struct TrustedProxies {
     nets: Vec<IpNet>,
     header: Header,
+    /// `unix` in the list: peers on a Unix socket (a proxy on the same host) are trusted.
+    unix: bool,
 }
 
 /// What trusted proxies say about a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Client {
-    /// The client's address (`REMOTE_ADDR`).
-    pub ip: IpAddr,
+    /// The client's address (`REMOTE_ADDR`); `None` when the proxies named only the scheme
+    /// (the peer's address stands).
+    pub ip: Option<IpAddr>,
     /// The scheme the client used, when a proxy said: `Some(true)` for `https`.
     pub https: Option<bool>,
 }
@@ -62,25 +65,30 @@ fn net(text: &str) -> Result<IpNet, String> {
 }
 
 impl TrustedProxies {
-    /// `list`: addresses and CIDRs separated by commas (empty: none; `*` is refused — trust is
-    /// named, not assumed).
+    /// `list`: addresses and CIDRs separated by commas, and `unix` for peers on a Unix socket
+    /// (empty: none; `*` is refused — trust is named, not assumed).
     ///
     /// # Errors
     /// The first entry that is not an address or a CIDR.
     pub fn parse(list: &str, header: Header) -> Result<TrustedProxies, String> {
         let mut nets = Vec::new();
+        let mut unix = false;
         for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if item.eq_ignore_ascii_case("unix") {
+                unix = true;
+                continue;
+            }
             if item == "*" {
                 return Err("\"*\" would let every client choose its own address: name the proxies".into());
             }
             nets.push(net(item)?);
         }
-        Ok(TrustedProxies { nets, header })
+        Ok(TrustedProxies { nets, header, unix })
     }
 
     /// Whether no proxy is trusted (the common case: nothing to do per request).
     pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
+        self.nets.is_empty() && !self.unix
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
@@ -91,10 +99,10 @@ impl TrustedProxies {
         self.nets.iter().any(|n| n.contains(&ip))
     }
 
-    /// The client of `head`, which came from `peer`: `None` when `peer` is not trusted or the
-    /// proxies said nothing usable (the peer is then the client).
-    pub fn client(&self, head: &RequestHead, peer: IpAddr) -> Option<Client> {
-        if self.is_empty() || !self.trusts(peer) {
+    /// The client of `head`, which came from `peer` (`None`: a Unix socket): `None` when
+    /// `peer` is not trusted or the proxies said nothing usable (the peer is then the client).
+    pub fn client(&self, head: &RequestHead, peer: Option<IpAddr>) -> Option<Client> {
+        if self.is_empty() || !peer.map_or(self.unix, |ip| self.trusts(ip)) {
             return None;
         }
         let (entries, protos) = match self.header {
@@ -109,12 +117,12 @@ impl TrustedProxies {
         let mut client = None;
         for (ip, proto) in entries.iter().rev() {
             let Some(ip) = *ip else { break };
-            client = Some(Client { ip, https: proto.or(protos) });
+            client = Some(Client { ip: Some(ip), https: proto.or(protos) });
             if !self.trusts(ip) {
                 break;
             }
         }
-        client.or(protos.map(|https| Client { ip: peer, https: Some(https) }))
+        client.or(protos.map(|https| Client { ip: None, https: Some(https) }))
     }
 }
 
@@ -212,20 +220,20 @@ mod tests {
         let t = TrustedProxies::parse("10.0.0.0/8, 192.0.2.1", Header::XForwardedFor).unwrap();
         let h =
             head("X-Forwarded-For: 6.6.6.6, 203.0.113.9\r\nX-Forwarded-For: 10.1.1.1\r\nX-Forwarded-Proto: https\r\n");
-        assert_eq!(t.client(&h, ip("203.0.113.50")), None, "an untrusted peer's fields are its own words");
-        let c = t.client(&h, ip("10.0.0.2")).unwrap();
-        assert_eq!(c, Client { ip: ip("203.0.113.9"), https: Some(true) }, "6.6.6.6 was written by the client");
-        let c = t.client(&h, ip("::ffff:192.0.2.1")).unwrap();
-        assert_eq!(c.ip, ip("203.0.113.9"), "an IPv4-mapped peer is its IPv4 address");
+        assert_eq!(t.client(&h, Some(ip("203.0.113.50"))), None, "an untrusted peer's fields are its own words");
+        let c = t.client(&h, Some(ip("10.0.0.2"))).unwrap();
+        assert_eq!(c, Client { ip: Some(ip("203.0.113.9")), https: Some(true) }, "6.6.6.6 was written by the client");
+        let c = t.client(&h, Some(ip("::ffff:192.0.2.1"))).unwrap();
+        assert_eq!(c.ip, Some(ip("203.0.113.9")), "an IPv4-mapped peer is its IPv4 address");
         let all_trusted = head("X-Forwarded-For: 10.9.9.9, 10.0.0.7\r\n");
-        assert_eq!(t.client(&all_trusted, ip("10.0.0.2")).unwrap().ip, ip("10.9.9.9"));
+        assert_eq!(t.client(&all_trusted, Some(ip("10.0.0.2"))).unwrap().ip, Some(ip("10.9.9.9")));
         let garbage = head("X-Forwarded-For: 1.2.3.4, nonsense, 10.0.0.7\r\n");
-        assert_eq!(t.client(&garbage, ip("10.0.0.2")).unwrap().ip, ip("10.0.0.7"));
+        assert_eq!(t.client(&garbage, Some(ip("10.0.0.2"))).unwrap().ip, Some(ip("10.0.0.7")));
         let ports = head("X-Forwarded-For: [2001:db8::1]:4711\r\n");
-        assert_eq!(t.client(&ports, ip("10.0.0.2")).unwrap().ip, ip("2001:db8::1"));
+        assert_eq!(t.client(&ports, Some(ip("10.0.0.2"))).unwrap().ip, Some(ip("2001:db8::1")));
         let proto_only = head("X-Forwarded-Proto: http, https\r\n");
-        assert_eq!(t.client(&proto_only, ip("10.0.0.2")), Some(Client { ip: ip("10.0.0.2"), https: Some(true) }));
-        assert_eq!(t.client(&head(""), ip("10.0.0.2")), None);
+        assert_eq!(t.client(&proto_only, Some(ip("10.0.0.2"))), Some(Client { ip: None, https: Some(true) }));
+        assert_eq!(t.client(&head(""), Some(ip("10.0.0.2"))), None);
     }
 
     #[test]
@@ -234,17 +242,25 @@ mod tests {
         let h = head(
             "Forwarded: for=\"[2001:db8::7]:80\";proto=https, for=10.0.0.9;proto=http\r\nX-Forwarded-For: 6.6.6.6\r\n",
         );
-        assert_eq!(t.client(&h, ip("10.0.0.2")), Some(Client { ip: ip("2001:db8::7"), https: Some(true) }));
+        assert_eq!(t.client(&h, Some(ip("10.0.0.2"))), Some(Client { ip: Some(ip("2001:db8::7")), https: Some(true) }));
         // A quoted parameter cannot smuggle in another element or parameter.
         let smuggled = head("Forwarded: for=203.0.113.9;host=\"a,for=6.6.6.6;proto=https\"\r\n");
-        assert_eq!(t.client(&smuggled, ip("10.0.0.2")), Some(Client { ip: ip("203.0.113.9"), https: None }));
+        assert_eq!(
+            t.client(&smuggled, Some(ip("10.0.0.2"))),
+            Some(Client { ip: Some(ip("203.0.113.9")), https: None })
+        );
         let hidden = head("Forwarded: for=_hidden, for=10.0.0.9\r\n");
-        assert_eq!(t.client(&hidden, ip("10.0.0.2")).unwrap().ip, ip("10.0.0.9"));
+        assert_eq!(t.client(&hidden, Some(ip("10.0.0.2"))).unwrap().ip, Some(ip("10.0.0.9")));
     }
 
     #[test]
     fn lists_are_addresses_and_cidrs() {
         assert!(TrustedProxies::parse("", Header::XForwardedFor).unwrap().is_empty());
+        let unix = TrustedProxies::parse("unix", Header::XForwardedFor).unwrap();
+        let h = head("X-Forwarded-For: 203.0.113.9\r\n");
+        assert_eq!(unix.client(&h, None).and_then(|c| c.ip), Some(ip("203.0.113.9")), "a Unix-socket proxy");
+        assert_eq!(unix.client(&h, Some(ip("127.0.0.1"))), None, "unix trusts no TCP peer");
+        assert_eq!(TrustedProxies::parse("127.0.0.1", Header::XForwardedFor).unwrap().client(&h, None), None);
         assert!(TrustedProxies::parse("127.0.0.1,::1, 10.0.0.0/8", Header::XForwardedFor).is_ok());
         let e = TrustedProxies::parse("10.0.0.0/33", Header::XForwardedFor).unwrap_err();
         assert!(e.contains("10.0.0.0/33"), "{e}");

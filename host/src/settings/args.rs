@@ -203,8 +203,9 @@ pub struct Args {
     #[arg(long, env = "PORTICO_TLS_KEY", value_hint = ValueHint::FilePath, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Proxies whose forwarding fields are believed, by address or CIDR, comma-separated
-    /// (`127.0.0.1,10.0.0.0/8`; Gunicorn's name). From these peers only, `X-Forwarded-For`
-    /// (or `Forwarded`, see `--forwarded-header`) sets `REMOTE_ADDR` and `X-Forwarded-Proto`
+    /// (`127.0.0.1,10.0.0.0/8`; `unix`: peers on a Unix socket; Gunicorn's name). From these
+    /// peers only, `X-Forwarded-For` (or `Forwarded`, see `--forwarded-header`) sets
+    /// `REMOTE_ADDR` and `X-Forwarded-Proto`
     /// sets `wsgi.url_scheme`, for every application, `ip_filter` and the access log. Default:
     /// none (Gunicorn trusts 127.0.0.1 by default; naming them is safer).
     #[arg(long, env = "PORTICO_FORWARDED_ALLOW_IPS", default_value = "", value_parser = parse_trusted)]
