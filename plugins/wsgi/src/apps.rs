@@ -55,11 +55,6 @@ impl Apps {
         Ok(Apps { config, app: RwLock::new(app), scripts: RwLock::new(HashMap::new()) })
     }
 
-    /// The configuration this copy runs.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// The application for a request: script `NAME`, or the configured one.
     ///
     /// # Errors
@@ -181,9 +176,15 @@ fn call_helper<'py>(
     args: impl pyo3::call::PyCallArgs<'py>,
     what: &str,
 ) -> Result<Py<PyAny>, String> {
-    let helpers =
-        PyModule::from_code(py, HELPERS, pyo3::ffi::c_str!("portico_wsgi.py"), pyo3::ffi::c_str!("portico_wsgi"))
-            .map_err(|e| traceback(py, &e))?;
+    // Compiled once: a script's first request and every reload use it.
+    static MODULE: pyo3::sync::PyOnceLock<Py<PyModule>> = pyo3::sync::PyOnceLock::new();
+    let helpers = MODULE
+        .get_or_try_init(py, || {
+            PyModule::from_code(py, HELPERS, pyo3::ffi::c_str!("portico_wsgi.py"), pyo3::ffi::c_str!("portico_wsgi"))
+                .map(Bound::unbind)
+        })
+        .map_err(|e| traceback(py, &e))?
+        .bind(py);
     helpers
         .getattr(name)
         .and_then(|f| f.call1(args))

@@ -40,12 +40,7 @@ enum Start {
 /// Serves one request with the application `apps` holds for it.
 pub fn serve(apps: &Apps, process: Process, environ: &mut Environ<'_>, sr: StartResponse_TO<'_, RMut<'_, ()>>) -> Body {
     interpreter::pin_thread();
-    let script = environ
-        .extra
-        .as_slice()
-        .iter()
-        .find(|f| f.is("portico.script"))
-        .map(|f| String::from_utf8_lossy(f.value.as_slice()).into_owned());
+    let script = environ.extra("portico.script").map(|v| String::from_utf8_lossy(v).into_owned());
     Python::attach(|py| {
         let link = Link::new();
         // Whatever happens below, a panic included, nothing the host lent outlives this call.

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// The table as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Table {
     app: Option<String>,
@@ -31,7 +31,7 @@ struct Table {
 }
 
 /// The table with its paths made absolute and `app` split.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Config {
     /// `module` and `callable` of `app` (`module:application` when only a module is given).
     pub app: Option<(String, String)>,

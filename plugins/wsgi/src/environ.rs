@@ -64,8 +64,8 @@ pub fn build<'py>(
     match env.content_length.into_option() {
         Some(n) => d.set_item(pyo3::intern!(py, "CONTENT_LENGTH"), n.to_string())?,
         None => {
-            if let Some(f) = env.headers.as_slice().iter().find(|f| f.is("content-length")) {
-                d.set_item(pyo3::intern!(py, "CONTENT_LENGTH"), latin1(py, f.value.as_slice()))?;
+            if let Some(v) = env.header_bytes("content-length") {
+                d.set_item(pyo3::intern!(py, "CONTENT_LENGTH"), latin1(py, v))?;
             }
         }
     }

@@ -87,8 +87,8 @@ pub fn same_start(py: pyo3::Python<'_>, executable: &Path, env: &[(String, Strin
 }
 
 /// Re-opens the mapped libpython with `RTLD_GLOBAL` (`RTLD_NOLOAD`: no second copy), so C
-/// extension modules resolve `Py*` symbols. Returns its path.
-fn promote_libpython() -> Result<String, String> {
+/// extension modules resolve `Py*` symbols.
+fn promote_libpython() -> Result<(), String> {
     // SAFETY: `Dl_info` is plain data, valid when zeroed; `dladdr` fills it for an address
     // inside a mapped object (a libpython function is one), and `dli_fname` then points at a
     // NUL-terminated path owned by the loader. `dlopen` with RTLD_NOLOAD only re-flags an
@@ -105,7 +105,7 @@ fn promote_libpython() -> Result<String, String> {
             let why = if why.is_null() { "?".into() } else { CStr::from_ptr(why).to_string_lossy().into_owned() };
             return Err(format!("cannot make {path} global: {why}"));
         }
-        Ok(path)
+        Ok(())
     }
 }
 
