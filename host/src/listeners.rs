@@ -364,21 +364,3 @@ impl mio::event::Source for Accepting {
         }
     }
 }
-
-impl Stream {
-    /// Shuts down one or both halves.
-    ///
-    /// # Errors
-    /// As `shutdown(2)`.
-    pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
-        either!(self, s => s.shutdown(how))
-    }
-
-    /// Writes `bufs` with one `writev(2)`.
-    ///
-    /// # Errors
-    /// As `writev(2)`.
-    pub fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        either!(self, s => io::Write::write_vectored(&mut &*s, bufs))
-    }
-}

@@ -16,8 +16,8 @@
 //! - shutting down the writing half sends `close_notify` and shuts the TCP half down once
 //!   every record is out.
 //!
-//! Files go out by a read into a buffer and an encrypted write (no `sendfile(2)` through
-//! TLS).
+//! Files go out by a read into a buffer and an encrypted write, at most [`BUFFER_LIMIT`] at a
+//! time (no `sendfile(2)` through TLS; see `crate::io::write::read_then_write`).
 
 use std::cell::RefCell;
 use std::io::{self, Write as _};
@@ -31,9 +31,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// Most encrypted bytes one connection keeps waiting for the socket before a write is
 /// refused with `WouldBlock` (rustls's buffer limit). 64 KiB.
 pub const BUFFER_LIMIT: usize = 64 * 1024;
-
-/// Most file bytes read and encrypted in one write. 64 KiB.
-const FILE_CHUNK: usize = 64 * 1024;
 
 /// A certificate or key that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -211,24 +208,6 @@ impl TlsStream {
             return Err(would_block());
         }
         Ok(n)
-    }
-
-    /// Sends up to `remaining` bytes of `file` from `offset`, read into a buffer and
-    /// encrypted.
-    ///
-    /// # Errors
-    /// As the read and [`TlsStream::write_vectored`]; `Ok(0)` when the file ends early.
-    pub fn send_file(&self, file: &std::fs::File, offset: u64, remaining: u64) -> io::Result<usize> {
-        if !self.flush_pending()? {
-            return Err(would_block());
-        }
-        let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(FILE_CHUNK);
-        let mut chunk = vec![0; want];
-        let n = std::os::unix::fs::FileExt::read_at(file, &mut chunk, offset)?;
-        if n == 0 {
-            return Ok(0);
-        }
-        self.write_vectored(&[io::IoSlice::new(&chunk[..n])])
     }
 
     /// Queues `close_notify`; the TCP writing half is shut down once every record is out.

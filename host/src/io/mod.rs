@@ -121,16 +121,19 @@ impl Transport for crate::listeners::Stream {
             _ => rustix::io::read(self.as_fd(), rustix::buffer::spare_capacity(buf)).map_err(io::Error::from),
         }
     }
+    // Writing goes through here only: a TLS stream's socket is never written to directly.
     fn write_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
+            crate::listeners::Stream::Tcp(s) => s.write_vectored(bufs),
+            crate::listeners::Stream::Unix(s) => s.write_vectored(bufs),
             crate::listeners::Stream::Tls(t) => t.write_vectored(bufs),
-            _ => crate::listeners::Stream::write_vectored(self, bufs),
         }
     }
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
+            crate::listeners::Stream::Tcp(s) => s.shutdown_write(),
+            crate::listeners::Stream::Unix(s) => s.shutdown_write(),
             crate::listeners::Stream::Tls(t) => t.shutdown_write(),
-            _ => self.shutdown(std::net::Shutdown::Write),
         }
     }
     fn write_more(&self, bufs: &[io::IoSlice<'_>], more: bool) -> io::Result<usize> {
@@ -141,7 +144,13 @@ impl Transport for crate::listeners::Stream {
     }
     fn send_file(&self, file: &std::fs::File, offset: u64, remaining: u64) -> io::Result<usize> {
         match self {
-            crate::listeners::Stream::Tls(t) => t.send_file(file, offset, remaining),
+            crate::listeners::Stream::Tls(t) => {
+                // Records still waiting first: a chunk read now could not be taken anyway.
+                if !t.flush_pending()? {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                write::read_then_write(self, file, offset, remaining, crate::tls::BUFFER_LIMIT)
+            }
             _ => write::send_file(self, file, offset, remaining),
         }
     }

@@ -177,7 +177,7 @@ pub(super) fn send_file<S: Transport>(
     rustix::fs::sendfile(sock.as_fd(), file, Some(&mut off), count).map_err(io::Error::from)
 }
 
-/// Without `sendfile`: one positioned read into a bounded buffer and one write.
+/// Without `sendfile`: [`read_then_write`] a chunk.
 ///
 /// # Errors
 /// As `pread(2)` and `write(2)`.
@@ -188,13 +188,29 @@ pub(super) fn send_file<S: Transport>(
     offset: u64,
     remaining: u64,
 ) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; remaining.min(FILE_CHUNK as u64) as usize];
-    let n = file.read_at(&mut buf, offset)?;
+    read_then_write(sock, file, offset, remaining, FILE_CHUNK)
+}
+
+/// File bytes for a transport that cannot take them by `sendfile(2)` (TLS, or no
+/// `sendfile`): one positioned read of at most `max` bytes (straight into the buffer's spare
+/// capacity, nothing zero-filled first) and one write of what was read. `Ok(0)` when the file
+/// ended before `offset + remaining`.
+///
+/// # Errors
+/// As `pread(2)` and [`Transport::write_vectored`].
+pub(super) fn read_then_write<S: Transport>(
+    sock: &S,
+    file: &std::fs::File,
+    offset: u64,
+    remaining: u64,
+    max: usize,
+) -> io::Result<usize> {
+    let mut buf = Vec::with_capacity(usize::try_from(remaining).unwrap_or(usize::MAX).min(max));
+    let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), offset).map_err(io::Error::from)?;
     if n == 0 {
         return Ok(0);
     }
-    sock.write_vectored(&[io::IoSlice::new(&buf[..n])])
+    sock.write_vectored(&[io::IoSlice::new(&buf)])
 }
 
 #[cfg(test)]
