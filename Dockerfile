@@ -43,6 +43,7 @@ EXPOSE 8000
 # curl: bash's /dev/tcp asks it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8000 && printf 'GET /_portico/health HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
-# SIGTERM drains requests in flight (--graceful-timeout, 30 s); give the container that long.
+# SIGTERM drains requests in flight (--graceful-timeout, 30 s): stop the container with that
+# long a timeout (`podman stop --time 35`; the default is 10 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/portico"]

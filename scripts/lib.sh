@@ -118,6 +118,21 @@ ensure_apt() {
     _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# ensure_nginx: nginx on PATH (the benchmarks' baseline and load balancer), installed with
+# apt if missing. Debian installs it in /usr/sbin, which an ordinary user's PATH may lack;
+# `nginx` is the package with the binary on Debian 12 (`nginx-light` is a metapackage on
+# top of it).
+ensure_nginx() {
+    if ! command -v nginx >/dev/null 2>&1 && [[ -x /usr/sbin/nginx ]]; then
+        PATH="$PATH:/usr/sbin"
+    fi
+    ensure_apt nginx
+    if ! command -v nginx >/dev/null 2>&1 && [[ -x /usr/sbin/nginx ]]; then
+        PATH="$PATH:/usr/sbin"
+    fi
+    command -v nginx >/dev/null 2>&1 || die "nginx not found on PATH nor in /usr/sbin"
+}
+
 # ---------------------------------------------------------------------------------------
 # building and installing
 # ---------------------------------------------------------------------------------------
@@ -142,14 +157,6 @@ else
     DYLIB_EXT=.so
 fi
 
-# install_plugins PROFILE DEST [NAME...]: install built plugins into the plugins directory
-# DEST (created if missing). PROFILE is a cargo profile directory name (`debug`,
-# `release`: taken under $TARGET_DIR) or a path to one. NAME defaults to the example
-# plugins (not the test-only fixture).
-#
-# Each library is copied to DEST/.NAME.so.tmp and then renamed over DEST/NAME.so. The
-# rename is atomic, and a running server keeps the old file it has mapped; copying over
-# the live file instead would rewrite code under a running process.
 # ---------------------------------------------------------------------------------------
 # the wsgi plugin (plugins/wsgi: Python WSGI applications in an embedded CPython)
 # ---------------------------------------------------------------------------------------
@@ -219,6 +226,14 @@ make_wsgi_venv() {
     echo "venv $dir: $("$dir/bin/pip" freeze --disable-pip-version-check | tr '\n' ' ')"
 }
 
+# install_plugins PROFILE DEST [NAME...]: install built plugins into the plugins directory
+# DEST (created if missing). PROFILE is a cargo profile directory name (`debug`,
+# `release`: taken under $TARGET_DIR) or a path to one. NAME defaults to the example
+# plugins (not the test-only fixture).
+#
+# Each library is copied to DEST/.NAME.so.tmp and then renamed over DEST/NAME.so. The
+# rename is atomic, and a running server keeps the old file it has mapped; copying over
+# the live file instead would rewrite code under a running process.
 install_plugins() {
     [[ $# -ge 2 ]] || die "usage: install_plugins PROFILE DEST [NAME...]"
     local profile_dir="$1" dest="$2" name src tmp

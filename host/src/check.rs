@@ -73,9 +73,9 @@ pub fn run(args: Vec<OsString>) -> i32 {
         say!("warning: no plugins in {}", args.plugins.display());
     }
     let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+    let timeout = Duration::from_secs_f64(args.worker_ready_timeout);
     for (name, path) in files {
         let settings = config.as_ref().map(|c| c.plugin_config(&name)).unwrap_or_default();
-        let timeout = Duration::from_secs_f64(args.worker_ready_timeout);
         match probe::load_in_child(&name, &path, &settings, timeout) {
             Ok(probe::Loaded { version, middleware, .. }) => {
                 let kind = if middleware { "middleware" } else { "application" };
@@ -85,8 +85,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
             Err(why) => {
                 // A refusal of its [plugin.NAME] table is placed at the file's line.
                 let why = why.to_string();
-                match why
-                    .strip_prefix("init failed: ")
+                match crate::plugin::loader::init_refusal(&why)
                     .zip(config.as_ref())
                     .and_then(|(w, c)| c.plugin_init_error(&name, w))
                 {

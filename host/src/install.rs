@@ -154,8 +154,7 @@ fn test_and_rename(
     let test = |name: &str| {
         probe::load_in_child(name, temp, &settings(name), timeout).map_err(|e| {
             let why = e.to_string();
-            let placed = why
-                .strip_prefix("init failed: ")
+            let placed = loader::init_refusal(&why)
                 .and_then(|w| config.and_then(|c| c.plugin_init_error(name, w)))
                 .map_or(why, |e| e.to_string());
             Failed(format!("{} was not installed: {placed}", library.display()), 1)

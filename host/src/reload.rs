@@ -55,7 +55,7 @@ pub fn initial(registry: &Registry, config: Option<&Loaded>, site: &Site) -> Res
     }
     let (plugins, report) = registry.stage(&PluginSet::new());
     registry::log_report(&report, true);
-    warn_unused_tables(config, &plugins, registry);
+    warn_unused_tables(config, &plugins, &report);
     let refused = refused_lines(&report);
     let mounts = match config {
         Some(c) => {
@@ -83,10 +83,13 @@ pub fn initial(registry: &Registry, config: Option<&Loaded>, site: &Site) -> Res
 /// A `[plugin.NAME]` table for a plugin the directory does not have (a typo such as
 /// `[plugin.ip_filtr]` leaves the real plugin on its defaults): a warning (`portico check`
 /// makes it an error).
-fn warn_unused_tables(config: Option<&Loaded>, plugins: &PluginSet, registry: &Registry) {
+fn warn_unused_tables(config: Option<&Loaded>, plugins: &PluginSet, report: &registry::ReloadReport) {
     let Some(c) = config else { return };
-    let files: Vec<String> = registry::plugin_files(registry.dir()).into_iter().map(|(n, _)| n).collect();
-    for name in c.file.plugin.keys().filter(|n| !plugins.contains_key(*n) && !files.contains(n)) {
+    // The scan just made: every file serves, or was refused (now or before).
+    let refused = report.failed.iter().map(|(p, _)| p).chain(report.still_refused.iter().map(|(p, _)| p));
+    let files: Vec<&str> =
+        refused.filter_map(|p| p.file_name().and_then(|f| f.to_str()).and_then(loader::route_name)).collect();
+    for name in c.file.plugin.keys().filter(|n| !plugins.contains_key(*n) && !files.contains(&n.as_str())) {
         tracing::warn!(
             "{}",
             c.plugin_table_error(name, format!("[plugin.{name}] has settings but there is no plugin {name}"))
@@ -159,7 +162,7 @@ pub fn reload(registry: &Registry, routes: &Current, stats: &Stats, config: &mut
     };
     match checked {
         Ok(()) => {
-            warn_unused_tables(Some(&next), &staged, registry);
+            warn_unused_tables(Some(&next), &staged, &report);
             routes.store(Table::new(Mounts::from_config(&next), staged, &site.docroot, &site.apps, Some(&current)));
             registry::log_report(&report, false);
             tracing::info!("SIGHUP: configuration {} reloaded", next.path.display());

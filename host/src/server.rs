@@ -180,8 +180,9 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
     });
     let pool = Arc::new(Pool::start(threads, job_rx, workers).context("starting the workers")?);
 
-    // The charts' samples (alone: a master samples its workers' totals itself).
-    if matches!(role, Role::Alone) {
+    // The charts' samples (alone: a master samples its workers' totals itself), when there is
+    // a status page to show them.
+    if matches!(role, Role::Alone) && args.status_path != "off" {
         let stats = Arc::clone(&stats);
         let every = Duration::from_secs_f64(args.status_chart_interval);
         std::thread::Builder::new()

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::TempDir;
+use support::{Server, TempDir};
 
 fn portico() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
@@ -193,4 +193,21 @@ fn the_status_page_lists_plugin_files_that_do_not_serve_and_why() {
     let status = server.get("/_portico/status?format=json").json();
     let refused = status["processes"]["master"]["refused"].to_string();
     assert!(refused.contains("junk"), "{status}");
+}
+
+/// At start and on SIGHUP (one that also meets a refused file) a `[plugin.NAME]` table
+/// without its plugin file is a warning at the table's line.
+#[test]
+fn a_table_for_a_missing_plugin_is_a_warning_at_start_and_on_reload() {
+    let dir = TempDir::new("portico-unused-table");
+    let config = dir.path().join("portico.toml");
+    std::fs::write(&config, "[plugin.hello]\n\n[plugin.ip_filtr]\nallow = []\n").unwrap();
+    let server = Server::builder().plugins(&["hello"]).args(["--config".as_ref(), config.as_os_str()]).start();
+    server.wait_for_line(0, &["portico.toml:3:1", "no plugin ip_filtr"], Duration::from_secs(5));
+    server.install_plugin_bytes("broken.so", b"not a library");
+    let mark = server.log_mark();
+    server.hup();
+    server.wait_for_line(mark, &["broken.so", "not a loadable shared library"], Duration::from_secs(10));
+    server.wait_for_line(mark, &["portico.toml:3:1", "no plugin ip_filtr"], Duration::from_secs(10));
+    assert!(!server.stderr_text().contains("no plugin hello"), "{}", server.stderr_text());
 }

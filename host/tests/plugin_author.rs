@@ -134,3 +134,31 @@ fn new_then_build_then_install_serves_the_plugin() {
     assert!(!plugins.join("junk.so").exists());
     assert_eq!(server.get("/greet-app.py/").status, 200);
 }
+
+/// `portico install --config`: the plugins directory is the configuration's, and the plugin is
+/// test-loaded with its `[plugin.NAME]` table, a refusal placed at the table's line.
+#[test]
+fn install_reads_the_configuration_and_its_plugin_table() {
+    let dir = TempDir::new("portico-install-config");
+    let config = dir.path().join("portico.toml");
+    let library = support::plugin("ip_filter");
+    let install = || portico(dir.path(), &["install", library.to_str().unwrap(), "--config", config.to_str().unwrap()]);
+    std::fs::write(
+        &config,
+        "[server]\nplugins = \"served\"\n\n[plugin.ip_filter]\n# who may pass\nallow = [\"10.0.0.0/33\"]\n",
+    )
+    .unwrap();
+    let out = install();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("portico.toml:6:1: plugin ip_filter refused [plugin.ip_filter] in its init"),
+        "{}",
+        text(&out)
+    );
+    assert!(!dir.path().join("served/ip_filter.so").exists(), "nothing installed");
+    std::fs::write(&config, "[server]\nplugins = \"served\"\n\n[plugin.ip_filter]\nallow = [\"10.0.0.0/8\"]\n")
+        .unwrap();
+    let out = install();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(dir.path().join("served/ip_filter.so").is_file(), "into the configuration's plugins directory");
+}

@@ -214,7 +214,11 @@ fn an_unusable_certificate_stops_the_start_with_one_line() {
     let (_, other_key) = certificate(dir.path(), "other");
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, b"junk").unwrap();
-    for (c, k, needle) in [(&junk, &other_key, "--tls-cert"), (&cert, &junk, "--tls-key"), (&cert, &other_key, "")] {
+    for (c, k, needle) in [
+        (&junk, &other_key, "--tls-cert"),
+        (&cert, &junk, "--tls-key"),
+        (&cert, &other_key, "--tls-cert and --tls-key"),
+    ] {
         for workers in ["0", "1"] {
             let out = Command::new(env!("CARGO_BIN_EXE_portico"))
                 .args(["--bind", "127.0.0.1:0", "--workers", workers, "--docroot"])

@@ -126,29 +126,29 @@ fn fill(
     // Copy first, then test the copy: what was tested is byte for byte what the workers load.
     let mut probed: Vec<(String, Result<Entry, String>)> = Vec::with_capacity(files.len());
     let mut items = Vec::with_capacity(files.len());
+    // Each file's stamp, taken before its copy (so it describes what was copied, or older).
+    let mut stamps: BTreeMap<String, Stamp> = BTreeMap::new();
     for (name, src) in &files {
         let copy = dir.join(format!("{name}.so"));
+        let meta = std::fs::metadata(src).ok();
+        let settings = settings(name);
+        let stamp = Stamp {
+            len: meta.as_ref().map_or(0, std::fs::Metadata::len),
+            modified: meta.and_then(|m| m.modified().ok()),
+            settings: settings.clone(),
+        };
         match std::fs::copy(src, &copy) {
-            Ok(_) => items.push(probe::Item { name: name.clone(), path: copy, settings: settings(name) }),
+            Ok(_) => {
+                stamps.insert(name.clone(), stamp);
+                items.push(probe::Item { name: name.clone(), path: copy, settings });
+            }
             Err(e) => probed.push((name.clone(), Err(format!("copying {}: {e}", src.display())))),
         }
     }
-    let stamps: BTreeMap<&str, Stamp> = files
-        .iter()
-        .map(|(name, src)| {
-            let meta = std::fs::metadata(src).ok();
-            let stamp = Stamp {
-                len: meta.as_ref().map_or(0, std::fs::Metadata::len),
-                modified: meta.and_then(|m| m.modified().ok()),
-                settings: settings(name),
-            };
-            (name.as_str(), stamp)
-        })
-        .collect();
     let now = SystemTime::now();
     // In a few children (one per core), each plugin alone only when a child dies.
     for (item, result) in items.iter().zip(probe::load_many_in_child(&items, timeout)) {
-        let stamp = stamps.get(item.name.as_str()).cloned().unwrap_or_default();
+        let stamp = stamps.remove(&item.name).unwrap_or_default();
         // Loaded anew when its file or its settings changed since the previous generation.
         let (loads, loaded_at) = match previous.and_then(|p| p.plugins.get(&item.name)) {
             Some(old) if old.stamp == stamp => (old.loads, old.loaded_at),

@@ -213,7 +213,7 @@ pub fn totals(workers: &[WorkerRow], record: &Record) -> WorkerReport {
 
 /// The tree as the status page gets it.
 pub fn view(workers: &[WorkerRow], record: &Record) -> serde_json::Value {
-    let mut totals = record.retired.clone();
+    let mut totals = totals(workers, record);
     let mut rss = 0;
     let mut connections = 0;
     let mut in_flight: BTreeMap<String, u64> = BTreeMap::new();
@@ -222,7 +222,6 @@ pub fn view(workers: &[WorkerRow], record: &Record) -> serde_json::Value {
         .map(|w| {
             let mut row = serde_json::to_value(w).unwrap_or_default();
             if let Some(r) = &w.report {
-                add(&mut totals, r);
                 rss += r.rss_bytes.unwrap_or(0);
                 connections += r.connections;
                 for p in &r.plugins {

@@ -212,6 +212,13 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// The message of an `init` refusal in a [`LoadError`]'s text (`init failed: MSG` → `MSG`):
+/// a refusal reaches the checker, the master and `portico install` from a child process as
+/// text, and is placed at its `[plugin.NAME]` table's line by its message.
+pub fn init_refusal(text: &str) -> Option<&str> {
+    text.strip_prefix("init failed: ")
+}
+
 impl LoadError {
     /// Whether loading the same bytes again would fail the same way (so an unchanged file is
     /// not retried on every SIGHUP).
@@ -498,6 +505,13 @@ pub fn route_name(file_name: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_init_refusal_is_found_in_its_text() {
+        let text = LoadError::Init("allow[0]: bad".into()).to_string();
+        assert_eq!(init_refusal(&text), Some("allow[0]: bad"));
+        assert_eq!(init_refusal(&LoadError::PanicAbort.to_string()), None);
+    }
 
     #[test]
     fn route_names() {

@@ -96,7 +96,7 @@ impl Report {
 
 /// Test-loads `items` in `available_parallelism` child processes (`portico check --load-many`,
 /// a share each, one after another inside a child), waiting at most `timeout` for each child:
-/// a generation of a thousand plugins costs two process starts instead of a thousand. A child
+/// a generation of a thousand plugins costs one process start per core instead of a thousand. A child
 /// that crashes or hangs reports the plugins it finished; each one it did not is then tested
 /// alone ([`load_in_child`]), so the one at fault is named and the others are not blamed.
 /// Results are in the order of `items`.

@@ -133,12 +133,13 @@ impl Registry {
         let probe = *self.probe.lock().unwrap_or_else(|e| e.into_inner());
         let first = self.generation.fetch_add(wanted.len() as u64, Ordering::Relaxed) + 1;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(wanted.len()).max(1);
+        let share = wanted.len().div_ceil(threads).max(1);
         let loaded: Vec<Result<Plugin, LoadError>> = std::thread::scope(|scope| {
             let jobs: Vec<_> = wanted
-                .chunks(wanted.len().div_ceil(threads).max(1))
+                .chunks(share)
                 .enumerate()
                 .map(|(i, chunk)| {
-                    let base = first + (i * wanted.len().div_ceil(threads)) as u64;
+                    let base = first + (i * share) as u64;
                     scope.spawn(move || {
                         chunk
                             .iter()
@@ -150,9 +151,18 @@ impl Registry {
                     })
                 })
                 .collect();
+            // One result per plugin, in order, even when a thread panicked (each of its
+            // plugins is then an error, not an init refusal).
             jobs.into_iter()
-                .flat_map(|j| {
-                    j.join().unwrap_or_else(|_| vec![Err(LoadError::Init("a loading thread panicked".into()))])
+                .zip(wanted.chunks(share))
+                .flat_map(|(j, chunk)| {
+                    j.join().unwrap_or_else(|_| {
+                        let failed = || LoadError::Io {
+                            what: "load plugin",
+                            source: std::io::Error::other("the loading thread panicked"),
+                        };
+                        chunk.iter().map(|_| Err(failed())).collect()
+                    })
                 })
                 .collect()
         });

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::plugin::loader;
 use crate::plugin::registry::PluginSet;
 use crate::settings::file::{ConfigError, Loaded};
 use toml::Spanned;
@@ -133,9 +134,9 @@ impl Mounts {
             match why {
                 None => loaded.error_at(name.span(), format!("mount {prefix:?}: no plugin {n:?} is loaded")),
                 Some(why) => {
-                    why.strip_prefix("init failed: ").and_then(|init| loaded.plugin_init_error(n, init)).unwrap_or_else(
-                        || loaded.error_at(name.span(), format!("mount {prefix:?}: plugin {n:?} was refused: {why}")),
-                    )
+                    loader::init_refusal(&why).and_then(|init| loaded.plugin_init_error(n, init)).unwrap_or_else(|| {
+                        loaded.error_at(name.span(), format!("mount {prefix:?}: plugin {n:?} was refused: {why}"))
+                    })
                 }
             }
         };
