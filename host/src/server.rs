@@ -26,6 +26,7 @@ use crate::control::{self, ToMaster, ToWorker, TreeLink, WorkerReport};
 use crate::exchange::Notifier;
 use crate::io::balance::Balance;
 use crate::io::event_loop::{self, EventLoop};
+use crate::io::inline;
 use crate::listeners::{self, Listener};
 use crate::metrics::counters::{Setup, Stats, resident_memory_bytes};
 use crate::plugin::registry::Registry;
@@ -295,20 +296,16 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         })?;
     }
 
-    let mut handles = Vec::with_capacity(io_threads);
-    for (i, l) in event_loops.into_iter().enumerate() {
-        let run = move || {
-            // A panic here is a bug in the server, and the loop's connections are gone with
-            // it: fail fast so a supervisor restarts a whole server (the panic message is
-            // already on stderr), rather than limp on with a dead loop still picked for new
-            // connections.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| l.run())).unwrap_or_else(|_| {
-                tracing::error!("event loop {i} panicked; exiting");
-                std::process::exit(70)
-            })
-        };
-        handles.push(std::thread::Builder::new().name(format!("portico-io-{i}")).spawn(run)?);
+    let (done_tx, done) = crossbeam_channel::unbounded();
+    let ctx = Arc::new(inline::Ctx {
+        workers: pool.handle(),
+        timeout: shared.config.inline_timeout.unwrap_or(Duration::MAX),
+        done: done_tx,
+    });
+    for l in event_loops {
+        inline::start(Box::new(l), Arc::clone(&ctx))?;
     }
+    drop(ctx);
     let table = routes.load_full();
     let mut names: Vec<_> = table.plugins.values().map(|p| format!("{} {}", p.name, p.version)).collect();
     names.sort();
@@ -336,10 +333,12 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         }
     }
 
+    // Each loop reports its end from whichever thread drives it then (a loop moves to a new
+    // thread when a plugin breaks its promise never to block: `io::inline`).
     let mut drained = true;
-    for handle in handles {
-        drained &=
-            handle.join().map_err(|_| anyhow::anyhow!("an event loop panicked"))?.context("event loop failed")?;
+    for _ in 0..io_threads {
+        let (i, result) = done.recv().map_err(|_| anyhow::anyhow!("an event loop ended without a word"))?;
+        drained &= result.with_context(|| format!("event loop {i} failed"))?;
     }
     if drained {
         // Every connection is done, so the workers are idle; the job sender is gone, so

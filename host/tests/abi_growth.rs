@@ -46,7 +46,7 @@ fn a_host_built_against_a_grown_api_runs_plugins_built_against_this_one() {
             .unwrap_or_else(|| panic!("no line for {name} in:\n{text}"))
             .to_owned()
     };
-    // This workspace's plugins (0.2.1, a prefix of the grown layout): loaded; the grown field reads as
+    // This workspace's plugins (0.2.2, a prefix of the grown layout): loaded; the grown field reads as
     // absent; the grown method, called on an old plugin's stream, runs its default body.
     let hello = line("hello");
     assert!(hello.contains("loaded") && hello.contains("grown=None"), "{hello}");

@@ -348,6 +348,9 @@ pub type ApplicationFn = extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RM
 /// connection), a late head (the plugin runs the iterable until its first non-empty chunk
 /// before it returns, so `start_response` may come from inside the iterable), and per-thread
 /// state (the host's worker threads live as long as the process).
+///
+/// **Grown in 0.2.2**: [`PluginMod::never_blocks`], a plugin's promise that lets the host
+/// call it on the event loop.
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginMod_Ref)))]
@@ -402,6 +405,16 @@ pub struct PluginMod {
     /// when it is not mounted, with `SCRIPT_NAME = /NAME.py` and the environ key
     /// `portico.script = NAME` ([`Environ::extra`]). `RNone`: no scripts.
     pub serves_script: ROption<extern "C" fn(RStr<'_>) -> bool>,
+    /// Since 0.2.2. The plugin promises that its `application` (and `middleware`) never
+    /// blocks: no sleeping, no waiting on a lock another request holds, no network or disk
+    /// reads beyond a local file's metadata, and a call takes microseconds, not milliseconds.
+    /// The host may then call it on the event loop that read the request, skipping the hop to
+    /// a worker thread and back (a request with a body still goes to a worker). The host
+    /// checks the promise: a call that runs longer than `--inline-timeout` (20 ms by default)
+    /// has its event loop handed to a fresh thread at once, so other connections wait at
+    /// most that long, and from then on every call of the plugin goes to a worker thread
+    /// (logged once). `false`, and every plugin built before 0.2.2: calls go to worker threads.
+    pub never_blocks: bool,
 }
 
 /// What [`PluginMod::setup`] is given: the plugin's table and facts about the host that

@@ -141,6 +141,15 @@ pub mod __private {
 /// table's header. A configuration change makes the host load a fresh copy of the library
 /// (fresh statics), so `init` can keep what it parsed in a `static OnceLock`.
 ///
+/// An optional `never_blocks: true` (after `init`, if any) is the plugin's promise that a
+/// call never blocks and takes microseconds ([`abi::PluginMod::never_blocks`]): the host may
+/// then run a request without a body on the event loop that read it, which saves the hop to
+/// a worker thread and back (about half the cost of a small response). A call that breaks
+/// the promise (runs past `--inline-timeout`) costs the other connections of its event loop
+/// that wait, once: the host hands the loop to a fresh thread and sends the plugin's calls
+/// to worker threads from then on. Leave it out for anything that sleeps, locks what another
+/// request holds, or talks to the network or a database.
+///
 /// An application:
 ///
 /// ```no_run
@@ -177,19 +186,26 @@ pub mod __private {
 /// ```
 #[macro_export]
 macro_rules! export_app {
-    (name: $name:expr, version: $version:expr, app: $app:expr $(,)?) => {
-        $crate::export_app!(@app $name, $version, $app, $crate::__private::abi_stable::std_types::RNone);
+    (name: $name:expr, version: $version:expr, app: $app:expr $(, never_blocks: $nb:expr)? $(,)?) => {
+        $crate::export_app!(@app $name, $version, $app, $crate::__private::abi_stable::std_types::RNone, (false $(|| $nb)?));
     };
-    (name: $name:expr, version: $version:expr, app: $app:expr, init: $init:expr $(,)?) => {
+    (name: $name:expr, version: $version:expr, app: $app:expr, init: $init:expr $(, never_blocks: $nb:expr)? $(,)?) => {
         $crate::export_app!(@init $init);
-        $crate::export_app!(@app $name, $version, $app, $crate::__private::abi_stable::std_types::RSome(portico_init));
+        $crate::export_app!(
+            @app $name, $version, $app, $crate::__private::abi_stable::std_types::RSome(portico_init), (false $(|| $nb)?)
+        );
     };
-    (name: $name:expr, version: $version:expr, middleware: $mw:expr $(,)?) => {
-        $crate::export_app!(@middleware $name, $version, $mw, $crate::__private::abi_stable::std_types::RNone);
+    (name: $name:expr, version: $version:expr, middleware: $mw:expr $(, never_blocks: $nb:expr)? $(,)?) => {
+        $crate::export_app!(
+            @middleware $name, $version, $mw, $crate::__private::abi_stable::std_types::RNone, (false $(|| $nb)?)
+        );
     };
-    (name: $name:expr, version: $version:expr, middleware: $mw:expr, init: $init:expr $(,)?) => {
+    (name: $name:expr, version: $version:expr, middleware: $mw:expr, init: $init:expr $(, never_blocks: $nb:expr)? $(,)?) => {
         $crate::export_app!(@init $init);
-        $crate::export_app!(@middleware $name, $version, $mw, $crate::__private::abi_stable::std_types::RSome(portico_init));
+        $crate::export_app!(
+            @middleware $name, $version, $mw, $crate::__private::abi_stable::std_types::RSome(portico_init),
+            (false $(|| $nb)?)
+        );
     };
     (@init $init:expr) => {
         extern "C" fn portico_init(
@@ -198,7 +214,7 @@ macro_rules! export_app {
             $crate::guard::run_init(config.as_str(), $init)
         }
     };
-    (@app $name:expr, $version:expr, $app:expr, $init:expr) => {
+    (@app $name:expr, $version:expr, $app:expr, $init:expr, $nb:expr) => {
         extern "C" fn portico_application(
             environ: &mut $crate::abi::Environ<'_>,
             start_response: $crate::abi::StartResponse_TO<'_, $crate::__private::abi_stable::sabi_types::RMut<'_, ()>>,
@@ -208,9 +224,9 @@ macro_rules! export_app {
             > = ::std::sync::OnceLock::new();
             $crate::Body::into_abi($crate::guard::run(environ, start_response, APP.get_or_init(|| $crate::guard::build(|| $app))))
         }
-        $crate::export_app!(@root $name, $version, $init, $crate::__private::abi_stable::std_types::RNone);
+        $crate::export_app!(@root $name, $version, $init, $crate::__private::abi_stable::std_types::RNone, $nb);
     };
-    (@middleware $name:expr, $version:expr, $mw:expr, $init:expr) => {
+    (@middleware $name:expr, $version:expr, $mw:expr, $init:expr, $nb:expr) => {
         /// The middleware, built on first use and shared by both entry points.
         fn portico_middleware_instance()
         -> &'static ::std::result::Result<::std::boxed::Box<dyn $crate::Middleware>, ::std::string::String> {
@@ -235,9 +251,9 @@ macro_rules! export_app {
             $crate::Body::into_abi($crate::guard::run_middleware(environ, start_response, next, portico_middleware_instance()))
         }
 
-        $crate::export_app!(@root $name, $version, $init, $crate::__private::abi_stable::std_types::RSome(portico_middleware));
+        $crate::export_app!(@root $name, $version, $init, $crate::__private::abi_stable::std_types::RSome(portico_middleware), $nb);
     };
-    (@root $name:expr, $version:expr, $init:expr, $middleware:expr) => {
+    (@root $name:expr, $version:expr, $init:expr, $middleware:expr, $nb:expr) => {
         /// The plugin's root module, checked and loaded by the portico host.
         #[::abi_stable::export_root_module]
         pub fn portico_root_module() -> $crate::abi::PluginMod_Ref {
@@ -252,6 +268,7 @@ macro_rules! export_app {
                 setup: $crate::__private::abi_stable::std_types::RNone,
                 reload: $crate::__private::abi_stable::std_types::RNone,
                 serves_script: $crate::__private::abi_stable::std_types::RNone,
+                never_blocks: $nb,
             }
             .leak_into_prefix()
         }

@@ -147,6 +147,9 @@ pub struct Conn<S> {
     rbuf: Vec<u8>,
     /// The client sent EOF.
     eof: bool,
+    /// The last read found nothing more (`WouldBlock`, or a short read on a plain socket)
+    /// and no readable event has come since: reading again is skipped until one does.
+    drained: bool,
     phase: Phase,
     out: WriteQueue,
     /// Close once the current response is written.
@@ -170,6 +173,7 @@ impl<S: Transport> Conn<S> {
             peer,
             rbuf: Vec::new(),
             eof: false,
+            drained: false,
             phase: Phase::head(),
             out: WriteQueue::default(),
             close_after: false,
@@ -205,8 +209,15 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// The socket is readable (or closed, or in error): makes all the progress the input
-    /// allows — parse heads, feed bodies, start requests.
+    /// The event loop saw the socket readable (or closed, or in error): new input may be
+    /// there whatever the last read found.
+    pub fn on_read_event(&mut self, h: &mut impl Handler) -> Step {
+        self.drained = false;
+        self.on_readable(h)
+    }
+
+    /// The socket may have input (an event, or the connection asked to come back): makes all
+    /// the progress the input allows — parse heads, feed bodies, start requests.
     pub fn on_readable(&mut self, h: &mut impl Handler) -> Step {
         match &self.phase {
             Phase::Writing { body: None, stream } if stream.is_waiting() => return self.watch_input(h),
@@ -447,21 +458,31 @@ impl<S: Transport> Conn<S> {
     /// Reads into the buffer until the socket would block (or a fair share has been read:
     /// the rest waits in the kernel, and the caller comes back).
     fn read_socket(&mut self, h: &mut impl Handler) -> ReadOutcome {
+        if self.drained {
+            // The last read found the socket empty and no readable event came since: a read
+            // now would only say so again (one `read` per request saved).
+            return ReadOutcome::WouldBlock;
+        }
         let mut progress = false;
         loop {
             match read_buf::read_once(&self.sock, &mut self.rbuf, h.scratch()) {
-                Ok(0) => {
+                Ok((0, _)) => {
                     self.eof = true;
                     return ReadOutcome::Progress;
                 }
-                Ok(_) => {
+                Ok((_, short)) => {
                     self.last_read = Instant::now();
                     progress = true;
+                    if short && self.sock.short_read_drains() {
+                        self.drained = true;
+                        return ReadOutcome::Progress;
+                    }
                     if self.rbuf.len() > READ_SHARE {
                         return ReadOutcome::Progress;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.drained = true;
                     return if progress { ReadOutcome::Progress } else { ReadOutcome::WouldBlock };
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -868,7 +889,7 @@ mod tests {
     /// Runs the connection as its loop would: read, then every turn it asked for, until it
     /// asks for none.
     fn turn(conn: &mut Conn<mio::net::UnixStream>, h: &mut Loop) -> Step {
-        let mut step = conn.on_readable(h);
+        let mut step = conn.on_read_event(h);
         while step == Step::Open && (!h.pump.is_empty() || !h.flush.is_empty()) {
             if !std::mem::take(&mut h.flush).is_empty() {
                 step = conn.on_writable(h);
@@ -933,7 +954,7 @@ mod tests {
         let (mut conn, mut client) = connect();
         let mut h = Loop::new();
         client.write_all(b"GET /app/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(conn.on_readable(&mut h), Step::Open);
+        assert_eq!(conn.on_read_event(&mut h), Step::Open);
         // The first is with the application; the second waits unparsed behind it.
         let calls = h.calls();
         assert_eq!(calls.len(), 1);

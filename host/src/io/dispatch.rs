@@ -2,7 +2,9 @@
 //! connection): routing with one consistent table, then
 //! - a static file, an admin page, `OPTIONS *`, a 404 for a plugin that is not loaded, a 405
 //!   for CONNECT, or a 500 for a mount whose middleware is missing — answered here, at once;
-//! - or an application: a [`CallJob`] for the worker pool.
+//! - or an application: a [`CallJob`] for the worker pool, or for this loop's own thread
+//!   when every plugin of the call promised never to block and the request has no body
+//!   ([`super::inline`]).
 
 use std::sync::Arc;
 
@@ -88,7 +90,12 @@ impl Handler for EventLoop {
     }
 
     fn submit(&mut self, job: Job) {
-        self.send_job(job);
+        match job {
+            Job::Call(call) if self.shared.config.inline_timeout.is_some() && super::inline::eligible(&call) => {
+                self.inline.push(call);
+            }
+            job => self.send_job(job),
+        }
     }
 
     fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe> {

@@ -2,12 +2,15 @@
 //! (`--io-threads` loops run side by side, sharing the listening sockets; [`Balance`] places
 //! each new connection on the least-loaded one).
 //!
-//! Per turn: wait for readiness (at most until the next 250 ms sweep); accept; hand each
+//! Per turn: wait for readiness (at most until the next 250 ms sweep); accept (in a worker
+//! process, one connection per listener per turn, so sibling processes share bursts); hand each
 //! ready connection to its [`Conn`] (read, or write); take the completions workers sent
 //! (responses, stream chunks, 100-continue, resume reading, adopted connections); serve the
 //! connections that asked to come back (fairness, pipelining); every 250 ms, sweep the
 //! timeouts and store the connection counts for the admin pages. On shutdown: stop accepting,
-//! close idle connections, let the others finish, for at most the graceful timeout.
+//! close idle connections, let the others finish, for at most the graceful timeout. The calls
+//! of plugins that promised never to block are left for the loop's thread to run after the
+//! turn ([`super::inline`]), which is what drives the turns.
 //!
 //! A connection is taken out of its slot while it runs ([`EventLoop::with_conn`]), so it can
 //! call back into the loop (the [`super::conn::Handler`]) — which can then see every other connection, as
@@ -25,7 +28,7 @@ use slab::Slab;
 
 use super::balance::Balance;
 use super::conn::{Conn, Step};
-use crate::exchange::{Adopted, Completion, ConnId, Job, Notifier, Peer};
+use crate::exchange::{Adopted, CallJob, Completion, ConnId, Job, Notifier, Peer, Reply};
 use crate::http::request::HeadLimits;
 use crate::listeners::{Accepting, Listener, Stream};
 use crate::metrics::counters::{ConnCounts, Stats};
@@ -97,6 +100,22 @@ pub struct EventLoop {
     pub(super) flush_again: Vec<usize>,
     /// Where a read into an empty connection buffer lands first (16 KiB, never cleared).
     pub(super) scratch: Vec<u8>,
+    /// Calls this loop's thread runs itself after the turn (plugins that promised never to
+    /// block; see [`super::inline`]).
+    #[allow(clippy::vec_box, reason = "calls arrive and leave boxed (`Job::Call`, the gate): kept so, never copied")]
+    pub(super) inline: Vec<Box<CallJob>>,
+    events: Events,
+    /// Listeners to accept from again on the next turn (this turn took its share).
+    accept_again: Vec<usize>,
+    /// Connections one listener's readiness may bring in at a time: all of them alone (the
+    /// loops of a process share them out, [`Balance`]); one per turn in a worker process, whose
+    /// sibling processes wait on the same socket (nginx's `multi_accept off`): a burst of
+    /// new connections is shared between them, each taking more the less busy it is.
+    accept_batch: usize,
+    next_tick: Instant,
+    /// The turn's result once the loop has ended: drained (or `false`: the graceful timeout
+    /// passed with requests still running).
+    finished: Option<bool>,
 }
 
 impl EventLoop {
@@ -143,83 +162,116 @@ impl EventLoop {
             ready: Vec::new(),
             flush_again: Vec::new(),
             scratch: Vec::new(),
+            inline: Vec::new(),
+            events: Events::with_capacity(1024),
+            accept_again: Vec::new(),
+            accept_batch: if shared.tree.is_some() { 1 } else { usize::MAX },
+            next_tick: Instant::now() + TICK,
+            finished: None,
             statics: StaticFiles::new(shared.docroot.clone(), shared.statics.clone()),
             shared,
         })
     }
 
-    /// Runs until shutdown has drained every connection (returns `true`) or the graceful
-    /// timeout passed (returns `false`: requests are still running on workers).
+    /// One turn of the loop: wait for readiness (not at all when work is pending), handle
+    /// what is ready, take the workers' completions, serve the connections that asked to come
+    /// back, sweep the timeouts when due, drain on shutdown. Calls of plugins that promised
+    /// never to block are left in [`EventLoop::inline`] for the caller to run. Returns
+    /// `Some(drained)` once the loop has ended: every connection drained (`true`) or the
+    /// graceful timeout passed (`false`: requests are still running on workers).
     ///
     /// # Errors
     /// `poll` itself failed.
-    pub fn run(mut self) -> io::Result<bool> {
-        let mut drained = true;
-        let mut events = Events::with_capacity(1024);
-        let mut next_tick = Instant::now() + TICK;
-        loop {
-            let timeout = if self.ready.is_empty() && self.flush_again.is_empty() {
-                next_tick.saturating_duration_since(Instant::now())
-            } else {
-                Duration::ZERO
-            };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
-                && e.kind() != io::ErrorKind::Interrupted
-            {
-                return Err(e);
-            }
-            for ev in events.iter() {
-                match ev.token() {
-                    WAKER => {}
-                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
-                    Token(t) => {
-                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.with_conn(t, |c, h| c.on_readable(h));
-                        }
-                        if ev.is_writable() {
-                            self.with_conn(t, |c, h| c.on_writable(h));
-                        }
+    pub fn turn(&mut self) -> io::Result<Option<bool>> {
+        if let Some(drained) = self.finished {
+            return Ok(Some(drained));
+        }
+        let timeout = if self.ready.is_empty()
+            && self.flush_again.is_empty()
+            && self.inline.is_empty()
+            && self.accept_again.is_empty()
+        {
+            self.next_tick.saturating_duration_since(Instant::now())
+        } else {
+            Duration::ZERO
+        };
+        // Listeners that had more for this loop than its share of the last turn.
+        let accept_again = std::mem::take(&mut self.accept_again);
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let polled = self.poll.poll(&mut events, Some(timeout));
+        if let Err(e) = polled
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            self.events = events;
+            return Err(e);
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                WAKER => {}
+                Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                Token(t) => {
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.with_conn(t, |c, h| c.on_read_event(h));
                     }
-                }
-            }
-            self.drain_completions();
-            for t in std::mem::take(&mut self.flush_again) {
-                self.with_conn(t, |c, h| c.on_writable(h));
-            }
-            for t in std::mem::take(&mut self.ready) {
-                self.with_conn(t, |c, h| c.on_readable(h));
-            }
-            let now = Instant::now();
-            if now >= next_tick {
-                self.sweep(now);
-                next_tick = now + TICK;
-            }
-            if self.shared.shutting_down.load(Ordering::Relaxed) && self.draining.is_none() {
-                self.start_drain();
-            }
-            if let Some(deadline) = self.draining {
-                if self.conns.is_empty() {
-                    tracing::info!("all connections drained");
-                    break;
-                }
-                if now >= deadline {
-                    tracing::warn!(
-                        open = self.conns.len(),
-                        "graceful timeout passed; closing the remaining connections"
-                    );
-                    // Closed as any other: a response cut short gets its access line.
-                    let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
-                    for t in tokens {
-                        self.with_conn(t, |c, h| c.close(h));
+                    if ev.is_writable() {
+                        self.with_conn(t, |c, h| c.on_writable(h));
                     }
-                    drained = false;
-                    break;
                 }
             }
         }
-        // Dropping the job sender lets the workers finish their queue and exit.
+        self.events = events;
+        for i in accept_again {
+            self.accept(i);
+        }
+        self.drain_completions();
+        for t in std::mem::take(&mut self.flush_again) {
+            self.with_conn(t, |c, h| c.on_writable(h));
+        }
+        for t in std::mem::take(&mut self.ready) {
+            self.with_conn(t, |c, h| c.on_readable(h));
+        }
+        let now = Instant::now();
+        if now >= self.next_tick {
+            self.sweep(now);
+            self.next_tick = now + TICK;
+        }
+        if self.shared.shutting_down.load(Ordering::Relaxed) && self.draining.is_none() {
+            self.start_drain();
+        }
+        if let Some(deadline) = self.draining {
+            if self.conns.is_empty() && self.inline.is_empty() {
+                tracing::info!("all connections drained");
+                return Ok(Some(self.finish(true)));
+            }
+            if now >= deadline {
+                tracing::warn!(open = self.conns.len(), "graceful timeout passed; closing the remaining connections");
+                // Closed as any other: a response cut short gets its access line.
+                let tokens: Vec<usize> = self.conns.iter().map(|(t, _)| t).collect();
+                for t in tokens {
+                    self.with_conn(t, |c, h| c.close(h));
+                }
+                return Ok(Some(self.finish(false)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends the loop: dropping the job sender lets the workers finish their queue and exit.
+    fn finish(&mut self, drained: bool) -> bool {
         self.jobs = None;
-        Ok(drained)
+        self.inline.clear();
+        self.finished = Some(drained);
+        drained
+    }
+
+    /// Hands a reply to its connection (a call this loop's thread ran, or a worker's); a
+    /// connection that is gone has its stream, if any, dropped on a worker.
+    pub(super) fn deliver(&mut self, reply: Reply) {
+        if self.live(reply.conn) {
+            self.with_conn(reply.conn.token, |c, h| c.on_reply(reply, h));
+        } else if let Some(s) = reply.stream {
+            self.send_job(Job::Close(s));
+        }
     }
 
     /// Runs `f` on connection `t` (if there is one), taken out of its slot so `f` can use the
@@ -280,7 +332,14 @@ impl EventLoop {
         }
         let shared = Arc::clone(&self.shared);
         let balance = &shared.balance;
+        let mut taken = 0;
         loop {
+            if taken == self.accept_batch {
+                if !self.accept_again.contains(&i) {
+                    self.accept_again.push(i);
+                }
+                return;
+            }
             if shared.shutting_down.load(Ordering::Relaxed) {
                 return; // this loop starts draining at the end of the turn
             }
@@ -291,6 +350,7 @@ impl EventLoop {
             let Some(listener) = self.listeners.get(i) else { return };
             match listener.accept() {
                 Ok((sock, addrs)) => {
+                    taken += 1;
                     let mut peer = match addrs {
                         Some((remote, local)) => Peer::new(remote, local),
                         None => Peer::unix(),
@@ -349,13 +409,7 @@ impl EventLoop {
     fn drain_completions(&mut self) {
         while let Ok(c) = self.completions.try_recv() {
             match c {
-                Completion::Response(reply) => {
-                    if self.live(reply.conn) {
-                        self.with_conn(reply.conn.token, |c, h| c.on_reply(*reply, h));
-                    } else if let Some(s) = reply.stream {
-                        self.send_job(Job::Close(s));
-                    }
-                }
+                Completion::Response(reply) => self.deliver(*reply),
                 Completion::Chunk(chunk) => {
                     if self.live(chunk.conn) {
                         self.with_conn(chunk.conn.token, |c, h| c.on_chunk(*chunk, h));

@@ -5,6 +5,7 @@
 //! | [`event_loop`] | one mio loop per `--io-threads`: accept, the connection table, completions from workers, timeouts' sweep, drain on shutdown |
 //! | [`balance`] | placing each accepted connection on the least-loaded event loop; the `--max-connections` count |
 //! | [`dispatch`] | what answers a parsed request: a static file, an admin page or a server-made answer here, or a job for a worker |
+//! | [`inline`] | the thread that drives a loop's turns and runs the calls of plugins that promised never to block, and its hand-over to a fresh thread when one breaks the promise |
 //! | [`handler`] | what a connection and its event loop say to each other: the [`handler::Handler`] trait, a request's [`handler::Decision`] |
 //! | [`conn`] | the per-connection state machine (HTTP/1.1 keep-alive, pipelining, request bodies, 100-continue, lingering close, timeouts) |
 //! | [`read_buf`] | a connection's read buffer: growing for a read, shrinking once a request is whole |
@@ -27,6 +28,7 @@ pub mod conn;
 pub mod dispatch;
 pub mod event_loop;
 pub mod handler;
+pub mod inline;
 pub mod read_buf;
 pub mod stream_slot;
 pub mod write;
@@ -95,6 +97,13 @@ pub trait Transport: AsFd + mio::event::Source {
     fn pending(&self) -> bool {
         false
     }
+
+    /// Whether a read that returned less than there was room for means the socket has nothing
+    /// more for now (true of a stream socket, epoll(7): the next bytes bring a new edge); not
+    /// of TLS, whose reads give plaintext from records the session holds.
+    fn short_read_drains(&self) -> bool {
+        true
+    }
 }
 
 /// mio's stream sockets read and write through `&Self`; `shutdown` takes `&self`.
@@ -159,6 +168,9 @@ impl Transport for crate::listeners::Stream {
             crate::listeners::Stream::Tls(t) => t.flush_pending(),
             _ => Ok(true),
         }
+    }
+    fn short_read_drains(&self) -> bool {
+        !matches!(self, crate::listeners::Stream::Tls(_))
     }
     fn pending(&self) -> bool {
         match self {

@@ -20,22 +20,26 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// Spare room below which the read buffer grows before a `read`. 1 KiB.
 const READ_MIN: usize = 1024;
 
-/// One `read(2)` from `sock` onto the end of `buf` (see the module docs for where it goes).
+/// One `read(2)` from `sock` onto the end of `buf` (see the module docs for where it goes):
+/// the bytes read, and whether that was less than there was room for (a short read).
 ///
 /// # Errors
 /// As `read(2)`; `WouldBlock` when nothing is there.
-pub fn read_once(sock: &impl Transport, buf: &mut Vec<u8>, scratch: &mut Vec<u8>) -> io::Result<usize> {
+pub fn read_once(sock: &impl Transport, buf: &mut Vec<u8>, scratch: &mut Vec<u8>) -> io::Result<(usize, bool)> {
     if buf.is_empty() {
         scratch.clear();
         scratch.reserve(READ_CHUNK); // allocates once: `clear` keeps the capacity
+        let room = scratch.capacity();
         let n = sock.read_into(scratch)?;
         buf.extend_from_slice(&scratch[..n]);
-        return Ok(n);
+        return Ok((n, n < room));
     }
     if buf.capacity() - buf.len() < READ_MIN {
         buf.reserve(buf.len().clamp(4 * READ_MIN, READ_CHUNK));
     }
-    sock.read_into(buf)
+    let room = buf.capacity() - buf.len();
+    let n = sock.read_into(buf)?;
+    Ok((n, n < room))
 }
 
 /// Gives back the room `buf` does not use: all of it when it is empty, else what exceeds its

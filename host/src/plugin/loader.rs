@@ -31,6 +31,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use abi_stable::library::{LibraryError, lib_header_from_path};
@@ -140,6 +141,10 @@ pub struct Plugin {
     /// How many times this process has loaded a plugin of this name, this version included
     /// (1 at the first load; the registry counts on from the version it replaces).
     pub loads: u64,
+    /// Whether the host may call it on an event loop: it promised it never blocks
+    /// (`PluginMod::never_blocks`, 0.2.2) and has not broken the promise since this copy was
+    /// loaded (see [`Plugin::inline`]).
+    never_blocks: AtomicBool,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -446,10 +451,24 @@ fn finish(
         config: config.to_owned(),
         loaded_at: SystemTime::now(),
         loads: 1,
+        never_blocks: AtomicBool::new(module.never_blocks().unwrap_or(false)),
     })
 }
 
 impl Plugin {
+    /// Whether a call may run on the event loop that read the request: the plugin promised
+    /// it never blocks and has kept the promise.
+    pub fn inline(&self) -> bool {
+        self.never_blocks.load(Ordering::Relaxed)
+    }
+
+    /// The plugin broke its promise (a call on an event loop ran past `--inline-timeout`):
+    /// its calls go to worker threads from now on, for this loaded copy. `true` the first
+    /// time (the caller logs it).
+    pub fn broke_promise(&self) -> bool {
+        self.never_blocks.swap(false, Ordering::Relaxed)
+    }
+
     /// Whether the plugin exports a middleware entry point (PEP 3333 middleware).
     pub fn is_middleware(&self) -> bool {
         self.module.middleware().is_some()

@@ -150,6 +150,13 @@ pub struct Args {
     /// 0 means no deadline. A mount's `timeout` key overrides it.
     #[arg(long, env = "PORTICO_APP_TIMEOUT", default_value_t = 30.0, value_parser = parse_seconds)]
     pub app_timeout: f64,
+    /// Seconds a call of a plugin that promised never to block (`never_blocks`) may run on
+    /// the event loop that read its request before the host stops waiting: the loop goes on
+    /// in a fresh thread (the other connections wait at most this long, plus up to 20 ms for
+    /// the watchdog to look), and every later call of that plugin goes to a worker thread.
+    /// Fractions allowed; 0 sends every call to a worker thread.
+    #[arg(long, env = "PORTICO_INLINE_TIMEOUT", default_value_t = 0.02, value_parser = parse_seconds)]
+    pub inline_timeout: f64,
     /// Calls of one application (a mount, or a `/NAME.py` plugin) running at once; more wait
     /// in its queue [default: --threads when one application can be reached, else one less,
     /// so no application occupies every worker]. A mount's `max_concurrency` key overrides it.

@@ -52,6 +52,10 @@ pub(crate) struct Config {
     pub send_timeout: Duration,
     /// How long SIGTERM waits for requests in flight.
     pub graceful_timeout: Duration,
+    /// How long a call of a plugin that promised never to block may run on an event loop
+    /// before the loop moves to a fresh thread (`--inline-timeout`); `None`: no calls on
+    /// event loops.
+    pub inline_timeout: Option<Duration>,
     /// Most open connections over all event loops.
     pub max_connections: usize,
     /// Whether access lines are produced at all.
@@ -149,6 +153,7 @@ impl Args {
             body_temp_dir: self.body_temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             send_timeout: Duration::from_secs(self.send_timeout),
             graceful_timeout: Duration::from_secs(self.graceful_timeout),
+            inline_timeout: Some(Duration::from_secs_f64(self.inline_timeout)).filter(|d| !d.is_zero()),
             max_connections: self.max_connections.max(1),
             access_log: self.access_log != "off",
             admin: AdminPaths::parse(&self.status_path).unwrap_or(None),

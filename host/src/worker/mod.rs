@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 
-use crate::exchange::{CallJob, Completion, Job, Notifier};
+use crate::exchange::{CallJob, Completion, Job, Notifier, Reply};
 use crate::metrics::counters::{Stats, WorkerCache};
 use crate::static_files::StaticFiles;
 use watchdog::{Kind, Running, Slot};
@@ -60,6 +60,55 @@ struct Inner {
     threads: Mutex<Vec<(Arc<Slot>, JoinHandle<()>)>>,
     next: AtomicUsize,
     stop: AtomicBool,
+    /// What else the watchdog looks at every tick (event loops running calls themselves).
+    watched: Mutex<Vec<Arc<dyn Watched>>>,
+}
+
+/// Something the watchdog looks at every [`watchdog::TICK`] besides the workers' slots: an
+/// event loop's thread while it runs calls of plugins that promised never to block
+/// (`crate::io::inline`).
+pub trait Watched: Send + Sync {
+    /// Looks once, at `now`; `false` once it no longer needs looking at.
+    fn look(&self, now: Instant) -> bool;
+}
+
+/// What an event loop's thread needs to run application calls itself, as a worker would:
+/// the workers' shared state and a way to register its deadline slot and be watched.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+impl Handle {
+    /// The workers' shared state (notifier, counters, shutdown flag).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// A deadline slot for a thread that is not one of the pool's workers (an event loop's):
+    /// the watchdog cuts off its calls at their deadline like a worker's, but starts no
+    /// thread in its place — only one for the call that takes over the application's slot.
+    pub fn outside_slot(&self) -> Arc<Slot> {
+        let slot = Arc::new(Slot::outside());
+        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));
+        slot
+    }
+
+    /// Stops watching `slot` (its thread is done with it).
+    pub fn forget_slot(&self, slot: &Arc<Slot>) {
+        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, slot));
+    }
+
+    /// Has the watchdog look at `w` every tick until it says it is done.
+    pub fn watch(&self, w: Arc<dyn Watched>) {
+        self.inner.watched.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+    }
+
+    /// Runs `job` on the calling thread as a worker would (its result to its event loop, the
+    /// application's next waiting calls after it), for a thread that has left its event loop.
+    pub fn run_as_worker(&self, job: Box<CallJob>, slot: &Slot, counters: &mut WorkerCache) {
+        run(Job::Call(job), &self.inner.shared, slot, counters);
+    }
 }
 
 impl Pool {
@@ -75,6 +124,7 @@ impl Pool {
             threads: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            watched: Mutex::new(Vec::new()),
         });
         for _ in 0..n {
             spawn_worker(&inner, None)?;
@@ -83,12 +133,29 @@ impl Pool {
         let watchdog = std::thread::Builder::new().name("portico-watchdog".into()).spawn(move || {
             while !watched.stop.load(Ordering::Relaxed) {
                 std::thread::sleep(watchdog::TICK);
+                let others: Vec<Arc<dyn Watched>> = watched.watched.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let now = Instant::now();
+                let done: Vec<_> = others.into_iter().filter(|w| !w.look(now)).collect();
+                if !done.is_empty() {
+                    watched
+                        .watched
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|w| !done.iter().any(|d| Arc::ptr_eq(w, d)));
+                }
                 let slots: Vec<Arc<Slot>> = watched.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let replacements = watchdog::sweep(&slots, &watched.shared.notifier, Instant::now());
                 if !replacements.is_empty() {
                     watched.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !s.abandoned());
-                    for first in replacements {
-                        if let Err(e) = spawn_worker(&watched, first) {
+                    for (outside, first) in replacements {
+                        let started = match (outside, first) {
+                            // An event loop's call was cut off: its thread is not the pool's
+                            // to replace, only the call taking over its slot needs a thread.
+                            (true, Some(first)) => spawn_once(&watched, first),
+                            (true, None) => Ok(()),
+                            (false, first) => spawn_worker(&watched, first),
+                        };
+                        if let Err(e) = started {
                             tracing::error!("starting a worker in place of an abandoned one: {e}");
                         }
                     }
@@ -96,6 +163,11 @@ impl Pool {
             }
         })?;
         Ok(Pool { inner, watchdog: Some(watchdog) })
+    }
+
+    /// What an event loop's thread needs to run calls itself.
+    pub fn handle(&self) -> Handle {
+        Handle { inner: Arc::clone(&self.inner) }
     }
 
     /// Threads abandoned past an application's deadline that are still running (each holds a
@@ -143,6 +215,22 @@ fn spawn_worker(inner: &Arc<Inner>, first: Option<Box<CallJob>>) -> std::io::Res
     Ok(())
 }
 
+/// Starts a thread that runs `first` (and the application's calls waiting after it) and
+/// exits: the call that took over the slot of an event loop's call cut off at its deadline.
+fn spawn_once(inner: &Arc<Inner>, first: Box<CallJob>) -> std::io::Result<()> {
+    let slot = Arc::new(Slot::default());
+    let i = inner.next.fetch_add(1, Ordering::Relaxed);
+    let (worker_inner, worker_slot) = (Arc::clone(inner), Arc::clone(&slot));
+    inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));
+    std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {
+        let mut counters = WorkerCache::default();
+        let _busy = worker_inner.shared.stats.worker_busy();
+        run(Job::Call(first), &worker_inner.shared, &worker_slot, &mut counters);
+        worker_inner.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &worker_slot));
+    })?;
+    Ok(())
+}
+
 fn run(job: Job, shared: &Shared, slot: &Slot, counters: &mut WorkerCache) {
     match job {
         Job::Call(job) => {
@@ -174,6 +262,24 @@ fn run(job: Job, shared: &Shared, slot: &Slot, counters: &mut WorkerCache) {
 /// the slot this one had (`None` when nothing waits, or when this call was cut off: the
 /// watchdog passed the slot on).
 fn run_call(job: Box<CallJob>, shared: &Shared, slot: &Slot, counters: &mut WorkerCache) -> Option<Box<CallJob>> {
+    let (reply, next) = call(job, shared, slot, counters);
+    if let Some(reply) = reply {
+        shared.notifier.notify(Completion::Response(Box::new(reply)));
+    }
+    next
+}
+
+/// Runs one application call and gives its reply, for the caller to hand to the event loop
+/// (`None`: the watchdog cut the call off and answered it), and the application's next
+/// waiting call, which now holds the slot this one had (`None` when nothing waits, or when
+/// this call was cut off: the watchdog passed the slot on). The counters are recorded
+/// before the reply is handed over.
+pub fn call(
+    job: Box<CallJob>,
+    shared: &Shared,
+    slot: &Slot,
+    counters: &mut WorkerCache,
+) -> (Option<Reply>, Option<Box<CallJob>>) {
     let app = Arc::clone(&job.route.app);
     if let Some(timeout) = app.gate.limits().timeout {
         let kind = Kind::Call { version: job.head.version, head_request: job.head.is_head() };
@@ -190,13 +296,12 @@ fn run_call(job: Box<CallJob>, shared: &Shared, slot: &Slot, counters: &mut Work
         // Cut off by the watchdog: the client has its 504, the slot went on.
         drop(reply);
         app.gate.reap();
-        return None;
+        return (None, None);
     }
     if let Some(p) = plugin {
         p.record(started.elapsed(), reply.prepared.status);
     }
     drop(in_flight);
-    shared.notifier.notify(Completion::Response(Box::new(reply)));
     // What goes into a gate comes out: calls only.
-    app.gate.release().and_then(|w| w.downcast::<CallJob>().ok())
+    (Some(reply), app.gate.release().and_then(|w| w.downcast::<CallJob>().ok()))
 }

@@ -62,11 +62,19 @@ pub struct Slot {
     running: Mutex<Option<Running>>,
     /// The thread was given up on (a replacement took its place): it exits after its call.
     abandoned: AtomicBool,
+    /// The slot of a thread that is not one of the pool's workers (an event loop's): no
+    /// worker is started in its place.
+    outside: bool,
 }
 
 impl Slot {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The slot of a thread outside the pool (an event loop's).
+    pub fn outside() -> Slot {
+        Slot { outside: true, ..Slot::default() }
     }
 
     /// The worker starts `r`.
@@ -97,17 +105,20 @@ struct Expired {
     next: Option<Box<CallJob>>,
     /// The application is stopped now.
     stopped: bool,
+    /// The slot is outside the pool.
+    outside: bool,
 }
 
 /// Looks at `slots` once: cuts off what is past its deadline. Returns one entry per abandoned
-/// thread (the caller starts one in its place), with the call that takes over its
-/// application's slot, if one was waiting (the new thread runs it first).
+/// thread (the caller starts one in its place, unless the slot is [`Slot::outside`] the
+/// pool: the first of the pair), with the call that takes over its application's slot, if
+/// one was waiting (the new thread runs it first).
 ///
 /// The stuck thread is counted against its gate while the slot's lock is held: a worker that
 /// finishes just after the deadline then finds its call cut off (`Slot::end`) and reaps a count
 /// that is already there, so no abandoned thread is counted that nothing will reap. (Lock order:
 /// a slot, then a gate; nothing takes a slot's lock while holding a gate's.)
-pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Option<Box<CallJob>>> {
+pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<(bool, Option<Box<CallJob>>)> {
     let mut expired = Vec::new();
     for slot in slots {
         let mut guard = slot.lock();
@@ -126,7 +137,16 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Opti
                 Kind::Pull => (None, r.app.gate.abandon_pull()),
             };
             let late_by = now - r.deadline;
-            expired.push(Expired { conn: r.conn, app: Arc::clone(&r.app), kind: r.kind, late_by, next, stopped });
+            let outside = slot.outside;
+            expired.push(Expired {
+                conn: r.conn,
+                app: Arc::clone(&r.app),
+                kind: r.kind,
+                late_by,
+                next,
+                stopped,
+                outside,
+            });
         }
     }
     let mut replacements = Vec::with_capacity(expired.len());
@@ -162,7 +182,7 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Opti
                 e.app.gate.limits().max_abandoned
             );
         }
-        replacements.push(e.next);
+        replacements.push((e.outside, e.next));
     }
     replacements
 }

@@ -105,6 +105,7 @@ fn cargo_command() -> Command {
     cmd.current_dir(workspace_root())
         .env("CARGO_TARGET_DIR", plugin_target_dir())
         .env_remove("PORTICO_FIXTURE_VERSION")
+        .env_remove("PORTICO_FIXTURE_NEVER_BLOCKS")
         .env_remove("MAKEFLAGS")
         .env_remove("MFLAGS")
         .env_remove("CARGO_MAKEFLAGS")
@@ -182,17 +183,27 @@ pub fn plugin(name: &str) -> PathBuf {
 /// `fixture v2`).
 pub fn fixture_v2() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        standard_plugin_dir(); // v1 first, copied out before the v2 build overwrites it
-        let _lock = BuildLock::acquire();
-        let mut cmd = cargo_command();
-        cmd.args(["build", "-p", "fixture"]).env("PORTICO_FIXTURE_VERSION", "2");
-        run_cargo(cmd, "build the fixture plugin v2");
-        let dst = staged_dir().join("fixture-v2.so");
-        install_file(&plugin_target_dir().join("debug/libfixture.so"), &dst);
-        dst
-    })
-    .clone()
+    PATH.get_or_init(|| fixture_built_with("PORTICO_FIXTURE_VERSION", "2", "fixture-v2.so")).clone()
+}
+
+/// The fixture plugin built with `PORTICO_FIXTURE_NEVER_BLOCKS=1`: it promises never to
+/// block (`never_blocks`), and breaks the promise on request (`/slow?ms=N`).
+pub fn fixture_never_blocks() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| fixture_built_with("PORTICO_FIXTURE_NEVER_BLOCKS", "1", "fixture-never-blocks.so")).clone()
+}
+
+/// Builds the fixture plugin with `var=value` in its build's environment and stages it as
+/// `staged_name`.
+fn fixture_built_with(var: &str, value: &str, staged_name: &str) -> PathBuf {
+    standard_plugin_dir(); // the plain build first, copied out before this one overwrites it
+    let _lock = BuildLock::acquire();
+    let mut cmd = cargo_command();
+    cmd.args(["build", "-p", "fixture"]).env(var, value);
+    run_cargo(cmd, &format!("build the fixture plugin with {var}={value}"));
+    let dst = staged_dir().join(staged_name);
+    install_file(&plugin_target_dir().join("debug/libfixture.so"), &dst);
+    dst
 }
 
 /// The `[dependencies]` section of plugin-api/Cargo.toml, verbatim.
@@ -322,24 +333,24 @@ pub fn abi_next() -> PathBuf {
     PATH.get_or_init(|| relabelled_plugin("abi_next", "0.3.0")).clone()
 }
 
-/// `portico-api` as a later 0.2.x could grow it (0.2.2): a root-module field after the last
+/// `portico-api` as a later 0.2.x could grow it (0.2.3): a root-module field after the last
 /// prefix field, a `BodyStream` method with a default body, a `Body` variant. The SDK's
 /// export macro fills the field (`grown()` answers 42), and the testing module reports the
 /// new method's answer for every streamed body (`grown_hint=N` in the log).
 const GROWN_API: &[Edit] = &[
     (
         "abi.rs",
-        "    pub serves_script: ROption<extern \"C\" fn(RStr<'_>) -> bool>,\n}",
-        "    pub serves_script: ROption<extern \"C\" fn(RStr<'_>) -> bool>,\n    \
-         /// 0.2.2: a field grown after the last one.\n    pub grown: ROption<extern \"C\" fn() -> u32>,\n}",
+        "    pub never_blocks: bool,\n}",
+        "    pub never_blocks: bool,\n    \
+         /// 0.2.3: a field grown after the last one.\n    pub grown: ROption<extern \"C\" fn() -> u32>,\n}",
     ),
     (
         "abi.rs",
         "    fn poll_chunk(&mut self, waker: &Waker) -> RResult<Chunk_NE, RString>;\n",
         "    fn poll_chunk(&mut self, waker: &Waker) -> RResult<Chunk_NE, RString>;\n\n    \
-         /// 0.2.2: a method grown with a default body.\n    fn grown_hint(&self) -> u64 {\n        7\n    }\n",
+         /// 0.2.3: a method grown with a default body.\n    fn grown_hint(&self) -> u64 {\n        7\n    }\n",
     ),
-    ("abi.rs", "    File(FileBody),\n}", "    File(FileBody),\n    /// 0.2.2: a grown variant.\n    Grown(u32),\n}"),
+    ("abi.rs", "    File(FileBody),\n}", "    File(FileBody),\n    /// 0.2.3: a grown variant.\n    Grown(u32),\n}"),
     (
         "body.rs",
         "            Body::Stream(stream) => Chunks::Stream(stream),\n",
@@ -366,17 +377,17 @@ const GROWN_API: &[Edit] = &[
 
 fn grown_root() -> PathBuf {
     let root = plugin_target_dir().join("abi-grown");
-    api_copy(&root, "0.2.2", GROWN_API);
+    api_copy(&root, "0.2.3", GROWN_API);
     root
 }
 
-/// A plugin (`grown`) built against the grown 0.2.2 `portico-api`: `/` answers
+/// A plugin (`grown`) built against the grown 0.2.3 `portico-api`: `/` answers
 /// `grown plugin`, `/variant` returns the new `Body::Grown` variant, `/stream` two chunks.
 pub fn grown_plugin() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let _lock = BuildLock::acquire();
-        let lib = "//! Built against a grown portico-api 0.2.2.\n\
+        let lib = "//! Built against a grown portico-api 0.2.3.\n\
              use portico_api::{Body, Environ, StartResponse, export_app, status};\n\n\
              fn app(environ: &mut Environ<'_>, start_response: &mut StartResponse<'_, '_>) -> Body {\n    \
              start_response.start(status::OK, &[(\"Content-Type\", \"text/plain\")]);\n    \
@@ -390,7 +401,7 @@ pub fn grown_plugin() -> PathBuf {
     .clone()
 }
 
-/// A host program (`grown_host`) built against the grown 0.2.2 `portico-api`: loads each
+/// A host program (`grown_host`) built against the grown 0.2.3 `portico-api`: loads each
 /// plugin file named on its command line with `portico_api::compat::init_root_module` (the
 /// real host's check), and for each prints one line: `NAME: refused: ERROR` or
 /// `NAME: loaded VERSION grown=FIELD status=STATUS body=BODY log=LOG` for `GET /?n=2`.
@@ -398,7 +409,7 @@ pub fn grown_host() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let _lock = BuildLock::acquire();
-        let main = "//! A host built against a grown portico-api 0.2.2 (see host/tests/support).\n\
+        let main = "//! A host built against a grown portico-api 0.2.3 (see host/tests/support).\n\
              use portico_api::{compat, testing::TestRequest};\n\n\
              fn main() {\n    \
              for path in std::env::args().skip(1) {\n        \

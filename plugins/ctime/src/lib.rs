@@ -10,4 +10,4 @@ fn ctime(_environ: &mut Environ<'_>, start_response: &mut StartResponse<'_, '_>)
     Body::from(format!("{}\n", httpdate::fmt_http_date(SystemTime::now())))
 }
 
-export_app!(name: "ctime", version: env!("CARGO_PKG_VERSION"), app: ctime);
+export_app!(name: "ctime", version: env!("CARGO_PKG_VERSION"), app: ctime, never_blocks: true);

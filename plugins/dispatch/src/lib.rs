@@ -38,7 +38,7 @@ pub fn router() -> Router {
     Router::new().route("GET", "/dog", dog).route("GET", "/cat", cat).route("GET", "/hello/{name}", hello)
 }
 
-export_app!(name: "dispatch", version: env!("CARGO_PKG_VERSION"), app: router());
+export_app!(name: "dispatch", version: env!("CARGO_PKG_VERSION"), app: router(), never_blocks: true);
 
 #[cfg(test)]
 mod tests {

@@ -52,4 +52,4 @@ fn echo(environ: &mut Environ<'_>, start_response: &mut StartResponse<'_, '_>) -
     Body::from(out)
 }
 
-export_app!(name: "echo", version: env!("CARGO_PKG_VERSION"), app: echo);
+export_app!(name: "echo", version: env!("CARGO_PKG_VERSION"), app: echo, never_blocks: true);

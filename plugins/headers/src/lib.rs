@@ -167,6 +167,7 @@ export_app!(
     version: env!("CARGO_PKG_VERSION"),
     middleware: CONFIG.get().cloned().unwrap_or_default(),
     init: init,
+    never_blocks: true,
 );
 
 #[cfg(test)]

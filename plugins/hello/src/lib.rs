@@ -8,4 +8,4 @@ fn hello(_environ: &mut Environ<'_>, start_response: &mut StartResponse<'_, '_>)
     Body::from("Hello, world!\n")
 }
 
-export_app!(name: "hello", version: env!("CARGO_PKG_VERSION"), app: hello);
+export_app!(name: "hello", version: env!("CARGO_PKG_VERSION"), app: hello, never_blocks: true);

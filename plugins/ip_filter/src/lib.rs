@@ -579,6 +579,7 @@ export_app!(
     version: env!("CARGO_PKG_VERSION"),
     middleware: IpFilter::new(RULES.get().cloned().unwrap_or_default()),
     init: init,
+    never_blocks: true,
 );
 
 #[cfg(test)]

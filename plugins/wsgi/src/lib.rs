@@ -53,6 +53,8 @@ pub fn portico_root_module() -> PluginMod_Ref {
         setup: RSome(portico_setup),
         reload: RSome(portico_reload),
         serves_script: RSome(portico_serves_script),
+        // Python code may sleep, lock and wait on the network: worker threads only.
+        never_blocks: false,
     }
     .leak_into_prefix()
 }
