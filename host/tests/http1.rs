@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -403,4 +404,23 @@ fn a_refused_head_request_gets_no_body() {
     assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "got {}", show(&reply.bytes));
     assert!(text.ends_with("\r\n\r\n"), "a body followed the head: {}", show(&reply.bytes));
     assert!(reply.closed);
+}
+
+#[test]
+fn a_request_sent_with_the_clients_fin_is_answered_and_the_connection_closed_at_once() {
+    // The request and the FIN arrive together: the read that takes the request is short, and
+    // the FIN is only seen by the next read (no further event comes for it). The server must
+    // still see it, answer, and close — not hold the connection for the keep-alive timeout.
+    let server = Server::builder().plugins(&["hello"]).args(["--keep-alive-timeout", "10"]).start();
+    let mut sock = std::net::TcpStream::connect(server.addr()).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(8))).expect("timeout");
+    let started = Instant::now();
+    sock.write_all(b"GET /hello.py HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
+    sock.shutdown(std::net::Shutdown::Write).expect("FIN");
+    let mut got = Vec::new();
+    sock.read_to_end(&mut got).expect("reading until the server closes");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK") && text.ends_with("Hello, world!\n"), "{text}{}", server.context());
+    assert!(took < Duration::from_secs(2), "closed after {took:?}, not at once{}", server.context());
 }

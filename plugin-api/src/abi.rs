@@ -334,8 +334,9 @@ pub type ApplicationFn = extern "C" fn(&mut Environ<'_>, StartResponse_TO<'_, RM
 /// The root module every plugin exports (one per `.so`), checked by the host at load time.
 ///
 /// **Growth:** fields are appended after [`PluginMod::middleware`], which carries
-/// `last_prefix_field` and never moves within 0.2.x; each new field is an `ROption` a plugin
-/// may leave `RNone`, and its accessor gives `None` for a plugin built before it. New request
+/// `last_prefix_field` and never moves within 0.2.x; each new field is one a plugin may leave
+/// out (an `ROption` left `RNone`, or a flag left `false`), and its accessor gives `None` for
+/// a plugin built before it. New request
 /// facts go in [`Environ::extra`].
 ///
 /// **Grown in 0.2.1** for language bridges such as the `wsgi` plugin

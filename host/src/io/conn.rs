@@ -150,6 +150,8 @@ pub struct Conn<S> {
     /// The last read found nothing more (`WouldBlock`, or a short read on a plain socket)
     /// and no readable event has come since: reading again is skipped until one does.
     drained: bool,
+    /// An event said the peer closed its side (or an error): read until 0.
+    peer_closed: bool,
     phase: Phase,
     out: WriteQueue,
     /// Close once the current response is written.
@@ -174,6 +176,7 @@ impl<S: Transport> Conn<S> {
             rbuf: Vec::new(),
             eof: false,
             drained: false,
+            peer_closed: false,
             phase: Phase::head(),
             out: WriteQueue::default(),
             close_after: false,
@@ -209,10 +212,13 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// The event loop saw the socket readable (or closed, or in error): new input may be
-    /// there whatever the last read found.
-    pub fn on_read_event(&mut self, h: &mut impl Handler) -> Step {
+    /// The event loop saw the socket readable, or `closed` (the peer shut down its side, or
+    /// an error): new input may be there whatever the last read found. Once closed, reads go
+    /// on until they return 0 (a short read is no longer the end: the FIN is only read after
+    /// the bytes before it, and no further event comes for it).
+    pub fn on_read_event(&mut self, closed: bool, h: &mut impl Handler) -> Step {
         self.drained = false;
+        self.peer_closed |= closed;
         self.on_readable(h)
     }
 
@@ -473,7 +479,7 @@ impl<S: Transport> Conn<S> {
                 Ok((_, short)) => {
                     self.last_read = Instant::now();
                     progress = true;
-                    if short && self.sock.short_read_drains() {
+                    if short && !self.peer_closed && self.sock.short_read_drains() {
                         self.drained = true;
                         return ReadOutcome::Progress;
                     }
@@ -889,7 +895,7 @@ mod tests {
     /// Runs the connection as its loop would: read, then every turn it asked for, until it
     /// asks for none.
     fn turn(conn: &mut Conn<mio::net::UnixStream>, h: &mut Loop) -> Step {
-        let mut step = conn.on_read_event(h);
+        let mut step = conn.on_read_event(true, h);
         while step == Step::Open && (!h.pump.is_empty() || !h.flush.is_empty()) {
             if !std::mem::take(&mut h.flush).is_empty() {
                 step = conn.on_writable(h);
@@ -954,7 +960,7 @@ mod tests {
         let (mut conn, mut client) = connect();
         let mut h = Loop::new();
         client.write_all(b"GET /app/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(conn.on_read_event(&mut h), Step::Open);
+        assert_eq!(conn.on_read_event(true, &mut h), Step::Open);
         // The first is with the application; the second waits unparsed behind it.
         let calls = h.calls();
         assert_eq!(calls.len(), 1);

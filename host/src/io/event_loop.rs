@@ -3,7 +3,7 @@
 //! each new connection on the least-loaded one).
 //!
 //! Per turn: wait for readiness (at most until the next 250 ms sweep); accept (in a worker
-//! process, one connection per listener per turn, so sibling processes share bursts); hand each
+//! process, up to 64 connections per listener at a time, so sibling processes share bursts); hand each
 //! ready connection to its [`Conn`] (read, or write); take the completions workers sent
 //! (responses, stream chunks, 100-continue, resume reading, adopted connections); serve the
 //! connections that asked to come back (fairness, pipelining); every 250 ms, sweep the
@@ -42,6 +42,11 @@ pub const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1024;
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// Connections a worker process's loop accepts from one listener before it serves its own
+/// (the rest wait for the next turn, or a sibling process). One (nginx's `multi_accept off`)
+/// left 4,000 connections arriving at once seconds in the backlog behind turns of busy
+/// loops (p99 544 ms, 63 timeouts at `wrk -c4000`); 64 drains such a burst in a few turns.
+const ACCEPT_BATCH: usize = 64;
 /// How long a drain leaves idle keep-alive connections open before closing them: a request
 /// may already be on its way on one (measured in the process-model research: closing at once
 /// failed 56–150 requests per 3 generation swaps, with this grace 0).
@@ -108,9 +113,9 @@ pub struct EventLoop {
     /// Listeners to accept from again on the next turn (this turn took its share).
     accept_again: Vec<usize>,
     /// Connections one listener's readiness may bring in at a time: all of them alone (the
-    /// loops of a process share them out, [`Balance`]); one per turn in a worker process, whose
-    /// sibling processes wait on the same socket (nginx's `multi_accept off`): a burst of
-    /// new connections is shared between them, each taking more the less busy it is.
+    /// loops of a process share them out, [`Balance`]); [`ACCEPT_BATCH`] in a worker process,
+    /// whose sibling processes wait on the same socket: a burst of new connections is shared
+    /// between them, each taking more the less busy it is.
     accept_batch: usize,
     next_tick: Instant,
     /// The turn's result once the loop has ended: drained (or `false`: the graceful timeout
@@ -165,7 +170,7 @@ impl EventLoop {
             inline: Vec::new(),
             events: Events::with_capacity(1024),
             accept_again: Vec::new(),
-            accept_batch: if shared.tree.is_some() { 1 } else { usize::MAX },
+            accept_batch: if shared.tree.is_some() { ACCEPT_BATCH } else { usize::MAX },
             next_tick: Instant::now() + TICK,
             finished: None,
             statics: StaticFiles::new(shared.docroot.clone(), shared.statics.clone()),
@@ -210,8 +215,9 @@ impl EventLoop {
                 WAKER => {}
                 Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                 Token(t) => {
-                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                        self.with_conn(t, |c, h| c.on_read_event(h));
+                    let closed = ev.is_read_closed() || ev.is_error();
+                    if ev.is_readable() || closed {
+                        self.with_conn(t, |c, h| c.on_read_event(closed, h));
                     }
                     if ev.is_writable() {
                         self.with_conn(t, |c, h| c.on_writable(h));
@@ -258,8 +264,12 @@ impl EventLoop {
 
     /// Ends the loop: dropping the job sender lets the workers finish their queue and exit.
     fn finish(&mut self, drained: bool) -> bool {
+        // Calls not run yet hold their applications' slots: a worker runs them (their
+        // connections are gone) and hands the slots on, for the loops still draining.
+        for call in std::mem::take(&mut self.inline) {
+            self.send_job(Job::Call(call));
+        }
         self.jobs = None;
-        self.inline.clear();
         self.finished = Some(drained);
         drained
     }

@@ -5,6 +5,9 @@
 //! worker thread and coming back: the hop (a wake of a worker, a wake of the loop) is most of
 //! the cost of a small response (`scripts/bench`, `/hello.py`).
 //!
+//! A batch of calls (a turn's) holds the loop for at most `--inline-timeout` too: calls still
+//! queued past it go to workers.
+//!
 //! The promise is checked, not trusted. While its thread runs calls, the loop is parked in
 //! its [`Driver`], which the pool's watchdog looks at every 20 ms. A call that has run past
 //! `--inline-timeout` (20 ms by default) has its loop taken over by a fresh thread at once:
@@ -176,13 +179,22 @@ impl Driver {
     /// thread has handed on what it held and must stop.
     fn run_calls(&self, slot: &mut Arc<Slot>, counters: &mut WorkerCache) -> bool {
         let workers = &self.ctx.workers;
+        let batch = Instant::now();
         loop {
             let job = {
                 let mut st = self.lock();
                 let Some(job) = st.queue.pop_front() else { return true };
+                let now = Instant::now();
+                // A plugin that broke its promise meanwhile (on another loop), or a batch that
+                // has held the loop for the timeout already (many calls, each within it): the
+                // rest go to workers.
+                if !eligible(&job) || now.duration_since(batch) >= self.ctx.timeout {
+                    st.to_pool.push(job);
+                    continue;
+                }
                 let Target::Plugin(target) = &job.route.target else { unreachable!("eligible calls only") };
                 st.running = Some(Running {
-                    since: Instant::now(),
+                    since: now,
                     target: Arc::clone(target),
                     middleware: Arc::clone(&job.route.middleware),
                 });

@@ -218,16 +218,19 @@ fn spawn_worker(inner: &Arc<Inner>, first: Option<Box<CallJob>>) -> std::io::Res
 /// Starts a thread that runs `first` (and the application's calls waiting after it) and
 /// exits: the call that took over the slot of an event loop's call cut off at its deadline.
 fn spawn_once(inner: &Arc<Inner>, first: Box<CallJob>) -> std::io::Result<()> {
-    let slot = Arc::new(Slot::default());
+    // Outside the pool too: cut off in turn, it is not replaced by a pool worker.
+    let slot = Arc::new(Slot::outside());
     let i = inner.next.fetch_add(1, Ordering::Relaxed);
     let (worker_inner, worker_slot) = (Arc::clone(inner), Arc::clone(&slot));
     inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));
-    std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {
+    let handle = std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {
         let mut counters = WorkerCache::default();
         let _busy = worker_inner.shared.stats.worker_busy();
         run(Job::Call(first), &worker_inner.shared, &worker_slot, &mut counters);
         worker_inner.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &worker_slot));
     })?;
+    // Listed, so `abandoned_running` counts it while it is stuck.
+    inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push((slot, handle));
     Ok(())
 }
 
