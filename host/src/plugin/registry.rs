@@ -53,6 +53,13 @@ pub struct Registry {
     /// most this long (the single-process server's reloads: a crash in `init` refuses the
     /// file instead of killing the server).
     probe: Mutex<Option<std::time::Duration>>,
+    /// A checking process started ahead for the next test load (from `probe_first` on; each
+    /// test load uses one up and has the next started in the background).
+    spare: Arc<Mutex<Option<super::probe::Spare>>>,
+    /// Asks the thread that starts spares for one (`None` until `probe_first`). One thread
+    /// for the registry's life: a spare dies with the thread that started it (it asks the
+    /// kernel for SIGKILL when its parent goes, `PR_SET_PDEATHSIG`, which is per thread).
+    spare_wanted: Mutex<Option<crossbeam_channel::Sender<()>>>,
     /// Load files where they are, without private copies: the directory is a generation's
     /// snapshot, private to it and never rewritten (a worker process).
     in_place: bool,
@@ -70,6 +77,8 @@ impl Registry {
             configs: Mutex::new(HashMap::new()),
             scanning: Mutex::new(()),
             probe: Mutex::new(None),
+            spare: Arc::new(Mutex::new(None)),
+            spare_wanted: Mutex::new(None),
             in_place: false,
         }
     }
@@ -84,6 +93,48 @@ impl Registry {
     /// at most `timeout` for it.
     pub fn probe_first(&self, timeout: std::time::Duration) {
         *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(timeout);
+        let (tx, rx) = crossbeam_channel::unbounded::<()>();
+        let spare = Arc::clone(&self.spare);
+        let started = std::thread::Builder::new().name("portico-spare".into()).spawn(move || {
+            for () in rx {
+                match super::probe::Spare::start() {
+                    Ok(s) => *spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(s),
+                    Err(e) => tracing::warn!("starting a spare checking process: {e}"),
+                }
+            }
+        });
+        match started {
+            Ok(_) => *self.spare_wanted.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx),
+            Err(e) => tracing::warn!("starting the thread of spare checking processes: {e}"),
+        }
+        self.start_spare();
+    }
+
+    /// Has the next spare checking process started, off the caller's path.
+    fn start_spare(&self) {
+        if let Some(tx) = &*self.spare_wanted.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Test-loads `path` as `name` with `settings` in a child process, at most `timeout`:
+    /// the spare one started ahead when there is one (then the next is started), else a new
+    /// one.
+    fn test_load(
+        &self,
+        name: &str,
+        path: &Path,
+        settings: &str,
+        timeout: std::time::Duration,
+    ) -> Result<super::probe::Loaded, super::probe::ProbeError> {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match spare {
+            Some(spare) => {
+                self.start_spare();
+                spare.load(name, path, settings, timeout)
+            }
+            None => super::probe::load_in_child(name, path, settings, timeout),
+        }
     }
 
     /// A new plugin set from the directory, given the set serving now (`current`): loads new
@@ -229,7 +280,7 @@ impl Registry {
         let loaded = fs::create_dir_all(&self.cache_dir)
             .and_then(|()| fs::copy(path, &copy))
             .map_err(|source| LoadError::Io { what: "copy plugin file for its test load", source })
-            .and_then(|_| match super::probe::load_in_child(name, &copy, config, timeout) {
+            .and_then(|_| match self.test_load(name, &copy, config, timeout) {
                 Err(super::probe::ProbeError::Died(why)) => Err(LoadError::Probe(why)),
                 _ => Ok(()),
             })
@@ -278,7 +329,14 @@ pub fn plugin_files(dir: &Path) -> Vec<(String, PathBuf)> {
         let file_name = entry.file_name();
         let Some(file_name) = file_name.to_str() else { continue };
         let Some(name) = loader::route_name(file_name) else { continue };
-        if !entry.path().is_file() {
+        // The directory entry's type, without a `stat` (one less per file a scan: a thousand
+        // plugins are a thousand `stat`s already); a symbolic link is followed.
+        let is_file = match entry.file_type() {
+            Ok(t) if t.is_symlink() => entry.path().is_file(),
+            Ok(t) => t.is_file(),
+            Err(_) => entry.path().is_file(),
+        };
+        if !is_file {
             continue;
         }
         let plain = !file_name.starts_with("lib");
