@@ -185,6 +185,20 @@ impl Gate {
         verdict
     }
 
+    /// A call that takes no slot (one run on its event loop) asks to run: admitted, unless
+    /// the application is stopped.
+    ///
+    /// # Errors
+    /// [`Refusal::Stopped`].
+    pub fn admit_ungated(&self) -> Result<(), Refusal> {
+        if self.lock().stopped {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::Stopped);
+        }
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The waiting call of connection `conn` is not wanted any more (the client went away):
     /// returns it, if it was still waiting.
     pub fn cancel(&self, conn: ConnId) -> Option<Waiting> {

@@ -66,6 +66,13 @@ fn a_plugin_that_breaks_its_promise_holds_its_loop_once_and_briefly() {
     assert_eq!(slow.join().expect("the second slow request").0, 200);
     let promised = server.stderr_text()[mark..].matches("promised never to block").count();
     assert_eq!(promised, 1, "the broken promise is logged once{}", server.context());
+    // The status page says who runs on the event loop now.
+    let status = server.get("/_portico/status?format=json").json();
+    let on_loop = |name: &str| {
+        status["plugins"].as_array().expect("plugins").iter().find(|p| p["name"] == name).expect(name)["on_event_loop"]
+            .clone()
+    };
+    assert_eq!((on_loop("hello"), on_loop("fixture")), (true.into(), false.into()), "{status}");
     server.assert_alive();
 }
 

@@ -96,7 +96,14 @@ pub fn render(s: &Snapshot, paths: &AdminPaths, refresh: Option<u32>) -> String 
              <td class=\"n\">{in_flight}</td><td class=\"n\">{mean}</td><td class=\"n\">{p99}</td></tr>",
             id = escape(&p.name),
             name = escape(&p.name),
-            removed = if p.loaded { "" } else { " <span class=\"muted\">(removed)</span>" },
+            removed = match (p.loaded, p.on_event_loop) {
+                (false, _) => " <span class=\"muted\">(removed)</span>",
+                (true, Some(true)) => {
+                    " <span class=\"muted\" title=\"it promised never to block: its requests without a body run \
+                     on the event loop\">(event loop)</span>"
+                }
+                (true, _) => "",
+            },
             version = p.version.as_deref().map_or_else(dash, escape),
             loads = p.loads.map_or_else(dash, |g| g.to_string()),
             loaded_at = p.loaded_at.as_deref().map_or_else(dash, escape),

@@ -127,6 +127,9 @@ pub(crate) struct CallJob {
     pub peer: Peer,
     /// The request body.
     pub body: RequestBody,
+    /// It holds a slot of its application's gate, to hand on when it ends (`false`: a call
+    /// run on its event loop, outside the gate's limits, which are about worker threads).
+    pub gated: bool,
 }
 
 /// A request's body as its application reads it (`wsgi.input`).

@@ -861,7 +861,14 @@ mod tests {
                 app: Arc::clone(app),
                 script: None,
             };
-            Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), body: RequestBody::None }))
+            Decision::Call(Box::new(CallJob {
+                conn: id,
+                route,
+                head,
+                peer: peer.clone(),
+                body: RequestBody::None,
+                gated: true,
+            }))
         }
 
         fn submit(&mut self, job: Job) {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::conn::{Decision, Handler};
 use super::event_loop::EventLoop;
+use super::handler::Admission;
 use crate::admin;
 use crate::exchange::body_pipe::BodyPipe;
 use crate::exchange::{CallJob, ConnId, Job, Peer, RequestBody};
@@ -56,9 +57,14 @@ impl Handler for EventLoop {
             Err(e) => return Decision::Reject(e),
         };
         match route {
-            Route::App(route) => {
-                Decision::Call(Box::new(CallJob { conn: id, route, head, peer: peer.clone(), body: RequestBody::None }))
-            }
+            Route::App(route) => Decision::Call(Box::new(CallJob {
+                conn: id,
+                route,
+                head,
+                peer: peer.clone(),
+                body: RequestBody::None,
+                gated: true,
+            })),
             Route::Static { path } => {
                 let fence = &table.fence;
                 let response = self.statics.serve(&head, &path, &|real| fence.allows(real, None));
@@ -90,12 +96,23 @@ impl Handler for EventLoop {
     }
 
     fn submit(&mut self, job: Job) {
-        match job {
-            Job::Call(call) if self.shared.config.inline_timeout.is_some() && super::inline::eligible(&call) => {
-                self.inline.push(call);
+        self.send_job(job);
+    }
+
+    /// A call that may run on this loop's thread ([`super::inline::eligible`]) skips its
+    /// application's gate: the gate's limits share out worker threads, and the call takes
+    /// none (nor does it wait: it runs after this turn). A stopped application still refuses.
+    fn admit(&mut self, mut job: Box<CallJob>) -> Admission {
+        if self.shared.config.inline_timeout.is_some() && super::inline::eligible(&job) {
+            let gate = &job.route.app.gate;
+            if let Err(why) = gate.admit_ungated() {
+                return Admission::Refused(why);
             }
-            job => self.send_job(job),
+            job.gated = false;
+            self.inline.push(job);
+            return Admission::Sent;
         }
+        super::handler::admit_gated(self, job)
     }
 
     fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe> {

@@ -28,15 +28,7 @@ pub trait Handler {
     /// Hands a call to its application's gate (see [`crate::admission`]): sent to the pool,
     /// queued, or refused.
     fn admit(&mut self, job: Box<CallJob>) -> Admission {
-        let app = Arc::clone(&job.route.app);
-        match app.gate.admit(job.conn, job) {
-            Admit::Now(job) => {
-                self.submit(Job::Call(job));
-                Admission::Sent
-            }
-            Admit::Queued => Admission::Queued,
-            Admit::Refused(_, why) => Admission::Refused(why),
-        }
+        admit_gated(self, job)
     }
     /// A new pipe for a request body of connection `id`.
     fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe>;
@@ -51,6 +43,20 @@ pub trait Handler {
     fn served(&mut self) {}
     /// A response with `status` starts (every kind; counted by status class).
     fn responded(&mut self, _status: u16) {}
+}
+
+/// [`Handler::admit`] through the application's gate: the call is submitted when the gate
+/// has a slot, queued in it, or refused.
+pub fn admit_gated<H: Handler + ?Sized>(h: &mut H, job: Box<CallJob>) -> Admission {
+    let app = Arc::clone(&job.route.app);
+    match app.gate.admit(job.conn, job) {
+        Admit::Now(job) => {
+            h.submit(Job::Call(job));
+            Admission::Sent
+        }
+        Admit::Queued => Admission::Queued,
+        Admit::Refused(_, why) => Admission::Refused(why),
+    }
 }
 
 /// What answers a request (the handler's decision).

@@ -24,6 +24,10 @@
 //!   watchdog moves it to a new thread — never both (`moved`, decided under the lock).
 //! - Only calls without a request body whose every plugin still holds the promise run here
 //!   ([`eligible`]); the rest go to the pool, as before.
+//! - A call admitted here takes no slot of its application's gate (the gate's limits share out
+//!   worker threads; a stopped application still refuses): it hands none on, and if it ends
+//!   up on a worker after all (a batch past its time, a plugin demoted meanwhile) it runs
+//!   there outside the limits, once.
 //! - A reply reaches its own connection's loop: a call that took over an application's slot
 //!   (its next waiting call) may be another loop's; it goes to the pool, and a reply for
 //!   another loop goes through the notifier, as a worker's does.

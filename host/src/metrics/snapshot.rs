@@ -123,6 +123,9 @@ pub struct PluginRow {
     pub loaded_at: Option<String>,
     /// The same, seconds since the Unix epoch.
     pub loaded_at_unix: Option<f64>,
+    /// Whether its calls without a request body run on the event loop that read them: it
+    /// promised never to block (`never_blocks`) and, in this process, has kept the promise.
+    pub on_event_loop: Option<bool>,
     /// Requests answered since the server started.
     pub requests: u64,
     /// Responses by status class: `{"1xx": 0, "2xx": 12, …, "5xx": 1}`.
@@ -226,6 +229,7 @@ impl Snapshot {
                     loads: p.map(|p| p.loads),
                     loaded_at: p.map(|p| rfc3339(p.loaded_at)),
                     loaded_at_unix: p.map(|p| unix(p.loaded_at)),
+                    on_event_loop: p.map(|p| p.inline()),
                     requests: c.requests,
                     responses: CLASSES.iter().copied().zip(c.responses).collect(),
                     in_flight: c.in_flight,

@@ -284,8 +284,9 @@ pub fn call(
     counters: &mut WorkerCache,
 ) -> (Option<Reply>, Option<Box<CallJob>>) {
     let app = Arc::clone(&job.route.app);
+    let gated = job.gated;
     if let Some(timeout) = app.gate.limits().timeout {
-        let kind = Kind::Call { version: job.head.version, head_request: job.head.is_head() };
+        let kind = Kind::Call { version: job.head.version, head_request: job.head.is_head(), gated: job.gated };
         slot.begin(Running::new(Instant::now() + timeout, job.conn, Arc::clone(&app), kind));
     }
     // Measured: from here (the job taken off the queue) to the response head being ready;
@@ -305,6 +306,7 @@ pub fn call(
         p.record(started.elapsed(), reply.prepared.status);
     }
     drop(in_flight);
-    // What goes into a gate comes out: calls only.
-    (Some(reply), app.gate.release().and_then(|w| w.downcast::<CallJob>().ok()))
+    // What goes into a gate comes out: calls only. A call that took no slot hands none on.
+    let next = if gated { app.gate.release().and_then(|w| w.downcast::<CallJob>().ok()) } else { None };
+    (Some(reply), next)
 }

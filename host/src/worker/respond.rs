@@ -40,7 +40,7 @@ use crate::static_files::StaticFiles;
 /// Runs the application of `job` and turns its answer into a [`Reply`]; a streamed body's
 /// wakes go through `notifier`.
 pub fn run_call(job: CallJob, docroot: &Mutex<StaticFiles>, shutting_down: &AtomicBool, notifier: &Notifier) -> Reply {
-    let CallJob { conn, route, head, peer, mut body } = job;
+    let CallJob { conn, route, head, peer, mut body, .. } = job;
     let info = CallInfo {
         script_name: &route.script_name,
         path_info: &route.path_info,

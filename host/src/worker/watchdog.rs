@@ -44,6 +44,8 @@ pub enum Kind {
         version: Version,
         /// A `HEAD` request (the 504 has no body).
         head_request: bool,
+        /// It holds a slot of its application's gate (a call on an event loop does not).
+        gated: bool,
     },
     /// A pull of a streamed body's next chunk: a timeout closes the connection.
     Pull,
@@ -129,6 +131,7 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<(boo
             r.timed_out = true;
             slot.abandoned.store(true, Ordering::Relaxed);
             let (next, stopped) = match r.kind {
+                Kind::Call { gated: false, .. } => (None, r.app.gate.abandon_pull()),
                 Kind::Call { .. } => {
                     let (next, stopped) = r.app.gate.abandon();
                     // What goes into a gate comes out: calls only.
@@ -154,7 +157,7 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<(boo
         let name = e.app.gate.name();
         let limit = e.app.gate.limits().timeout.map_or(0.0, |t| t.as_secs_f64());
         match e.kind {
-            Kind::Call { version, head_request } => {
+            Kind::Call { version, head_request, .. } => {
                 let prepared = Response::error(504).prepare(version, true, head_request);
                 notifier.notify(Completion::Response(Box::new(Reply { conn: e.conn, prepared, stream: None })));
                 tracing::error!(
