@@ -132,6 +132,14 @@ pub(crate) struct CallJob {
     pub gated: bool,
 }
 
+impl CallJob {
+    /// A call without a request body (one arriving is attached later), holding a slot of its
+    /// application's gate once admitted.
+    pub fn new(conn: ConnId, route: AppRoute, head: Box<RequestHead>, peer: Peer) -> CallJob {
+        CallJob { conn, route, head, peer, body: RequestBody::None, gated: true }
+    }
+}
+
 /// A request's body as its application reads it (`wsgi.input`).
 pub enum RequestBody {
     /// The request has none.

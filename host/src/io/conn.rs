@@ -861,14 +861,7 @@ mod tests {
                 app: Arc::clone(app),
                 script: None,
             };
-            Decision::Call(Box::new(CallJob {
-                conn: id,
-                route,
-                head,
-                peer: peer.clone(),
-                body: RequestBody::None,
-                gated: true,
-            }))
+            Decision::Call(Box::new(CallJob::new(id, route, head, peer.clone())))
         }
 
         fn submit(&mut self, job: Job) {

@@ -13,7 +13,7 @@ use super::event_loop::EventLoop;
 use super::handler::Admission;
 use crate::admin;
 use crate::exchange::body_pipe::BodyPipe;
-use crate::exchange::{CallJob, ConnId, Job, Peer, RequestBody};
+use crate::exchange::{CallJob, ConnId, Job, Peer};
 use crate::http::outgoing::Response;
 use crate::http::request::{HeadLimits, RequestHead};
 use crate::http::response::{Framing, ResponseHead};
@@ -57,14 +57,7 @@ impl Handler for EventLoop {
             Err(e) => return Decision::Reject(e),
         };
         match route {
-            Route::App(route) => Decision::Call(Box::new(CallJob {
-                conn: id,
-                route,
-                head,
-                peer: peer.clone(),
-                body: RequestBody::None,
-                gated: true,
-            })),
+            Route::App(route) => Decision::Call(Box::new(CallJob::new(id, route, head, peer.clone()))),
             Route::Static { path } => {
                 let fence = &table.fence;
                 let response = self.statics.serve(&head, &path, &|real| fence.allows(real, None));
