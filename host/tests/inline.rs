@@ -101,6 +101,9 @@ fn inline_timeout_0_sends_every_call_to_a_worker() {
     assert!(waited < Duration::from_millis(500), "{waited:?}{}", server.context());
     assert_eq!(slow.join().expect("the slow request").0, 200);
     assert!(!server.stderr_text()[mark..].contains("promised never to block"), "{}", server.context());
+    let status = server.get("/_portico/status?format=json").json();
+    let hello = status["plugins"].as_array().expect("plugins").iter().find(|p| p["name"] == "hello").cloned();
+    assert_eq!(hello.expect("hello")["on_event_loop"], false, "off: no plugin runs on the event loop");
 }
 
 #[test]

@@ -892,10 +892,15 @@ mod tests {
         (Conn::new(id, mio::net::UnixStream::from_std(ours), Peer::new(addr, addr)), theirs)
     }
 
-    /// Runs the connection as its loop would: read, then every turn it asked for, until it
-    /// asks for none.
+    /// Runs the connection as its loop would after a readable event: read, then every turn it
+    /// asked for, until it asks for none.
     fn turn(conn: &mut Conn<mio::net::UnixStream>, h: &mut Loop) -> Step {
-        let mut step = conn.on_read_event(true, h);
+        turn_after(conn, h, false)
+    }
+
+    /// As [`turn`], after an event that says whether the peer closed its side.
+    fn turn_after(conn: &mut Conn<mio::net::UnixStream>, h: &mut Loop, closed: bool) -> Step {
+        let mut step = conn.on_read_event(closed, h);
         while step == Step::Open && (!h.pump.is_empty() || !h.flush.is_empty()) {
             if !std::mem::take(&mut h.flush).is_empty() {
                 step = conn.on_writable(h);
@@ -953,6 +958,32 @@ mod tests {
             assert_eq!(counts(&conn).idle, 1, "back to waiting for a request");
         }
         assert_eq!(conn.requests, 3);
+    }
+
+    #[test]
+    fn a_fin_sent_with_the_request_is_read_when_the_event_says_the_peer_closed() {
+        // The request and the FIN are both in the socket before the loop reads: the read that
+        // takes the request is short, and no later event comes for the FIN.
+        for closed in [true, false] {
+            let (mut conn, mut client) = connect();
+            let mut h = Loop::new();
+            client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            client.shutdown(std::net::Shutdown::Write).unwrap();
+            let step = turn_after(&mut conn, &mut h, closed);
+            let (head, body) = response(&mut client);
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n") && body == b"hello", "{head}");
+            if closed {
+                // The event said so: read on to the FIN, and close.
+                assert_eq!(step, Step::Close);
+                drop(conn); // as the loop releases it
+                assert!(at_eof(&mut client));
+            } else {
+                // A plain readable event: one read, the socket taken as drained (what the
+                // event loop relies on: epoll reports the FIN with the data it came with).
+                assert_eq!(step, Step::Open);
+                assert_eq!(counts(&conn).idle, 1);
+            }
+        }
     }
 
     #[test]

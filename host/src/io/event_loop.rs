@@ -264,14 +264,31 @@ impl EventLoop {
 
     /// Ends the loop: dropping the job sender lets the workers finish their queue and exit.
     fn finish(&mut self, drained: bool) -> bool {
-        // Calls not run yet hold their applications' slots: a worker runs them (their
-        // connections are gone) and hands the slots on, for the loops still draining.
-        for call in std::mem::take(&mut self.inline) {
-            self.send_job(Job::Call(call));
-        }
+        // Calls not run yet hold no slot (they skipped their gates) and their connections are
+        // gone: dropped.
+        self.inline.clear();
         self.jobs = None;
         self.finished = Some(drained);
         drained
+    }
+
+    /// Sends a call meant for this loop's thread to a worker after all (its batch ran out of
+    /// time, its plugin broke its promise): through its application's gate, as any call for
+    /// a worker — run now, queued, or answered 503.
+    pub(super) fn call_on_worker(&mut self, mut job: Box<CallJob>) {
+        if job.gated {
+            return self.send_job(Job::Call(job));
+        }
+        job.gated = true;
+        let (conn, version, head_request) = (job.conn, job.head.version, job.head.is_head());
+        match Arc::clone(&job.route.app).gate.admit(conn, job) {
+            crate::admission::Admit::Now(job) => self.send_job(Job::Call(job)),
+            crate::admission::Admit::Queued => {}
+            crate::admission::Admit::Refused(..) => {
+                let response = crate::http::outgoing::Response::error(503).field("Retry-After", "1");
+                self.deliver(Reply { conn, prepared: response.prepare(version, true, head_request), stream: None });
+            }
+        }
     }
 
     /// Hands a reply to its connection (a call this loop's thread ran, or a worker's); a

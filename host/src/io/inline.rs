@@ -25,9 +25,9 @@
 //! - Only calls without a request body whose every plugin still holds the promise run here
 //!   ([`eligible`]); the rest go to the pool, as before.
 //! - A call admitted here takes no slot of its application's gate (the gate's limits share out
-//!   worker threads; a stopped application still refuses): it hands none on, and if it ends
-//!   up on a worker after all (a batch past its time, a plugin demoted meanwhile) it runs
-//!   there outside the limits, once.
+//!   worker threads; a stopped application still refuses) and hands none on; one that ends
+//!   up on a worker after all (a batch past its time, a plugin demoted meanwhile) goes
+//!   through the gate then, as any call for a worker.
 //! - A reply reaches its own connection's loop: a call that took over an application's slot
 //!   (its next waiting call) may be another loop's; it goes to the pool, and a reply for
 //!   another loop goes through the notifier, as a worker's does.
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::event_loop::EventLoop;
-use crate::exchange::{CallJob, Completion, Job, Reply, RequestBody};
+use crate::exchange::{CallJob, Completion, Reply, RequestBody};
 use crate::metrics::counters::WorkerCache;
 use crate::plugin::loader::Plugin;
 use crate::routing::Target;
@@ -174,7 +174,7 @@ impl Driver {
                 lp.deliver(r);
             }
             for job in to_pool.drain(..) {
-                lp.send_job(Job::Call(job));
+                lp.call_on_worker(job);
             }
         }
     }
@@ -254,7 +254,7 @@ impl Driver {
 /// A call handed over from a thread the loop moved away from: here if it still may, else to
 /// the pool.
 fn resubmit(lp: &mut EventLoop, job: Box<CallJob>) {
-    if job.conn.event_loop == lp.index && eligible(&job) { lp.inline.push(job) } else { lp.send_job(Job::Call(job)) }
+    if job.conn.event_loop == lp.index && eligible(&job) { lp.inline.push(job) } else { lp.call_on_worker(job) }
 }
 
 impl Watched for Driver {

@@ -264,6 +264,8 @@ pub struct Setup {
     pub config_loaded_at: Option<SystemTime>,
     /// Where the server listens (`http://127.0.0.1:8000`, `unix:/run/portico.sock`).
     pub listeners: Vec<String>,
+    /// Whether calls may run on event loops (`--inline-timeout` is not 0).
+    pub inline_calls: bool,
 }
 
 /// The length of the job queue, read when asked.

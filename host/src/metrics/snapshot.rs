@@ -218,6 +218,7 @@ impl Snapshot {
         for name in plugins.keys() {
             stats.plugin(name);
         }
+        let inline_calls = stats.setup().inline_calls;
         let rows = stats
             .plugins()
             .into_iter()
@@ -229,7 +230,7 @@ impl Snapshot {
                     loads: p.map(|p| p.loads),
                     loaded_at: p.map(|p| rfc3339(p.loaded_at)),
                     loaded_at_unix: p.map(|p| unix(p.loaded_at)),
-                    on_event_loop: p.map(|p| p.inline()),
+                    on_event_loop: p.map(|p| inline_calls && p.inline()),
                     requests: c.requests,
                     responses: CLASSES.iter().copied().zip(c.responses).collect(),
                     in_flight: c.in_flight,

@@ -68,9 +68,6 @@ pub fn load_in_child(name: &str, path: &Path, settings: &str, timeout: Duration)
 /// started per test load).
 pub struct Spare {
     child: Option<std::process::Child>,
-    /// The facts' configuration directory it was started with (its loads resolve paths
-    /// against it).
-    config_dir: std::path::PathBuf,
 }
 
 impl Spare {
@@ -79,19 +76,22 @@ impl Spare {
     /// # Errors
     /// Why the process could not be started.
     pub fn start() -> Result<Spare, String> {
-        let config_dir = loader::facts().config_dir;
-        Ok(Spare { child: Some(spawn_child(&["--load-many"])?), config_dir })
+        Ok(Spare { child: Some(spawn_child(&["--load-many"])?) })
     }
 
     /// Loads plugin `name` from `path` with `settings` in this process (used up by it), at
-    /// most `timeout`; a spare started before the configuration directory changed is
-    /// replaced by a fresh process.
+    /// most `timeout`. A spare that is gone already (something signalled the server's whole
+    /// process group while it waited), or that dies without a word on the plugin, does not
+    /// blame the plugin: it is tested again in a new process.
     ///
     /// # Errors
     /// As [`load_in_child`].
     pub fn load(mut self, name: &str, path: &Path, settings: &str, timeout: Duration) -> Result<Loaded, ProbeError> {
-        let child = self.child.take().filter(|_| self.config_dir == loader::facts().config_dir);
-        let Some(child) = child else { return load_in_child(name, path, settings, timeout) };
+        let Some(mut child) = self.child.take() else { return load_in_child(name, path, settings, timeout) };
+        if !matches!(child.try_wait(), Ok(None)) {
+            let _ = child.wait();
+            return load_in_child(name, path, settings, timeout);
+        }
         let item = Item { name: name.to_owned(), path: path.to_owned(), settings: settings.to_owned() };
         let input = serde_json::to_vec(std::slice::from_ref(&item)).unwrap_or_default();
         let (out, died) = match wait_child(child, &input, timeout) {
@@ -100,7 +100,12 @@ impl Spare {
         };
         match out.lines().find_map(|l| serde_json::from_str::<Report>(l).ok().filter(|r| r.name == name)) {
             Some(report) => report.verdict(),
-            None => Err(ProbeError::Died(died.unwrap_or_else(|| "the checking process reported nothing".into()))),
+            // Died: whether of the plugin or of a signal meant for the server, a new process
+            // tells (a plugin that crashes crashes it too).
+            None => {
+                tracing::debug!(plugin = name, "the spare checking process died ({died:?}); testing in a new one");
+                load_in_child(name, path, settings, timeout)
+            }
         }
     }
 }
@@ -197,6 +202,18 @@ fn run_batch(items: &[Item], timeout: Duration) -> (std::collections::HashMap<St
 /// JSON line per plugin as soon as it is done (so a crash later still reports it).
 pub fn load_many(args: &[OsString]) -> i32 {
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    // Signals sent to the server's whole process group (`systemctl kill -s HUP`, a terminal's
+    // ^C) are not for a checking process: a spare may wait for hours, and its death signal
+    // ends it with the server.
+    for signal in [
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
+        signal_hook::consts::SIGUSR2,
+    ] {
+        let _ = signal_hook::flag::register(signal, std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    }
     if let Some(dir) = args.first() {
         loader::set_facts(loader::Facts { config_dir: dir.into(), ..loader::facts() });
     }
@@ -293,17 +310,22 @@ fn wait_child(mut child: std::process::Child, input: &[u8], timeout: Duration) -
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let started = Instant::now();
-    // Its stdout closes when it exits: wait for that first (no polling while it loads).
-    let out = stdout.recv_timeout(timeout);
+    // Its stdout closes when it exits: wait on that (woken at once), looking at the child
+    // now and then (it may exit while a process it started keeps the pipe open).
+    let mut out = Err(crossbeam_channel::RecvTimeoutError::Timeout);
     let status = loop {
+        if out.is_err() {
+            out = stdout.recv_timeout(Duration::from_millis(20));
+        }
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
-            Ok(None) if out.is_err() || started.elapsed() > timeout => {
+            Ok(None) if started.elapsed() > timeout => {
                 let _ = child.kill();
                 let _ = child.wait();
                 break Err(format!("did not finish loading within {:.1} s (hangs in init?)", timeout.as_secs_f64()));
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) if out.is_ok() => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) => {}
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
