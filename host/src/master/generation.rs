@@ -140,7 +140,7 @@ fn fill(
         match std::fs::copy(src, &copy) {
             Ok(_) => {
                 stamps.insert(name.clone(), stamp);
-                items.push(probe::Item { name: name.clone(), path: copy, settings });
+                items.push(probe::Item { name: name.clone(), path: copy, settings, in_place: true });
             }
             Err(e) => probed.push((name.clone(), Err(format!("copying {}: {e}", src.display())))),
         }
