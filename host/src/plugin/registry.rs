@@ -284,7 +284,8 @@ impl Registry {
                 Err(super::probe::ProbeError::Died(why)) => Err(LoadError::Probe(why)),
                 _ => Ok(()),
             })
-            .and_then(|()| loader::load(name, &copy, &self.cache_dir, generation, config))
+            // The tested copy is private already: loaded where it is (no second copy).
+            .and_then(|()| loader::load_in_place(name, &copy, generation, config))
             .map(|mut plugin| {
                 plugin.source = path.to_owned();
                 plugin.fingerprint = fp;
