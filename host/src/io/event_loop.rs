@@ -201,7 +201,7 @@ impl EventLoop {
             Duration::ZERO
         };
         // Listeners that had more for this loop than its share of the last turn.
-        let accept_again = std::mem::take(&mut self.accept_again);
+        let mut accept_again = std::mem::take(&mut self.accept_again);
         let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         let polled = self.poll.poll(&mut events, Some(timeout));
         if let Err(e) = polled
@@ -213,7 +213,11 @@ impl EventLoop {
         for ev in events.iter() {
             match ev.token() {
                 WAKER => {}
-                Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                Token(t) if t >= LISTENER_BASE => {
+                    // This accept is the listener's share for the turn; no retry on top of it.
+                    accept_again.retain(|&i| i != t - LISTENER_BASE);
+                    self.accept(t - LISTENER_BASE);
+                }
                 Token(t) => {
                     let closed = ev.is_read_closed() || ev.is_error();
                     if ev.is_readable() || closed {

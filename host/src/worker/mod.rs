@@ -229,8 +229,11 @@ fn spawn_once(inner: &Arc<Inner>, first: Box<CallJob>) -> std::io::Result<()> {
         run(Job::Call(first), &worker_inner.shared, &worker_slot, &mut counters);
         worker_inner.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &worker_slot));
     })?;
-    // Listed, so `abandoned_running` counts it while it is stuck.
-    inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push((slot, handle));
+    // Listed, so `abandoned_running` counts it while it is stuck; threads that have ended are
+    // dropped from the list here (one such thread per cut-off call on an event loop).
+    let mut threads = inner.threads.lock().unwrap_or_else(|e| e.into_inner());
+    threads.retain(|(_, t)| !t.is_finished());
+    threads.push((slot, handle));
     Ok(())
 }
 
