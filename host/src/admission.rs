@@ -23,7 +23,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::ids::ConnId;
@@ -98,6 +98,9 @@ pub struct Gate {
     admitted: AtomicU64,
     timeouts: AtomicU64,
     refused: AtomicU64,
+    /// A copy of the state's `stopped` (it only ever turns on), read without the lock by the
+    /// calls that take no slot.
+    halted: AtomicBool,
 }
 
 /// A gate's figures, for the admin pages.
@@ -138,6 +141,7 @@ impl Gate {
             admitted: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            halted: AtomicBool::new(false),
         }
     }
 
@@ -191,7 +195,7 @@ impl Gate {
     /// # Errors
     /// [`Refusal::Stopped`].
     pub fn admit_ungated(&self) -> Result<(), Refusal> {
-        if self.lock().stopped {
+        if self.halted.load(Ordering::Relaxed) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Stopped);
         }
@@ -235,6 +239,9 @@ impl Gate {
         s.abandoned += 1;
         let newly = !s.stopped && s.abandoned >= self.limits.max_abandoned;
         s.stopped |= newly;
+        if newly {
+            self.halted.store(true, Ordering::Relaxed);
+        }
         newly
     }
 

@@ -230,11 +230,8 @@ fn an_unusable_certificate_stops_the_start_with_one_line() {
                 .env("NO_COLOR", "1")
                 .output()
                 .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{stderr}");
-            let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("portico: error:")).collect();
-            assert_eq!(errors.len(), 1, "{stderr}");
-            assert!(errors[0].contains(needle), "{stderr}");
+            let error = support::single_error_line(&out, 1, &format!("--workers {workers}"));
+            assert!(error.contains(needle), "{error}");
         }
     }
     let out = Command::new(env!("CARGO_BIN_EXE_portico")).arg("--tls-cert").arg(&cert).output().unwrap();

@@ -92,6 +92,12 @@ impl Response {
         Response::page(code, "text/plain; charset=utf-8", body)
     }
 
+    /// `503 Service Unavailable` with `Retry-After: 1`: an application too busy to take the
+    /// call (its gate's queue is full, or it is stopped).
+    pub fn busy() -> Response {
+        Response::error(503).field("Retry-After", "1")
+    }
+
     /// Adds a field to the head (builder style).
     pub fn field(mut self, name: &str, value: impl AsRef<[u8]>) -> Response {
         self.head.fields.push(name, value.as_ref());

@@ -597,7 +597,7 @@ impl<S: Transport> Conn<S> {
                     body.fail("the application is too busy");
                     self.close_after = true;
                 }
-                let response = Response::error(503).field("Retry-After", "1");
+                let response = Response::busy();
                 let prepared = response.prepare(self.exchange.version, self.close_after, self.exchange.head_request);
                 self.start_writing(prepared, None, h)
             }

@@ -285,13 +285,9 @@ impl EventLoop {
         }
         job.gated = true;
         let (conn, version, head_request) = (job.conn, job.head.version, job.head.is_head());
-        match Arc::clone(&job.route.app).gate.admit(conn, job) {
-            crate::admission::Admit::Now(job) => self.send_job(Job::Call(job)),
-            crate::admission::Admit::Queued => {}
-            crate::admission::Admit::Refused(..) => {
-                let response = crate::http::outgoing::Response::error(503).field("Retry-After", "1");
-                self.deliver(Reply { conn, prepared: response.prepare(version, true, head_request), stream: None });
-            }
+        if let super::handler::Admission::Refused(_) = super::handler::admit_gated(self, job) {
+            let prepared = crate::http::outgoing::Response::busy().prepare(version, true, head_request);
+            self.deliver(Reply { conn, prepared, stream: None });
         }
     }
 

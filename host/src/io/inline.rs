@@ -28,9 +28,8 @@
 //!   worker threads; a stopped application still refuses) and hands none on; one that ends
 //!   up on a worker after all (a batch past its time, a plugin demoted meanwhile) goes
 //!   through the gate then, as any call for a worker.
-//! - A reply reaches its own connection's loop: a call that took over an application's slot
-//!   (its next waiting call) may be another loop's; it goes to the pool, and a reply for
-//!   another loop goes through the notifier, as a worker's does.
+//! - Only this loop's connections' calls are queued here (admitted by this loop, or handed
+//!   back after a move), so every reply is delivered to this loop directly.
 
 use std::collections::VecDeque;
 use std::io;
@@ -219,21 +218,10 @@ impl Driver {
                 workers.forget_slot(slot);
                 return false;
             }
-            // A call's next waiting call may be another loop's connection's: its reply goes
-            // there, and it runs on a worker (this loop's thread serves this loop's).
-            match reply {
-                Some(r) if r.conn.event_loop != self.index => {
-                    workers.shared().notifier.notify(Completion::Response(Box::new(r)));
-                }
-                r => st.replies.extend(r),
-            }
-            if let Some(next) = next {
-                if next.conn.event_loop == self.index && eligible(&next) {
-                    st.queue.push_back(next);
-                } else {
-                    st.to_pool.push(next);
-                }
-            }
+            // Every call queued here is this loop's connection's and holds no gate slot, so it
+            // hands none on (`next` is `None`); were one given, a worker runs it.
+            st.replies.extend(reply);
+            st.to_pool.extend(next);
             drop(st);
             if slot.abandoned() {
                 // Its call was cut off at its deadline: a fresh slot for the next one.

@@ -160,34 +160,25 @@ pub(super) fn write_gathered<S: Transport>(sock: &S, slices: &[io::IoSlice<'_>],
 
 /// Sends up to `remaining` bytes of `file` from byte `offset` to the socket with one
 /// `sendfile(2)`: the bytes go from the page cache to the socket without passing through this
-/// process, so a large file costs no memory here.
+/// process, so a large file costs no memory here. Without `sendfile` (not Linux):
+/// [`read_then_write`] a chunk.
 ///
 /// # Errors
-/// As `sendfile(2)`; `WouldBlock` when the socket buffer is full. `Ok(0)` means the file
-/// ended before `offset + remaining` (it shrank).
-#[cfg(target_os = "linux")]
+/// As `sendfile(2)` (else `pread(2)` and `write(2)`); `WouldBlock` when the socket buffer is
+/// full. `Ok(0)` means the file ended before `offset + remaining` (it shrank).
 pub(super) fn send_file<S: Transport>(
     sock: &S,
     file: &std::fs::File,
     offset: u64,
     remaining: u64,
 ) -> io::Result<usize> {
-    let mut off = offset;
-    let count = remaining.min(FILE_CHUNK as u64) as usize;
-    rustix::fs::sendfile(sock.as_fd(), file, Some(&mut off), count).map_err(io::Error::from)
-}
-
-/// Without `sendfile`: [`read_then_write`] a chunk.
-///
-/// # Errors
-/// As `pread(2)` and `write(2)`.
-#[cfg(not(target_os = "linux"))]
-pub(super) fn send_file<S: Transport>(
-    sock: &S,
-    file: &std::fs::File,
-    offset: u64,
-    remaining: u64,
-) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut off = offset;
+        let count = remaining.min(FILE_CHUNK as u64) as usize;
+        rustix::fs::sendfile(sock.as_fd(), file, Some(&mut off), count).map_err(io::Error::from)
+    }
+    #[cfg(not(target_os = "linux"))]
     read_then_write(sock, file, offset, remaining, FILE_CHUNK)
 }
 

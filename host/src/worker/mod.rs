@@ -222,13 +222,13 @@ fn spawn_once(inner: &Arc<Inner>, first: Box<CallJob>) -> std::io::Result<()> {
     let slot = Arc::new(Slot::outside());
     let i = inner.next.fetch_add(1, Ordering::Relaxed);
     let (worker_inner, worker_slot) = (Arc::clone(inner), Arc::clone(&slot));
-    inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));
     let handle = std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {
         let mut counters = WorkerCache::default();
         let _busy = worker_inner.shared.stats.worker_busy();
         run(Job::Call(first), &worker_inner.shared, &worker_slot, &mut counters);
         worker_inner.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &worker_slot));
     })?;
+    inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));
     // Listed, so `abandoned_running` counts it while it is stuck; threads that have ended are
     // dropped from the list here (one such thread per cut-off call on an event loop).
     let mut threads = inner.threads.lock().unwrap_or_else(|e| e.into_inner());

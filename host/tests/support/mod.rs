@@ -1515,6 +1515,16 @@ impl Conn {
     pub fn close(self) {}
 }
 
+/// The one `portico: error:` line of a run that exited with `code` (the start refused with
+/// one line, not a cascade); panics with the run's stderr (prefixed by `what`) otherwise.
+pub fn single_error_line(out: &std::process::Output, code: i32, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("portico: error:")).collect();
+    assert_eq!(errors.len(), 1, "{what}: {stderr}");
+    errors[0].to_owned()
+}
+
 /// A request line plus the usual fields: `METHOD path HTTP/1.1`, `Host: 127.0.0.1`, and
 /// `Connection: close` when `close`.
 pub fn request_bytes(method: &str, path: &str, close: bool) -> Vec<u8> {
