@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::time::Duration;
 
-use crate::plugin::{probe, registry};
+use crate::plugin::{probe, scan};
 use crate::routing::mount::{Mounts, Named};
 use crate::settings::file as config_file;
 
@@ -68,7 +68,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
     }
     let mut kinds: HashMap<String, bool> = HashMap::new();
     let mut refused: Vec<String> = Vec::new();
-    let files = registry::plugin_files(&args.plugins);
+    let files = scan::plugin_files(&args.plugins);
     if files.is_empty() {
         say!("warning: no plugins in {}", args.plugins.display());
     }

@@ -399,3 +399,64 @@ fn plugin_init_runs_at_load_and_a_failing_init_refuses_the_plugin() {
     assert_eq!(server.get("/fixture.py/version").status, 404);
     assert_eq!(server.get("/hello.py").status, 200);
 }
+
+/// A SIGHUP `stat`s only the plugin files the directory's inotify watch names
+/// (`plugin/scan.rs`). The changes below raise no event in the plugins directory, and must
+/// still be reloaded: a symbolic link's target replaced elsewhere, a hard-linked file
+/// rewritten through its other name, and the directory swapped behind its path.
+#[test]
+fn changes_that_raise_no_event_in_the_plugins_directory_are_reloaded() {
+    let v2 = fixture_v2();
+    let v2_bytes = fs::read(&v2).expect("reading fixture v2");
+
+    // A symbolic link to a file outside, which is replaced there by rename.
+    let server = Server::builder()
+        .plugins(&["hello"])
+        .before_start(|dir| {
+            fs::create_dir_all(dir.join("outside")).expect("creating outside/");
+            support::install_file(&plugin("fixture"), &dir.join("outside/fixture.so"));
+            std::os::unix::fs::symlink(dir.join("outside/fixture.so"), dir.join("plugins/fixture.so"))
+                .expect("linking plugins/fixture.so");
+        })
+        .start();
+    assert_version(&server, V1);
+    let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
+    support::install_file(&v2, &root.join("outside/fixture.so"));
+    server.hup();
+    server.wait_for_body("/fixture.py/version", V2, RELOAD_TIMEOUT);
+
+    // A second hard link outside, through which the file is rewritten in place.
+    let server = Server::builder()
+        .plugins(&["hello"])
+        .before_start(|dir| {
+            fs::create_dir_all(dir.join("outside")).expect("creating outside/");
+            support::install_file(&plugin("fixture"), &dir.join("outside/fixture.so"));
+            fs::hard_link(dir.join("outside/fixture.so"), dir.join("plugins/fixture.so"))
+                .expect("linking plugins/fixture.so");
+        })
+        .start();
+    assert_version(&server, V1);
+    let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
+    fs::write(root.join("outside/fixture.so"), &v2_bytes).expect("rewriting outside/fixture.so");
+    server.hup();
+    server.wait_for_body("/fixture.py/version", V2, RELOAD_TIMEOUT);
+
+    // `plugins` is a symbolic link to `v1/`, re-pointed at `v2/` (nothing changes in `v1/`).
+    let server = Server::builder()
+        .plugins(&["hello", "fixture"])
+        .before_start(|dir| {
+            fs::rename(dir.join("plugins"), dir.join("v1")).expect("moving plugins/ to v1/");
+            std::os::unix::fs::symlink("v1", dir.join("plugins")).expect("linking plugins -> v1");
+        })
+        .start();
+    assert_version(&server, V1);
+    let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
+    fs::create_dir_all(root.join("v2")).expect("creating v2/");
+    support::install_file(&plugin("hello"), &root.join("v2/hello.so"));
+    support::install_file(&v2, &root.join("v2/fixture.so"));
+    std::os::unix::fs::symlink("v2", root.join("plugins.new")).expect("linking plugins.new -> v2");
+    fs::rename(root.join("plugins.new"), root.join("plugins")).expect("re-pointing plugins at v2");
+    server.hup();
+    server.wait_for_body("/fixture.py/version", V2, RELOAD_TIMEOUT);
+    assert_eq!(server.get("/hello.py").status, 200, "{}", server.context());
+}

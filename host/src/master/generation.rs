@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::plugin::{probe, registry};
+use crate::plugin::{probe, scan};
 use crate::routing::mount::{Mounts, Named};
 use crate::settings::file::{ConfigError, Loaded};
 
@@ -121,7 +121,7 @@ fn fill(
         // What the generation's workers read instead of the file (which may change).
         std::fs::write(dir.join(CONFIG_COPY), c.text()).map_err(|e| format!("copying the configuration: {e}"))?;
     }
-    let files = registry::plugin_files(plugins_dir);
+    let files = scan::plugin_files(plugins_dir);
     let settings = |name: &str| config.map(|c| c.plugin_config(name)).unwrap_or_default();
     // Copy first, then test the copy: what was tested is byte for byte what the workers load.
     let mut probed: Vec<(String, Result<Entry, String>)> = Vec::with_capacity(files.len());

@@ -75,7 +75,7 @@ impl Master {
     /// The new master test-loads its plugins (four at a time, each up to the ready timeout),
     /// then waits for its workers (up to the ready timeout).
     fn upgrade_timeout(&self) -> Duration {
-        let plugins = crate::plugin::registry::plugin_files(&self.args.plugins).len() as u32;
+        let plugins = crate::plugin::scan::plugin_files(&self.args.plugins).len() as u32;
         self.ready_timeout() * (plugins.div_ceil(4) + 1) + Duration::from_secs(5)
     }
 

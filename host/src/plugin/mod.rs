@@ -1,5 +1,6 @@
 //! Plugins: loading compiled applications ([`loader`]), the set currently serving and its
-//! hot reload ([`registry`]), test-loading one in a child process ([`probe`]), and calling
+//! hot reload ([`registry`]), finding the plugin files and what changed among them
+//! ([`scan`]), test-loading one in a child process ([`probe`]), and calling
 //! one ([`call`]).
 //!
 //! Invariants:
@@ -13,3 +14,4 @@ pub mod call;
 pub mod loader;
 pub mod probe;
 pub(crate) mod registry;
+pub mod scan;

@@ -95,7 +95,9 @@ impl Spare {
         // The caller's private test copy: loaded where it is.
         let item = Item { name: name.to_owned(), path: path.to_owned(), settings: settings.to_owned(), in_place: true };
         let input = serde_json::to_vec(std::slice::from_ref(&item)).unwrap_or_default();
-        let (out, died) = match wait_child(child, &input, timeout) {
+        // Its report is all that is wanted: its exit is not waited for.
+        let reported = |line: &str| serde_json::from_str::<Report>(line).is_ok_and(|r| r.name == name);
+        let (out, died) = match wait_child_until(child, &input, timeout, reported) {
             Ok(out) => (out, None),
             Err(ChildFailed { why, out }) => (out, Some(why)),
         };
@@ -296,36 +298,75 @@ fn spawn_child(args: &[&str]) -> Result<std::process::Child, String> {
 
 /// Feeds `input` to a child [`spawn_child`] started and waits at most `timeout` for it: its
 /// stdout if it exited 0, or why it did not (with what it wrote before).
-fn wait_child(mut child: std::process::Child, input: &[u8], timeout: Duration) -> Result<String, ChildFailed> {
-    let stdin = child.stdin.take();
-    let input = input.to_vec();
-    // Written from a thread: a large list must not fill the pipe while the child writes.
-    std::thread::spawn(move || {
-        if let Some(mut stdin) = stdin {
-            let _ = stdin.write_all(&input);
+fn wait_child(child: std::process::Child, input: &[u8], timeout: Duration) -> Result<String, ChildFailed> {
+    wait_child_until(child, input, timeout, |_| false)
+}
+
+/// [`wait_child`], except that a line of stdout for which `enough` is true ends the wait at
+/// once, with the lines so far: the child's exit (unmapping what it loaded) is then left to
+/// a thread that reaps it, off the caller's path.
+fn wait_child_until(
+    mut child: std::process::Child,
+    input: &[u8],
+    timeout: Duration,
+    enough: impl Fn(&str) -> bool,
+) -> Result<String, ChildFailed> {
+    if let Some(mut stdin) = child.stdin.take() {
+        if input.len() <= SMALL_INPUT {
+            // Fits in the pipe's buffer (64 KiB on Linux, pipe(7)): written without blocking.
+            let _ = stdin.write_all(input);
+        } else {
+            // Written from a thread: a large list must not fill the pipe while the child writes.
+            let input = input.to_vec();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
         }
-    });
-    // Drain both pipes while waiting, so a chatty init cannot fill a pipe and stall.
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+    }
+    // Drain both pipes while waiting, so a chatty init cannot fill a pipe and stall: stdout
+    // line by line (each a report), stderr whole.
+    let (line_tx, lines) = crossbeam_channel::unbounded::<String>();
+    if let Some(stdout) = child.stdout.take() {
         std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_string(&mut text);
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
             }
-            let _ = tx.send(text);
         });
-        rx
-    };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    }
+    let (err_tx, stderr) = crossbeam_channel::bounded(1);
+    let err_pipe = child.stderr.take();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut p) = err_pipe {
+            let _ = p.read_to_string(&mut text);
+        }
+        let _ = err_tx.send(text);
+    });
     let started = Instant::now();
+    let mut out = String::new();
     // Its stdout closes when it exits: wait on that (woken at once), looking at the child
     // now and then (it may exit while a process it started keeps the pipe open).
-    let mut out = Err(crossbeam_channel::RecvTimeoutError::Timeout);
+    let mut closed = false;
     let status = loop {
-        if out.is_err() {
-            out = stdout.recv_timeout(Duration::from_millis(20));
+        if !closed {
+            match lines.recv_timeout(Duration::from_millis(20)) {
+                Ok(line) => {
+                    let done = enough(&line);
+                    out.push_str(&line);
+                    out.push('\n');
+                    if done {
+                        std::thread::spawn(move || {
+                            let _ = child.wait();
+                        });
+                        return Ok(out);
+                    }
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => closed = true,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            }
         }
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
@@ -334,7 +375,7 @@ fn wait_child(mut child: std::process::Child, input: &[u8], timeout: Duration) -
                 let _ = child.wait();
                 break Err(format!("did not finish loading within {:.1} s (hangs in init?)", timeout.as_secs_f64()));
             }
-            Ok(None) if out.is_ok() => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) if closed => std::thread::sleep(Duration::from_millis(1)),
             Ok(None) => {}
             Err(e) => {
                 let _ = child.kill();
@@ -345,7 +386,16 @@ fn wait_child(mut child: std::process::Child, input: &[u8], timeout: Duration) -
     };
     // The pipes close when the child is gone, unless a grandchild it started keeps them:
     // then what was written is given up after a second (the reading thread ends with it).
-    let out = out.or_else(|_| stdout.recv_timeout(Duration::from_secs(1))).unwrap_or_default();
+    let until = Instant::now() + Duration::from_secs(1);
+    while !closed {
+        match lines.recv_deadline(until) {
+            Ok(line) => {
+                out.push_str(&line);
+                out.push('\n');
+            }
+            Err(_) => closed = true,
+        }
+    }
     let err = stderr.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
     match status {
         Ok(status) if status.success() => Ok(out),
@@ -361,3 +411,7 @@ fn wait_child(mut child: std::process::Child, input: &[u8], timeout: Duration) -
         Err(why) => Err(ChildFailed { why, out }),
     }
 }
+
+/// Input up to this many bytes is written to a child's stdin directly (it fits in the pipe's
+/// buffer); more is written from a thread.
+const SMALL_INPUT: usize = 16 * 1024;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::loader::{self, Fingerprint, LoadError, Plugin};
+use super::scan::Scan;
 
 /// An immutable snapshot: route name → loaded plugin.
 pub type PluginSet = HashMap<String, Arc<Plugin>>;
@@ -47,8 +48,9 @@ pub struct Registry {
     /// Each plugin's `[plugin.NAME]` table as TOML text, handed to `init` at load. A plugin
     /// whose table changes is loaded afresh on the next scan.
     configs: Mutex<HashMap<String, String>>,
-    /// Serialises scans (SIGHUP during a scan waits for it).
-    scanning: Mutex<()>,
+    /// What the last scan saw (an inotify watch on the directory, each file's fingerprint);
+    /// the lock serialises scans (SIGHUP during a scan waits for it).
+    scanning: Mutex<Scan>,
     /// Test-load each new or changed file in a child process before loading it here, for at
     /// most this long (the single-process server's reloads: a crash in `init` refuses the
     /// file instead of killing the server).
@@ -75,7 +77,7 @@ impl Registry {
             generation: AtomicU64::new(0),
             failed: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
-            scanning: Mutex::new(()),
+            scanning: Mutex::new(Scan::default()),
             probe: Mutex::new(None),
             spare: Arc::new(Mutex::new(None)),
             spare_wanted: Mutex::new(None),
@@ -97,6 +99,9 @@ impl Registry {
         let spare = Arc::clone(&self.spare);
         let started = std::thread::Builder::new().name("portico-spare".into()).spawn(move || {
             for () in rx {
+                if spare.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    continue;
+                }
                 match super::probe::Spare::start() {
                     Ok(s) => *spare.lock().unwrap_or_else(|e| e.into_inner()) = Some(s),
                     Err(e) => tracing::warn!("starting a spare checking process: {e}"),
@@ -118,8 +123,8 @@ impl Registry {
     }
 
     /// Test-loads `path` as `name` with `settings` in a child process, at most `timeout`:
-    /// the spare one started ahead when there is one (then the next is started), else a new
-    /// one.
+    /// the spare one started ahead when there is one, else a new one (the next spare is
+    /// started when the scan is over: see [`Registry::stage`]).
     fn test_load(
         &self,
         name: &str,
@@ -129,10 +134,7 @@ impl Registry {
     ) -> Result<super::probe::Loaded, super::probe::ProbeError> {
         let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
         match spare {
-            Some(spare) => {
-                self.start_spare();
-                spare.load(name, path, settings, timeout)
-            }
+            Some(spare) => spare.load(name, path, settings, timeout),
             None => super::probe::load_in_child(name, path, settings, timeout),
         }
     }
@@ -142,7 +144,7 @@ impl Registry {
     /// file that fails to load keeps its version from `current`, if any. Nothing is
     /// published: the caller checks the set and swaps it in, or drops it.
     pub fn stage(&self, current: &PluginSet) -> (PluginSet, ReloadReport) {
-        let _guard = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
+        let mut scan = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
         let old = current;
         let mut next: PluginSet = HashMap::new();
         let mut report = ReloadReport::default();
@@ -151,9 +153,8 @@ impl Registry {
 
         // 1. What changed (cheap, in order); 2. load what changed, in parallel; 3. the report.
         let mut wanted: Vec<(String, PathBuf, Fingerprint, String)> = Vec::new();
-        for (name, path) in self.candidates() {
-            let Ok(meta) = fs::metadata(&path) else { continue };
-            let fp = Fingerprint::of(&meta);
+        // A generation's snapshot is nobody's to change: not watched.
+        for (name, path, fp) in scan.files(&self.dir, !self.in_place) {
             let previous = old.get(&name);
             let config = configs.get(&name).map_or("", String::as_str);
             if let Some(p) = previous.filter(|p| p.fingerprint == fp && p.source == path && p.config == config) {
@@ -183,7 +184,12 @@ impl Registry {
         }
         let probe = *self.probe.lock().unwrap_or_else(|e| e.into_inner());
         let first = self.generation.fetch_add(wanted.len() as u64, Ordering::Relaxed) + 1;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(wanted.len()).max(1);
+        // (`available_parallelism` reads the cgroup's CPU quota from /proc and /sys: not for
+        // the one changed file of a reload.)
+        let threads = match wanted.len() {
+            0 | 1 => 1,
+            n => std::thread::available_parallelism().map_or(1, |p| p.get()).min(n),
+        };
         let share = wanted.len().div_ceil(threads).max(1);
         let loaded: Vec<Result<Plugin, LoadError>> = std::thread::scope(|scope| {
             let jobs: Vec<_> = wanted
@@ -249,6 +255,12 @@ impl Registry {
                 report.removed.push(name.clone());
             }
         }
+        if probe.is_some() {
+            // A test load used the spare up: the next one starts now, after this scan's
+            // loads, not beside them (on a small machine its start would take the cores
+            // the reload waits on).
+            self.start_spare();
+        }
         (next, report)
     }
 
@@ -300,10 +312,6 @@ impl Registry {
         self.configs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn candidates(&self) -> Vec<(String, PathBuf)> {
-        plugin_files(&self.dir)
-    }
-
     /// Sets the plugins' configuration tables (TOML text by plugin name) for the next scans.
     pub fn set_configs(&self, configs: HashMap<String, String>) {
         *self.configs.lock().unwrap_or_else(|e| e.into_inner()) = configs;
@@ -313,46 +321,6 @@ impl Registry {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
-}
-
-fn is_plain(path: &Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with("lib"))
-}
-
-/// Plugin files in `dir` by route name (`NAME.so` or `libNAME.so`; `NAME.so` wins).
-pub fn plugin_files(dir: &Path) -> Vec<(String, PathBuf)> {
-    let mut found: HashMap<String, PathBuf> = HashMap::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        tracing::warn!(dir = %dir.display(), "plugins directory cannot be read");
-        return Vec::new();
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else { continue };
-        let Some(name) = loader::route_name(file_name) else { continue };
-        // The directory entry's type, without a `stat` (one less per file a scan: a thousand
-        // plugins are a thousand `stat`s already); a symbolic link is followed.
-        let is_file = match entry.file_type() {
-            Ok(t) if t.is_symlink() => entry.path().is_file(),
-            Ok(t) => t.is_file(),
-            Err(_) => entry.path().is_file(),
-        };
-        if !is_file {
-            continue;
-        }
-        let plain = !file_name.starts_with("lib");
-        match found.get(name) {
-            Some(existing) if !plain || is_plain(existing) => {
-                tracing::warn!(plugin = name, ignored = %entry.path().display(), kept = %existing.display(), "two files give the same plugin name");
-            }
-            _ => {
-                found.insert(name.to_owned(), entry.path());
-            }
-        }
-    }
-    let mut v: Vec<_> = found.into_iter().collect();
-    v.sort();
-    v
 }
 
 /// Logs a scan's outcome: one line per plugin loaded, reloaded, removed or refused.
