@@ -146,7 +146,7 @@ impl Registry {
     pub fn stage(&self, current: &PluginSet) -> (PluginSet, ReloadReport) {
         let mut scan = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
         let old = current;
-        let mut next: PluginSet = HashMap::new();
+        let mut next: PluginSet = HashMap::with_capacity(old.len() + 1);
         let mut report = ReloadReport::default();
         let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         let configs = self.configs.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -155,32 +155,32 @@ impl Registry {
         let mut wanted: Vec<(String, PathBuf, Fingerprint, String)> = Vec::new();
         // A generation's snapshot is nobody's to change: not watched.
         for (name, path, fp) in scan.files(&self.dir, !self.in_place) {
-            let previous = old.get(&name);
-            let config = configs.get(&name).map_or("", String::as_str);
+            let previous = old.get(name);
+            let config = configs.get(name).map_or("", String::as_str);
             if let Some(p) = previous.filter(|p| p.fingerprint == fp && p.source == path && p.config == config) {
                 // Unchanged: the same copy serves on, told to refresh what it runs (a bridge
                 // re-reads its scripts), if it asks to be.
                 if let Some(abi_stable::std_types::RSome(reload)) = p.module.reload() {
                     match reload() {
-                        abi_stable::std_types::ROk(()) => report.refreshed.push(name.clone()),
+                        abi_stable::std_types::ROk(()) => report.refreshed.push(name.to_owned()),
                         abi_stable::std_types::RErr(e) => {
                             let e = crate::escape::controls(e.as_str());
                             tracing::warn!(plugin = %name, "reload failed, it serves what it served: {e}");
                         }
                     }
                 }
-                next.insert(name, Arc::clone(p));
+                next.insert(name.to_owned(), Arc::clone(p));
                 continue;
             }
-            if let Some((_, _, why)) = failed.get(&path).filter(|(f, c, _)| *f == fp && c == config) {
+            if let Some((_, _, why)) = failed.get(path).filter(|(f, c, _)| *f == fp && c == config) {
                 // Unchanged since it last failed: keep what serves, without a new log line.
-                report.still_refused.push((path.clone(), why.clone()));
+                report.still_refused.push((path.to_owned(), why.clone()));
                 if let Some(p) = previous {
-                    next.insert(name, Arc::clone(p));
+                    next.insert(name.to_owned(), Arc::clone(p));
                 }
                 continue;
             }
-            wanted.push((name, path, fp, config.to_owned()));
+            wanted.push((name.to_owned(), path.to_owned(), fp, config.to_owned()));
         }
         let probe = *self.probe.lock().unwrap_or_else(|e| e.into_inner());
         let first = self.generation.fetch_add(wanted.len() as u64, Ordering::Relaxed) + 1;

@@ -35,7 +35,7 @@ use super::loader::{self, Fingerprint};
 pub const LOCAL: [i64; 8] =
     [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0x794C_7630, 0xF2F5_2010, 0x2FC1_2FC1, 0xCA45_1A4E];
 
-/// One plugin file of a directory listing.
+/// One plugin file of a directory listing, and what the last scan found of it.
 #[derive(Debug, Clone)]
 struct Listed {
     /// The route name.
@@ -44,6 +44,8 @@ struct Listed {
     path: PathBuf,
     /// The directory entry is a symbolic link (its target may change without an event here).
     symlink: bool,
+    /// What the last `stat` found (`None`: not `stat`ed yet, or it failed).
+    seen: Option<Seen>,
 }
 
 /// What a scan found of a file: its fingerprint, and whether it must be `stat`ed on every
@@ -59,55 +61,69 @@ struct Seen {
 #[derive(Debug, Default)]
 pub struct Scan {
     watch: Option<Watch>,
-    listing: Option<Vec<Listed>>,
-    seen: HashMap<PathBuf, Seen>,
+    listing: Vec<Listed>,
 }
 
 impl Scan {
     /// The plugin files of `dir` now, by route name, in order, each with its fingerprint
     /// (files that cannot be `stat`ed are left out). `watch`: keep an inotify watch on
     /// `dir` between calls (not for a generation's snapshot, which nobody changes).
-    pub fn files(&mut self, dir: &Path, watch: bool) -> Vec<(String, PathBuf, Fingerprint)> {
+    ///
+    /// Between two calls with nothing changed, this costs one read of the watch and one
+    /// `stat` of the directory: no listing, no hashing of a thousand paths.
+    pub fn files(&mut self, dir: &Path, watch: bool) -> Vec<(&str, &Path, Fingerprint)> {
         let changes = match self.watch.as_mut() {
             Some(w) => w.changes(dir),
             None => Changes::All,
         };
-        if matches!(changes, Changes::All) {
-            // Watched before the listing, so no change after it is missed.
-            self.watch = if watch { Watch::new(dir) } else { None };
-            self.seen.clear();
-        }
-        let relist = match &changes {
-            Changes::All => true,
-            Changes::Some { listing, .. } => *listing,
+        let (relist, names) = match changes {
+            Changes::All => {
+                // Watched before the listing, so no change after it is missed.
+                self.watch = if watch { Watch::new(dir) } else { None };
+                self.listing.clear();
+                (true, None)
+            }
+            Changes::Some { listing, names } => (listing, Some(names)),
         };
-        let listing = match self.listing.take() {
-            Some(l) if !relist => l,
-            _ => list(dir),
-        };
-        let mut files = Vec::with_capacity(listing.len());
-        let mut seen = HashMap::with_capacity(listing.len());
-        for entry in &listing {
-            let known = self.seen.get(&entry.path).filter(|s| {
-                !s.every_scan
-                    && match &changes {
-                        Changes::All => false,
-                        Changes::Some { names, .. } => !entry.path.file_name().is_some_and(|n| names.contains(n)),
-                    }
-            });
-            let now = match known {
-                Some(s) => *s,
-                None => {
-                    let Ok(meta) = fs::metadata(&entry.path) else { continue };
-                    Seen { fingerprint: Fingerprint::of(&meta), every_scan: entry.symlink || meta.nlink() > 1 }
+        if relist {
+            let mut fresh = list(dir);
+            if names.is_some() && !self.listing.is_empty() {
+                // What was seen of the files still there carries over.
+                let seen: HashMap<&Path, Seen> =
+                    self.listing.iter().filter_map(|e| e.seen.map(|s| (e.path.as_path(), s))).collect();
+                for entry in &mut fresh {
+                    entry.seen = seen.get(entry.path.as_path()).copied();
                 }
-            };
-            seen.insert(entry.path.clone(), now);
-            files.push((entry.name.clone(), entry.path.clone(), now.fingerprint));
+            }
+            self.listing = fresh;
         }
-        self.seen = seen;
-        self.listing = Some(listing);
-        files
+        let mut statted = 0usize;
+        for entry in &mut self.listing {
+            let fresh = match (&names, entry.seen) {
+                (Some(names), Some(s)) if !s.every_scan => {
+                    names.is_empty() || !entry.path.file_name().is_some_and(|n| names.contains(n))
+                }
+                _ => false,
+            };
+            if !fresh {
+                statted += 1;
+                entry.seen = fs::metadata(&entry.path).ok().map(|meta| Seen {
+                    fingerprint: Fingerprint::of(&meta),
+                    every_scan: entry.symlink || meta.nlink() > 1,
+                });
+            }
+        }
+        tracing::debug!(
+            dir = %dir.display(),
+            "plugins scan: {} files, {statted} stat'ed ({})",
+            self.listing.len(),
+            match (&names, relist) {
+                (None, _) => "a full scan",
+                (Some(_), true) => "watched, listed again",
+                (Some(_), false) => "watched",
+            }
+        );
+        self.listing.iter().filter_map(|e| e.seen.map(|s| (e.name.as_str(), e.path.as_path(), s.fingerprint))).collect()
     }
 }
 
@@ -252,7 +268,8 @@ fn list(dir: &Path) -> Vec<Listed> {
                 tracing::warn!(plugin = name, ignored = %entry.path().display(), kept = %existing.path.display(), "two files give the same plugin name");
             }
             _ => {
-                found.insert(name.to_owned(), Listed { name: name.to_owned(), path: entry.path(), symlink });
+                found
+                    .insert(name.to_owned(), Listed { name: name.to_owned(), path: entry.path(), symlink, seen: None });
             }
         }
     }
@@ -272,8 +289,8 @@ mod tests {
         d
     }
 
-    fn versions(files: &[(String, PathBuf, Fingerprint)]) -> Vec<(String, u64)> {
-        files.iter().map(|(n, _, f)| (n.clone(), f.len)).collect()
+    fn versions(files: &[(&str, &Path, Fingerprint)]) -> Vec<(String, u64)> {
+        files.iter().map(|(n, _, f)| (n.to_string(), f.len)).collect()
     }
 
     #[test]
