@@ -400,63 +400,101 @@ fn plugin_init_runs_at_load_and_a_failing_init_refuses_the_plugin() {
     assert_eq!(server.get("/hello.py").status, 200);
 }
 
-/// A SIGHUP `stat`s only the plugin files the directory's inotify watch names
-/// (`plugin/scan.rs`). The changes below raise no event in the plugins directory, and must
-/// still be reloaded: a symbolic link's target replaced elsewhere, a hard-linked file
-/// rewritten through its other name, and the directory swapped behind its path.
+/// A SIGHUP `stat`s only the plugin files inotify watches name (`plugin/scan.rs`). The
+/// changes below raise no event in the plugins directory, and must still be reloaded: a
+/// symbolic link's target replaced elsewhere, a hard-linked file rewritten through its other
+/// name (seen by the file's own watch), and the directory swapped behind its path. The
+/// servers log their scans, so a reload that found the change without the watch (a full
+/// scan) fails the test: what is tested is the watched path's fallbacks.
 #[test]
 fn changes_that_raise_no_event_in_the_plugins_directory_are_reloaded() {
     let v2 = fixture_v2();
     let v2_bytes = fs::read(&v2).expect("reading fixture v2");
+    let debug = ["--log-level", "info,portico::plugin::scan=debug"];
+    #[track_caller]
+    fn reload_to_v2(server: &Server, how: &str) {
+        let mark = server.log_mark();
+        server.hup();
+        server.wait_for_body("/fixture.py/version", V2, RELOAD_TIMEOUT);
+        server.wait_for_line(mark, &["plugins scan:"], Duration::from_secs(5));
+        assert!(
+            server.has_log_line(mark, &["plugins scan:", "watched"]),
+            "{how}: the reload's scan was not a watched one (is the test directory on a local filesystem?){}",
+            server.context()
+        );
+    }
 
-    // A symbolic link to a file outside, which is replaced there by rename.
-    let server = Server::builder()
-        .plugins(&["hello"])
-        .before_start(|dir| {
-            fs::create_dir_all(dir.join("outside")).expect("creating outside/");
-            support::install_file(&plugin("fixture"), &dir.join("outside/fixture.so"));
-            std::os::unix::fs::symlink(dir.join("outside/fixture.so"), dir.join("plugins/fixture.so"))
-                .expect("linking plugins/fixture.so");
-        })
-        .start();
-    assert_version(&server, V1);
-    let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
-    support::install_file(&v2, &root.join("outside/fixture.so"));
-    server.hup();
-    server.wait_for_body("/fixture.py/version", V2, RELOAD_TIMEOUT);
+    {
+        // A symbolic link to a file outside, which is replaced there by rename.
+        let server = Server::builder()
+            .plugins(&["hello"])
+            .args(debug)
+            .before_start(|dir| {
+                fs::create_dir_all(dir.join("outside")).expect("creating outside/");
+                support::install_file(&plugin("fixture"), &dir.join("outside/fixture.so"));
+                std::os::unix::fs::symlink(dir.join("outside/fixture.so"), dir.join("plugins/fixture.so"))
+                    .expect("linking plugins/fixture.so");
+            })
+            .start();
+        assert_version(&server, V1);
+        let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
+        support::install_file(&v2, &root.join("outside/fixture.so"));
+        reload_to_v2(&server, "symbolic link");
+    }
+    {
+        // A hard link made outside after start-up, through which the file is rewritten in
+        // place.
+        let server = Server::builder().plugins(&["hello", "fixture"]).args(debug).start();
+        assert_version(&server, V1);
+        let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
+        fs::create_dir_all(root.join("outside")).expect("creating outside/");
+        fs::hard_link(root.join("plugins/fixture.so"), root.join("outside/fixture.so"))
+            .expect("linking outside/fixture.so");
+        fs::write(root.join("outside/fixture.so"), &v2_bytes).expect("rewriting outside/fixture.so");
+        reload_to_v2(&server, "hard link");
+    }
+    {
+        // `plugins` is a symbolic link to `v1/`, re-pointed at `v2/` (nothing changes in `v1/`).
+        let server = Server::builder()
+            .plugins(&["hello", "fixture"])
+            .args(debug)
+            .before_start(|dir| {
+                fs::rename(dir.join("plugins"), dir.join("v1")).expect("moving plugins/ to v1/");
+                std::os::unix::fs::symlink("v1", dir.join("plugins")).expect("linking plugins -> v1");
+            })
+            .start();
+        assert_version(&server, V1);
+        let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
+        fs::create_dir_all(root.join("v2")).expect("creating v2/");
+        support::install_file(&plugin("hello"), &root.join("v2/hello.so"));
+        support::install_file(&v2, &root.join("v2/fixture.so"));
+        std::os::unix::fs::symlink("v2", root.join("plugins.new")).expect("linking plugins.new -> v2");
+        fs::rename(root.join("plugins.new"), root.join("plugins")).expect("re-pointing plugins at v2");
+        let mark = server.log_mark();
+        server.hup();
+        server.wait_for_body("/fixture.py/version", V2, RELOAD_TIMEOUT);
+        assert!(server.has_log_line(mark, &["plugins scan:", "a full scan"]), "{}", server.context());
+        assert_eq!(server.get("/hello.py").status, 200, "{}", server.context());
+    }
+}
 
-    // A second hard link outside, through which the file is rewritten in place.
-    let server = Server::builder()
-        .plugins(&["hello"])
-        .before_start(|dir| {
-            fs::create_dir_all(dir.join("outside")).expect("creating outside/");
-            support::install_file(&plugin("fixture"), &dir.join("outside/fixture.so"));
-            fs::hard_link(dir.join("outside/fixture.so"), dir.join("plugins/fixture.so"))
-                .expect("linking plugins/fixture.so");
-        })
-        .start();
-    assert_version(&server, V1);
-    let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
-    fs::write(root.join("outside/fixture.so"), &v2_bytes).expect("rewriting outside/fixture.so");
-    server.hup();
-    server.wait_for_body("/fixture.py/version", V2, RELOAD_TIMEOUT);
-
-    // `plugins` is a symbolic link to `v1/`, re-pointed at `v2/` (nothing changes in `v1/`).
+/// A plugin whose `init` never returns, printing to stdout all the while, is timed out by
+/// its test load (`--worker-ready-timeout`) like one that hangs quietly, and refused; the
+/// old version serves on.
+#[test]
+fn a_test_load_that_prints_without_end_is_timed_out() {
+    let dir = support::TempDir::new("portico-config");
+    let path = dir.path().join("portico.toml");
+    fs::write(&path, "[plugin.fixture]\n").expect("writing the configuration");
     let server = Server::builder()
         .plugins(&["hello", "fixture"])
-        .before_start(|dir| {
-            fs::rename(dir.join("plugins"), dir.join("v1")).expect("moving plugins/ to v1/");
-            std::os::unix::fs::symlink("v1", dir.join("plugins")).expect("linking plugins -> v1");
-        })
+        .args(["--config".as_ref(), path.as_os_str()])
+        .args(["--worker-ready-timeout", "2"])
         .start();
     assert_version(&server, V1);
-    let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
-    fs::create_dir_all(root.join("v2")).expect("creating v2/");
-    support::install_file(&plugin("hello"), &root.join("v2/hello.so"));
-    support::install_file(&v2, &root.join("v2/fixture.so"));
-    std::os::unix::fs::symlink("v2", root.join("plugins.new")).expect("linking plugins.new -> v2");
-    fs::rename(root.join("plugins.new"), root.join("plugins")).expect("re-pointing plugins at v2");
+    fs::write(&path, "[plugin.fixture]\nchatter = true\n").expect("writing the configuration");
+    let mark = server.log_mark();
     server.hup();
-    server.wait_for_body("/fixture.py/version", V2, RELOAD_TIMEOUT);
-    assert_eq!(server.get("/hello.py").status, 200, "{}", server.context());
+    server.wait_for_line(mark, &["reload refused", "did not finish loading within 2.0 s"], Duration::from_secs(10));
+    assert_version(&server, V1);
 }

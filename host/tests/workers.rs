@@ -134,7 +134,7 @@ fn a_generation_whose_init_crashes_or_hangs_is_discarded_and_the_old_one_serves(
     let (_dir, path) = config_file("[plugin.fixture]\nlevel = 1\n");
     let server = workers(1).args(["--config".as_ref(), path.as_os_str()]).args(["--worker-ready-timeout", "2"]).start();
     let first = wait_workers(&server, 1);
-    for bad in ["crash = true", "hang = true"] {
+    for bad in ["crash = true", "hang = true", "chatter = true"] {
         std::fs::write(&path, format!("[plugin.fixture]\n{bad}\n")).unwrap();
         let mark = server.log_mark();
         server.hup();

@@ -2,6 +2,10 @@
 //!
 //! `hyper-hello ADDR` serves `Hello, world!\n` as `text/plain` on every path, HTTP/1.1 with
 //! keep-alive, on a multi-threaded tokio runtime (one thread per core).
+//!
+//! With `HYPER_PINNED=N` it runs N single-threaded runtimes instead, each accepting from the
+//! same listening socket, so each connection stays on the thread that accepted it (no work
+//! stealing): the shape of portico's worker processes, to tell what pinning costs.
 
 use std::convert::Infallible;
 
@@ -19,15 +23,39 @@ async fn hello(_: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>
     Ok(resp)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8001".into());
-    let listener = TcpListener::bind(&addr).await?;
-    eprintln!("hyper-hello listening on http://{addr}");
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn serve(listener: TcpListener) -> Result<(), Error> {
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
             let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(hello)).await;
         });
     }
+}
+
+fn main() -> Result<(), Error> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8001".into());
+    let listener = std::net::TcpListener::bind(&addr)?;
+    listener.set_nonblocking(true)?;
+    let pinned: usize = std::env::var("HYPER_PINNED").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
+    if pinned == 0 {
+        eprintln!("hyper-hello listening on http://{addr}");
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        return rt.block_on(async { serve(TcpListener::from_std(listener)?).await });
+    }
+    eprintln!("hyper-hello listening on http://{addr} ({pinned} pinned single-threaded runtimes)");
+    let threads: Vec<_> = (0..pinned)
+        .map(|_| {
+            let listener = listener.try_clone()?;
+            Ok(std::thread::spawn(move || -> Result<(), Error> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                rt.block_on(async { serve(TcpListener::from_std(listener)?).await })
+            }))
+        })
+        .collect::<std::io::Result<_>>()?;
+    for t in threads {
+        t.join().map_err(|_| "a runtime thread panicked")??;
+    }
+    Ok(())
 }

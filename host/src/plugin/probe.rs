@@ -313,7 +313,7 @@ fn wait_child_until(
 ) -> Result<String, ChildFailed> {
     if let Some(mut stdin) = child.stdin.take() {
         if input.len() <= SMALL_INPUT {
-            // Fits in the pipe's buffer (64 KiB on Linux, pipe(7)): written without blocking.
+            // Fits in the pipe's buffer: written without blocking.
             let _ = stdin.write_all(input);
         } else {
             // Written from a thread: a large list must not fill the pipe while the child writes.
@@ -328,10 +328,17 @@ fn wait_child_until(
     let (line_tx, lines) = crossbeam_channel::unbounded::<String>();
     if let Some(stdout) = child.stdout.take() {
         std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-                if line_tx.send(line).is_err() {
-                    break;
+            // To the end, whatever it holds: a pipe closed early would fail the child's
+            // next write (and a plugin's `println!` in `init` would panic).
+            let mut stdout = std::io::BufReader::new(stdout);
+            let mut line = Vec::new();
+            let mut listening = true;
+            while matches!(std::io::BufRead::read_until(&mut stdout, b'\n', &mut line), Ok(n) if n > 0) {
+                if listening {
+                    let text = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
+                    listening = line_tx.send(text).is_ok();
                 }
+                line.clear();
             }
         });
     }
@@ -357,12 +364,16 @@ fn wait_child_until(
                     out.push_str(&line);
                     out.push('\n');
                     if done {
+                        // Nothing more is wanted of it: its exit (the plugin's exit-time
+                        // code, which may hang) is not waited for.
+                        let _ = child.kill();
                         std::thread::spawn(move || {
                             let _ = child.wait();
                         });
                         return Ok(out);
                     }
-                    continue;
+                    // On to the deadline's check: a child that prints without end is
+                    // still timed out.
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => closed = true,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -412,6 +423,6 @@ fn wait_child_until(
     }
 }
 
-/// Input up to this many bytes is written to a child's stdin directly (it fits in the pipe's
-/// buffer); more is written from a thread.
-const SMALL_INPUT: usize = 16 * 1024;
+/// Input up to this many bytes is written to a child's stdin directly: a new pipe holds at
+/// least one page (pipe(7), even past `pipe-user-pages-soft`); more is written from a thread.
+const SMALL_INPUT: usize = 4096;

@@ -16,6 +16,15 @@ use std::sync::{Arc, Mutex};
 use super::loader::{self, Fingerprint, LoadError, Plugin};
 use super::scan::Scan;
 
+/// A test load in a child process before a plugin is loaded here.
+#[derive(Debug, Clone, Copy)]
+struct TestLoad {
+    /// How long the child may take.
+    timeout: std::time::Duration,
+    /// The scan has other test loads to make.
+    more: bool,
+}
+
 /// An immutable snapshot: route name → loaded plugin.
 pub type PluginSet = HashMap<String, Arc<Plugin>>;
 
@@ -56,7 +65,8 @@ pub struct Registry {
     /// file instead of killing the server).
     probe: Mutex<Option<std::time::Duration>>,
     /// A checking process started ahead for the next test load (from `probe_first` on; each
-    /// test load uses one up and has the next started in the background).
+    /// test load uses one up; the next is started in the background at the end of the scan,
+    /// or at once when the scan has more test loads to make).
     spare: Arc<Mutex<Option<super::probe::Spare>>>,
     /// Asks the thread that starts spares for one (`None` until `probe_first`). One thread
     /// for the registry's life: a spare dies with the thread that started it (it asks the
@@ -123,16 +133,22 @@ impl Registry {
     }
 
     /// Test-loads `path` as `name` with `settings` in a child process, at most `timeout`:
-    /// the spare one started ahead when there is one, else a new one (the next spare is
-    /// started when the scan is over: see [`Registry::stage`]).
+    /// the spare one started ahead when there is one, else a new one. The next spare is
+    /// started at once when the scan has more test loads to make (`more`), else when the
+    /// scan is over (see [`Registry::stage`]): on a small machine its start would take the
+    /// cores the one-plugin reload waits on.
     fn test_load(
         &self,
         name: &str,
         path: &Path,
         settings: &str,
         timeout: std::time::Duration,
+        more: bool,
     ) -> Result<super::probe::Loaded, super::probe::ProbeError> {
         let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if more {
+            self.start_spare();
+        }
         match spare {
             Some(spare) => spare.load(name, path, settings, timeout),
             None => super::probe::load_in_child(name, path, settings, timeout),
@@ -182,7 +198,11 @@ impl Registry {
             }
             wanted.push((name.to_owned(), path.to_owned(), fp, config.to_owned()));
         }
-        let probe = *self.probe.lock().unwrap_or_else(|e| e.into_inner());
+        let probe = self
+            .probe
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|timeout| TestLoad { timeout, more: wanted.len() > 1 });
         let first = self.generation.fetch_add(wanted.len() as u64, Ordering::Relaxed) + 1;
         // (`available_parallelism` reads the cgroup's CPU quota from /proc and /sys: not for
         // the one changed file of a reload.)
@@ -274,9 +294,9 @@ impl Registry {
         fp: Fingerprint,
         config: &str,
         generation: u64,
-        probe: Option<std::time::Duration>,
+        probe: Option<TestLoad>,
     ) -> Result<Plugin, LoadError> {
-        let Some(timeout) = probe else {
+        let Some(TestLoad { timeout, more }) = probe else {
             return if self.in_place {
                 loader::load_in_place(name, path, generation, config)
             } else {
@@ -292,7 +312,7 @@ impl Registry {
         let loaded = fs::create_dir_all(&self.cache_dir)
             .and_then(|()| fs::copy(path, &copy))
             .map_err(|source| LoadError::Io { what: "copy plugin file for its test load", source })
-            .and_then(|_| match self.test_load(name, &copy, config, timeout) {
+            .and_then(|_| match self.test_load(name, &copy, config, timeout, more) {
                 Err(super::probe::ProbeError::Died(why)) => Err(LoadError::Probe(why)),
                 _ => Ok(()),
             })
