@@ -338,5 +338,7 @@ mod tests {
         let c = g.counts();
         assert_eq!((c.timeouts, c.abandoned, c.stopped, c.running), (2, 0, true, 0));
         assert!(g.is_for(1, g.limits()) && !g.is_for(2, g.limits()));
+        // A call on an event loop (no slot) is refused too.
+        assert!(matches!(g.admit_ungated(), Err(Refusal::Stopped)));
     }
 }

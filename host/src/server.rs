@@ -132,7 +132,7 @@ fn serve(args: Args, config: Option<Loaded>, listeners: &[Listener], role: Role)
         config_file: config.as_ref().map(|c| c.path.clone()),
         config_loaded_at: config.as_ref().map(|_| std::time::SystemTime::now()),
         listeners: listeners.iter().map(|l| l.describe_as(args.tls_cert.is_some())).collect(),
-        inline_calls: args.inline_timeout > 0.0,
+        inline_calls: args.inline_timeout().is_some(),
     });
     // TLS: the certificate and key read now (a worker of a new generation reads them anew;
     // alone, SIGHUP reads them again below).

@@ -411,12 +411,20 @@ fn a_request_sent_with_the_clients_fin_is_answered_and_the_connection_closed_at_
     // The request and the FIN arrive together: the read that takes the request is short, and
     // the FIN is only seen by the next read (no further event comes for it). The server must
     // still see it, answer, and close — not hold the connection for the keep-alive timeout.
+    // This checks the behaviour end to end; it passes without the `peer_closed` fix too (the
+    // FIN is seen again on a later turn), and `conn.rs`'s unit test is the one that fails
+    // without it.
     let server = Server::builder().plugins(&["hello"]).args(["--keep-alive-timeout", "10"]).start();
     let mut sock = std::net::TcpStream::connect(server.addr()).expect("connect");
     sock.set_read_timeout(Some(Duration::from_secs(8))).expect("timeout");
+    // Stopped while both are sent, so they are queued together before its first read (over
+    // loopback the FIN would otherwise often come as an event of its own).
+    server.signal(libc::SIGSTOP);
     let started = Instant::now();
     sock.write_all(b"GET /hello.py HTTP/1.1\r\nHost: t\r\n\r\n").expect("request");
     sock.shutdown(std::net::Shutdown::Write).expect("FIN");
+    std::thread::sleep(Duration::from_millis(50));
+    server.signal(libc::SIGCONT);
     let mut got = Vec::new();
     sock.read_to_end(&mut got).expect("reading until the server closes");
     let took = started.elapsed();

@@ -416,29 +416,34 @@ fn changes_that_raise_no_event_in_the_plugins_directory_are_reloaded() {
         let mark = server.log_mark();
         server.hup();
         server.wait_for_body("/fixture.py/version", V2, RELOAD_TIMEOUT);
-        server.wait_for_line(mark, &["plugins scan:"], Duration::from_secs(5));
+        let line = server.wait_for_line(mark, &["plugins scan:"], Duration::from_secs(5));
         assert!(
-            server.has_log_line(mark, &["plugins scan:", "watched"]),
+            line.contains("watched"),
             "{how}: the reload's scan was not a watched one (is the test directory on a local filesystem?){}",
             server.context()
         );
     }
 
     {
-        // A symbolic link to a file outside, which is replaced there by rename.
+        // A symbolic link through a link outside (`current`) that is re-pointed from `r1/` to
+        // `r2/`: no inode the server watches changes, only the link's `stat` tells.
         let server = Server::builder()
             .plugins(&["hello"])
             .args(debug)
             .before_start(|dir| {
-                fs::create_dir_all(dir.join("outside")).expect("creating outside/");
-                support::install_file(&plugin("fixture"), &dir.join("outside/fixture.so"));
-                std::os::unix::fs::symlink(dir.join("outside/fixture.so"), dir.join("plugins/fixture.so"))
+                fs::create_dir_all(dir.join("r1")).expect("creating r1/");
+                support::install_file(&plugin("fixture"), &dir.join("r1/fixture.so"));
+                std::os::unix::fs::symlink("r1", dir.join("current")).expect("linking current -> r1");
+                std::os::unix::fs::symlink(dir.join("current/fixture.so"), dir.join("plugins/fixture.so"))
                     .expect("linking plugins/fixture.so");
             })
             .start();
         assert_version(&server, V1);
-        let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
-        support::install_file(&v2, &root.join("outside/fixture.so"));
+        let root = server.root_dir();
+        fs::create_dir_all(root.join("r2")).expect("creating r2/");
+        support::install_file(&v2, &root.join("r2/fixture.so"));
+        std::os::unix::fs::symlink("r2", root.join("current.new")).expect("linking current.new -> r2");
+        fs::rename(root.join("current.new"), root.join("current")).expect("re-pointing current at r2");
         reload_to_v2(&server, "symbolic link");
     }
     {
@@ -446,7 +451,7 @@ fn changes_that_raise_no_event_in_the_plugins_directory_are_reloaded() {
         // place.
         let server = Server::builder().plugins(&["hello", "fixture"]).args(debug).start();
         assert_version(&server, V1);
-        let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
+        let root = server.root_dir();
         fs::create_dir_all(root.join("outside")).expect("creating outside/");
         fs::hard_link(root.join("plugins/fixture.so"), root.join("outside/fixture.so"))
             .expect("linking outside/fixture.so");
@@ -464,7 +469,7 @@ fn changes_that_raise_no_event_in_the_plugins_directory_are_reloaded() {
             })
             .start();
         assert_version(&server, V1);
-        let root = server.plugins_dir().parent().expect("the server's directory").to_owned();
+        let root = server.root_dir();
         fs::create_dir_all(root.join("v2")).expect("creating v2/");
         support::install_file(&plugin("hello"), &root.join("v2/hello.so"));
         support::install_file(&v2, &root.join("v2/fixture.so"));
@@ -483,9 +488,7 @@ fn changes_that_raise_no_event_in_the_plugins_directory_are_reloaded() {
 /// old version serves on.
 #[test]
 fn a_test_load_that_prints_without_end_is_timed_out() {
-    let dir = support::TempDir::new("portico-config");
-    let path = dir.path().join("portico.toml");
-    fs::write(&path, "[plugin.fixture]\n").expect("writing the configuration");
+    let (_dir, path) = support::config_file("[plugin.fixture]\n");
     let server = Server::builder()
         .plugins(&["hello", "fixture"])
         .args(["--config".as_ref(), path.as_os_str()])

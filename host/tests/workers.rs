@@ -120,18 +120,10 @@ fn a_crash_in_a_request_takes_only_its_worker_and_is_replaced() {
     }
 }
 
-/// A configuration file in its own directory (the server re-reads it on SIGHUP).
-fn config_file(text: &str) -> (support::TempDir, std::path::PathBuf) {
-    let dir = support::TempDir::new("portico-config");
-    let path = dir.path().join("portico.toml");
-    std::fs::write(&path, text).expect("writing the configuration");
-    (dir, path)
-}
-
 #[test]
 fn a_generation_whose_init_crashes_or_hangs_is_discarded_and_the_old_one_serves() {
     let _serial = serial();
-    let (_dir, path) = config_file("[plugin.fixture]\nlevel = 1\n");
+    let (_dir, path) = support::config_file("[plugin.fixture]\nlevel = 1\n");
     let server = workers(1).args(["--config".as_ref(), path.as_os_str()]).args(["--worker-ready-timeout", "2"]).start();
     let first = wait_workers(&server, 1);
     for bad in ["crash = true", "hang = true", "chatter = true"] {
@@ -259,7 +251,7 @@ fn a_unix_socket_is_served_with_an_empty_remote_addr() {
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     let bind = format!("unix:{}", path.display());
     let (_config_dir, config) =
-        config_file("[[mount]]\nprefix = \"/api\"\napp = \"hello\"\nmiddleware = [\"ip_filter\"]\n");
+        support::config_file("[[mount]]\nprefix = \"/api\"\napp = \"hello\"\nmiddleware = [\"ip_filter\"]\n");
     let server = Server::builder()
         .plugins(&["hello", "echo", "ip_filter"])
         .args(["--workers", "1", "--bind", "127.0.0.1:0", "--bind", &bind, "--unix-socket-mode", "0600", "--config"])
@@ -390,7 +382,7 @@ fn sigterm_drains_every_worker_and_the_pid_file_names_the_master() {
 #[test]
 fn single_process_reload_refuses_a_plugin_whose_init_crashes() {
     let _serial = serial();
-    let (_dir, path) = config_file("[plugin.fixture]\n");
+    let (_dir, path) = support::config_file("[plugin.fixture]\n");
     let server = Server::builder().plugins(&["hello", "fixture"]).args(["--config".as_ref(), path.as_os_str()]).start();
     std::fs::write(&path, "[plugin.fixture]\ncrash = true\n").unwrap();
     let mark = server.log_mark();
@@ -563,7 +555,7 @@ fn a_worker_over_its_memory_ceiling_or_holding_abandoned_calls_is_replaced() {
 #[test]
 fn sigterm_is_heard_while_a_single_process_reload_waits_on_a_hanging_init() {
     let _serial = serial();
-    let (_dir, path) = config_file("[plugin.fixture]\n");
+    let (_dir, path) = support::config_file("[plugin.fixture]\n");
     let server = Server::builder().plugins(&["hello", "fixture"]).args(["--config".as_ref(), path.as_os_str()]).start();
     std::fs::write(&path, "[plugin.fixture]\nhang = true\n").unwrap();
     let mark = server.log_mark();
@@ -611,7 +603,7 @@ fn sigquit_stops_the_master_and_every_worker_at_once() {
 #[test]
 fn a_worker_restarted_after_a_crash_runs_what_its_generation_ran() {
     let _serial = serial();
-    let (_dir, path) = config_file("[plugin.fixture]\nlevel = 1\n");
+    let (_dir, path) = support::config_file("[plugin.fixture]\nlevel = 1\n");
     let server = workers(1).args(["--config".as_ref(), path.as_os_str()]).start();
     let first = wait_workers(&server, 1);
     // The file changes (to settings whose init crashes) and the plugin file too; no SIGHUP.

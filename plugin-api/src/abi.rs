@@ -413,7 +413,8 @@ pub struct PluginMod {
     /// a worker thread and back (a request with a body still goes to a worker). The host
     /// checks the promise: a call that runs longer than `--inline-timeout` (20 ms by default)
     /// has its event loop handed to a fresh thread at once, so other connections wait at
-    /// most that long, and from then on every call of the plugin goes to a worker thread
+    /// most about twice that long (the calls before it in the loop's batch, then it), and
+    /// from then on every call of the plugin goes to a worker thread
     /// (logged once). `false`, and every plugin built before 0.2.2: calls go to worker threads.
     pub never_blocks: bool,
 }

@@ -145,7 +145,7 @@ pub mod __private {
 /// call never blocks and takes microseconds ([`abi::PluginMod::never_blocks`]): the host may
 /// then run a request without a body on the event loop that read it, which saves the hop to
 /// a worker thread and back (`/hello.py` at 10 connections: 72k → 99k requests/s, one run
-/// each, `scripts/bench`'s machine). A call that breaks
+/// each by hand on `scripts/bench`'s machine, whose runs vary by ±20 %). A call that breaks
 /// the promise (runs past `--inline-timeout`) costs the other connections of its event loop
 /// that wait, once: the host hands the loop to a fresh thread and sends the plugin's calls
 /// to worker threads from then on. Leave it out for anything that sleeps, locks what another

@@ -118,9 +118,6 @@ pub struct EventLoop {
     /// between them, each taking more the less busy it is.
     accept_batch: usize,
     next_tick: Instant,
-    /// The turn's result once the loop has ended: drained (or `false`: the graceful timeout
-    /// passed with requests still running).
-    finished: Option<bool>,
 }
 
 impl EventLoop {
@@ -172,7 +169,6 @@ impl EventLoop {
             accept_again: Vec::new(),
             accept_batch: if shared.tree.is_some() { ACCEPT_BATCH } else { usize::MAX },
             next_tick: Instant::now() + TICK,
-            finished: None,
             statics: StaticFiles::new(shared.docroot.clone(), shared.statics.clone()),
             shared,
         })
@@ -184,13 +180,11 @@ impl EventLoop {
     /// never to block are left in [`EventLoop::inline`] for the caller to run. Returns
     /// `Some(drained)` once the loop has ended: every connection drained (`true`) or the
     /// graceful timeout passed (`false`: requests are still running on workers).
+    /// The loop must not be turned again once it has ended (its driver drops it).
     ///
     /// # Errors
     /// `poll` itself failed.
     pub fn turn(&mut self) -> io::Result<Option<bool>> {
-        if let Some(drained) = self.finished {
-            return Ok(Some(drained));
-        }
         let timeout = if self.ready.is_empty()
             && self.flush_again.is_empty()
             && self.inline.is_empty()
@@ -272,7 +266,6 @@ impl EventLoop {
         // gone: dropped.
         self.inline.clear();
         self.jobs = None;
-        self.finished = Some(drained);
         drained
     }
 
@@ -280,9 +273,8 @@ impl EventLoop {
     /// time, its plugin broke its promise): through its application's gate, as any call for
     /// a worker — run now, queued, or answered 503.
     pub(super) fn call_on_worker(&mut self, mut job: Box<CallJob>) {
-        if job.gated {
-            return self.send_job(Job::Call(job));
-        }
+        // Only calls queued for this loop come here, and those were admitted without a slot.
+        debug_assert!(!job.gated, "a call queued on the loop held a gate slot");
         job.gated = true;
         let (conn, version, head_request) = (job.conn, job.head.version, job.head.is_head());
         if let super::handler::Admission::Refused(_) = super::handler::admit_gated(self, job) {
@@ -362,6 +354,7 @@ impl EventLoop {
         let mut taken = 0;
         loop {
             if taken == self.accept_batch {
+                // (A listener is also accepted from `release`, when the cap resumes accepting.)
                 if !self.accept_again.contains(&i) {
                     self.accept_again.push(i);
                 }

@@ -11,7 +11,8 @@
 //! The promise is checked, not trusted. While its thread runs calls, the loop is parked in
 //! its [`Driver`], which the pool's watchdog looks at every 20 ms. A call that has run past
 //! `--inline-timeout` (20 ms by default) has its loop taken over by a fresh thread at once:
-//! the other connections wait at most that long plus a watchdog tick, the calls queued
+//! the other connections wait at most twice that long (a batch runs for up to the timeout
+//! before its last call starts) plus a watchdog tick, the calls queued
 //! behind it go with the loop, and the plugins of the call lose their promise (their calls go
 //! to worker threads until a reload loads a new copy; logged once). The old thread, when the
 //! call returns, hands its reply to the loop as a worker would and exits. A call with an
@@ -91,7 +92,8 @@ struct State {
     queue: VecDeque<Box<CallJob>>,
     /// Replies to hand to the loop's connections.
     replies: Vec<Reply>,
-    /// Calls for the pool (an application's next waiting call that may not run here).
+    /// Calls for workers: a batch's calls past its time, and calls whose plugin lost its
+    /// promise meanwhile.
     #[allow(clippy::vec_box, reason = "calls arrive and leave boxed (`Job::Call`, the gate): kept so, never copied")]
     to_pool: Vec<Box<CallJob>>,
     /// The call running now.
@@ -204,6 +206,8 @@ impl Driver {
                 job
             };
             let (reply, next) = worker::call(job, workers.shared(), slot, counters);
+            // A call here holds no gate slot, so it hands none on.
+            debug_assert!(next.is_none(), "a call on the loop handed on a gate slot");
             let mut st = self.lock();
             st.running = None;
             if st.moved {
@@ -212,16 +216,10 @@ impl Driver {
                 if let Some(r) = reply {
                     workers.shared().notifier.notify(Completion::Response(Box::new(r)));
                 }
-                if let Some(next) = next {
-                    workers.run_as_worker(next, slot, counters);
-                }
                 workers.forget_slot(slot);
                 return false;
             }
-            // Every call queued here is this loop's connection's and holds no gate slot, so it
-            // hands none on (`next` is `None`); were one given, a worker runs it.
             st.replies.extend(reply);
-            st.to_pool.extend(next);
             drop(st);
             if slot.abandoned() {
                 // Its call was cut off at its deadline: a fresh slot for the next one.
@@ -239,10 +237,10 @@ impl Driver {
     }
 }
 
-/// A call handed over from a thread the loop moved away from: here if it still may, else to
-/// the pool.
+/// A call handed over from a thread the loop moved away from (one of this loop's
+/// connections'): here if it still may, else to the pool.
 fn resubmit(lp: &mut EventLoop, job: Box<CallJob>) {
-    if job.conn.event_loop == lp.index && eligible(&job) { lp.inline.push(job) } else { lp.call_on_worker(job) }
+    if eligible(&job) { lp.inline.push(job) } else { lp.call_on_worker(job) }
 }
 
 impl Watched for Driver {

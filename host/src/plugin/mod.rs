@@ -14,4 +14,4 @@ pub mod call;
 pub mod loader;
 pub mod probe;
 pub(crate) mod registry;
-pub mod scan;
+pub(crate) mod scan;

@@ -87,11 +87,8 @@ impl Spare {
     /// # Errors
     /// As [`load_in_child`].
     pub fn load(mut self, name: &str, path: &Path, settings: &str, timeout: Duration) -> Result<Loaded, ProbeError> {
-        let Some(mut child) = self.child.take() else { return load_in_child(name, path, settings, timeout) };
-        if !matches!(child.try_wait(), Ok(None)) {
-            let _ = child.wait();
-            return load_in_child(name, path, settings, timeout);
-        }
+        // (A spare found dead gives no report below, and is replaced like one that died.)
+        let Some(child) = self.child.take() else { return load_in_child(name, path, settings, timeout) };
         // The caller's private test copy: loaded where it is.
         let item = Item { name: name.to_owned(), path: path.to_owned(), settings: settings.to_owned(), in_place: true };
         let input = serde_json::to_vec(std::slice::from_ref(&item)).unwrap_or_default();
@@ -279,7 +276,7 @@ struct ChildFailed {
 /// of a child that exited 0, or why it did not (with what it wrote before).
 fn run_child(args: &[&str], input: &[u8], timeout: Duration) -> Result<String, ChildFailed> {
     let child = spawn_child(args).map_err(|why| ChildFailed { why, out: String::new() })?;
-    wait_child(child, input, timeout)
+    wait_child_until(child, input, timeout, |_| false)
 }
 
 /// Starts `portico check ARGS CONFIG_DIR` with its three standard streams piped.
@@ -297,14 +294,10 @@ fn spawn_child(args: &[&str]) -> Result<std::process::Child, String> {
 }
 
 /// Feeds `input` to a child [`spawn_child`] started and waits at most `timeout` for it: its
-/// stdout if it exited 0, or why it did not (with what it wrote before).
-fn wait_child(child: std::process::Child, input: &[u8], timeout: Duration) -> Result<String, ChildFailed> {
-    wait_child_until(child, input, timeout, |_| false)
-}
-
-/// [`wait_child`], except that a line of stdout for which `enough` is true ends the wait at
-/// once, with the lines so far: the child's exit (unmapping what it loaded) is then left to
-/// a thread that reaps it, off the caller's path.
+/// report lines if it exited 0, or why it did not (with the report lines it wrote before). A
+/// report line for which `enough` is true ends the wait at once, with the lines so far: the
+/// child is then killed (nothing more is wanted of it) and reaped by a thread, off the
+/// caller's path.
 fn wait_child_until(
     mut child: std::process::Child,
     input: &[u8],
@@ -334,7 +327,9 @@ fn wait_child_until(
             let mut line = Vec::new();
             let mut listening = true;
             while matches!(std::io::BufRead::read_until(&mut stdout, b'\n', &mut line), Ok(n) if n > 0) {
-                if listening {
+                // Only report lines (JSON objects) are kept: a plugin printing in a loop
+                // until the timeout costs no memory.
+                if listening && line.first() == Some(&b'{') {
                     let text = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_owned();
                     listening = line_tx.send(text).is_ok();
                 }

@@ -203,6 +203,7 @@ impl Registry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .map(|timeout| TestLoad { timeout, more: wanted.len() > 1 });
+        let tested = probe.is_some() && !wanted.is_empty();
         let first = self.generation.fetch_add(wanted.len() as u64, Ordering::Relaxed) + 1;
         // (`available_parallelism` reads the cgroup's CPU quota from /proc and /sys: not for
         // the one changed file of a reload.)
@@ -275,7 +276,7 @@ impl Registry {
                 report.removed.push(name.clone());
             }
         }
-        if probe.is_some() {
+        if tested {
             // A test load used the spare up: the next one starts now, after this scan's
             // loads, not beside them (on a small machine its start would take the cores
             // the reload waits on).

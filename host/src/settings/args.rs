@@ -152,8 +152,9 @@ pub struct Args {
     pub app_timeout: f64,
     /// Seconds a call of a plugin that promised never to block (`never_blocks`) may run on
     /// the event loop that read its request before the host stops waiting: the loop goes on
-    /// in a fresh thread (the other connections wait at most this long, plus up to 20 ms for
-    /// the watchdog to look), and every later call of that plugin goes to a worker thread.
+    /// in a fresh thread (the other connections wait at most twice this long — a batch of
+    /// calls runs for up to this long before its last call starts — plus up to 20 ms for the
+    /// watchdog to look), and every later call of that plugin goes to a worker thread.
     /// Fractions allowed; 0 sends every call to a worker thread.
     #[arg(long, env = "PORTICO_INLINE_TIMEOUT", default_value_t = 0.02, value_parser = parse_seconds)]
     pub inline_timeout: f64,

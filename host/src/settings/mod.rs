@@ -138,6 +138,12 @@ impl Args {
         })
     }
 
+    /// `--inline-timeout` as a duration: `None` when calls on event loops are off (`0`, or
+    /// below a nanosecond).
+    pub(crate) fn inline_timeout(&self) -> Option<Duration> {
+        Some(Duration::from_secs_f64(self.inline_timeout)).filter(|d| !d.is_zero())
+    }
+
     /// The settings for the server.
     pub(crate) fn config(&self) -> Config {
         Config {
@@ -153,7 +159,7 @@ impl Args {
             body_temp_dir: self.body_temp_dir.clone().unwrap_or_else(std::env::temp_dir),
             send_timeout: Duration::from_secs(self.send_timeout),
             graceful_timeout: Duration::from_secs(self.graceful_timeout),
-            inline_timeout: Some(Duration::from_secs_f64(self.inline_timeout)).filter(|d| !d.is_zero()),
+            inline_timeout: self.inline_timeout(),
             max_connections: self.max_connections.max(1),
             access_log: self.access_log != "off",
             admin: AdminPaths::parse(&self.status_path).unwrap_or(None),

@@ -103,12 +103,6 @@ impl Handle {
     pub fn watch(&self, w: Arc<dyn Watched>) {
         self.inner.watched.lock().unwrap_or_else(|e| e.into_inner()).push(w);
     }
-
-    /// Runs `job` on the calling thread as a worker would (its result to its event loop, the
-    /// application's next waiting calls after it), for a thread that has left its event loop.
-    pub fn run_as_worker(&self, job: Box<CallJob>, slot: &Slot, counters: &mut WorkerCache) {
-        run(Job::Call(job), &self.inner.shared, slot, counters);
-    }
 }
 
 impl Pool {
@@ -149,11 +143,11 @@ impl Pool {
                     watched.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !s.abandoned());
                     for (outside, first) in replacements {
                         let started = match (outside, first) {
-                            // An event loop's call was cut off: its thread is not the pool's
-                            // to replace, only the call taking over its slot needs a thread.
-                            (true, Some(first)) => spawn_once(&watched, first),
+                            // An event loop's call was cut off: its thread is not the pool's to
+                            // replace. Such a call holds no gate slot, so none is handed on.
                             (true, None) => Ok(()),
-                            (false, first) => spawn_worker(&watched, first),
+                            // (Not reached, for that reason; were it, a worker runs the call.)
+                            (_, first) => spawn_worker(&watched, first),
                         };
                         if let Err(e) = started {
                             tracing::error!("starting a worker in place of an abandoned one: {e}");
@@ -212,28 +206,6 @@ fn spawn_worker(inner: &Arc<Inner>, first: Option<Box<CallJob>>) -> std::io::Res
     })?;
     inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));
     inner.threads.lock().unwrap_or_else(|e| e.into_inner()).push((slot, handle));
-    Ok(())
-}
-
-/// Starts a thread that runs `first` (and the application's calls waiting after it) and
-/// exits: the call that took over the slot of an event loop's call cut off at its deadline.
-fn spawn_once(inner: &Arc<Inner>, first: Box<CallJob>) -> std::io::Result<()> {
-    // Outside the pool too: cut off in turn, it is not replaced by a pool worker.
-    let slot = Arc::new(Slot::outside());
-    let i = inner.next.fetch_add(1, Ordering::Relaxed);
-    let (worker_inner, worker_slot) = (Arc::clone(inner), Arc::clone(&slot));
-    let handle = std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {
-        let mut counters = WorkerCache::default();
-        let _busy = worker_inner.shared.stats.worker_busy();
-        run(Job::Call(first), &worker_inner.shared, &worker_slot, &mut counters);
-        worker_inner.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &worker_slot));
-    })?;
-    inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));
-    // Listed, so `abandoned_running` counts it while it is stuck; threads that have ended are
-    // dropped from the list here (one such thread per cut-off call on an event loop).
-    let mut threads = inner.threads.lock().unwrap_or_else(|e| e.into_inner());
-    threads.retain(|(_, t)| !t.is_finished());
-    threads.push((slot, handle));
     Ok(())
 }
 

@@ -133,6 +133,14 @@ pub fn install_file(src: &Path, dst: &Path) {
     install_bytes(&bytes, dst);
 }
 
+/// A configuration file in its own directory (the server re-reads it on SIGHUP).
+pub fn config_file(text: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("portico-config");
+    let path = dir.path().join("portico.toml");
+    fs::write(&path, text).expect("writing the configuration");
+    (dir, path)
+}
+
 /// Writes `bytes` to `dst` through a temporary hidden file and a `rename`.
 pub fn install_bytes(bytes: &[u8], dst: &Path) {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
