@@ -583,7 +583,23 @@ impl<S: Transport> Conn<S> {
             read_buf::release(&mut self.rbuf); // the request is whole: keep only what is next
         }
         let app = Arc::clone(&job.route.app);
-        match h.admit(job) {
+        let admission = h.admit(job);
+        self.admitted(app, admission, h)
+    }
+
+    /// Sends this connection's call, admitted earlier to run on its event loop's thread, to a
+    /// worker after all (its batch ran out of time, its plugin broke its promise): through its
+    /// application's gate, as [`Conn::dispatch`] does — run now, queued (and taken out of the
+    /// queue if the client leaves), or answered 503 (the connection kept, as any 503).
+    pub fn hand_to_worker(&mut self, job: Box<CallJob>, h: &mut impl Handler) -> Step {
+        let app = Arc::clone(&job.route.app);
+        let admission = super::handler::admit_gated(h, job);
+        self.admitted(app, admission, h)
+    }
+
+    /// What the call's admission means for the connection.
+    fn admitted(&mut self, app: Arc<crate::routing::App>, admission: Admission, h: &mut impl Handler) -> Step {
+        match admission {
             Admission::Sent => Step::Open,
             Admission::Queued => {
                 if let Phase::Request { queued, .. } = &mut self.phase {
@@ -796,6 +812,10 @@ mod tests {
         notifier: Notifier,
         completions: Receiver<Completion>,
         _poll: mio::Poll,
+        /// Set: calls are admitted to run on the loop's own thread, without a gate slot
+        /// (the event loop's `admit` for a plugin that promised never to block), and kept here.
+        #[allow(clippy::vec_box, reason = "calls arrive boxed and go on boxed, as in the event loop")]
+        on_loop: Option<Vec<Box<CallJob>>>,
     }
 
     impl Loop {
@@ -816,6 +836,7 @@ mod tests {
                 notifier: Notifier::new(vec![(tx, waker)]),
                 completions: rx,
                 _poll: poll,
+                on_loop: None,
             }
         }
 
@@ -866,6 +887,16 @@ mod tests {
 
         fn submit(&mut self, job: Job) {
             self.jobs.push(job);
+        }
+        fn admit(&mut self, mut job: Box<CallJob>) -> Admission {
+            match &mut self.on_loop {
+                Some(held) => {
+                    job.gated = false;
+                    held.push(job);
+                    Admission::Sent
+                }
+                None => crate::io::handler::admit_gated(self, job),
+            }
         }
         fn body_pipe(&self, id: ConnId, expect_continue: bool) -> Arc<BodyPipe> {
             Arc::new(BodyPipe::new(id, self.notifier.clone(), self.config.body_timeout, expect_continue))
@@ -1247,6 +1278,48 @@ mod tests {
         assert_eq!(turn(&mut fourth, &mut h), Step::Open);
         assert_eq!(h.buffered.gate.counts().waiting, 1);
         assert_eq!(fourth.close(&mut h), Step::Close);
+        assert_eq!(h.buffered.gate.counts().waiting, 0);
+    }
+
+    #[test]
+    fn a_call_handed_from_the_loop_to_a_worker_is_queued_as_any_and_a_refusal_keeps_the_connection() {
+        let mut h = Loop::new();
+        let (mut first, mut c1) = connect();
+        c1.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(turn(&mut first, &mut h), Step::Open);
+        assert_eq!(h.calls().len(), 1, "the one slot, taken");
+        // Two calls admitted to run on the loop's thread, then sent to workers after all
+        // (their batch ran out of time).
+        h.on_loop = Some(Vec::new());
+        let (mut second, mut c2) = connect();
+        let (mut third, mut c3) = connect();
+        second.id.token = 8;
+        third.id.token = 9;
+        for (conn, client) in [(&mut second, &mut c2), (&mut third, &mut c3)] {
+            client.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            assert_eq!(turn(conn, &mut h), Step::Open);
+        }
+        let mut held = h.on_loop.take().unwrap();
+        assert_eq!(held.len(), 2);
+        let (for_third, for_second) = (held.pop().unwrap(), held.pop().unwrap());
+        for job in [&for_second, &for_third] {
+            assert!(!job.gated, "admitted without a slot");
+        }
+        let mut for_second = for_second;
+        for_second.gated = true;
+        assert_eq!(second.hand_to_worker(for_second, &mut h), Step::Open);
+        assert_eq!(h.buffered.gate.counts().waiting, 1, "queued behind the first");
+        let mut for_third = for_third;
+        for_third.gated = true;
+        assert_eq!(third.hand_to_worker(for_third, &mut h), Step::Open);
+        let (head, _) = response(&mut c3);
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n") && !head.contains("Connection: close"),
+            "{head}"
+        );
+        assert_eq!(counts(&third).idle, 1, "a refused call without a body keeps its connection");
+        // The queued call leaves the queue with its client.
+        assert_eq!(second.close(&mut h), Step::Close);
         assert_eq!(h.buffered.gate.counts().waiting, 0);
     }
 

@@ -270,16 +270,14 @@ impl EventLoop {
     }
 
     /// Sends a call meant for this loop's thread to a worker after all (its batch ran out of
-    /// time, its plugin broke its promise): through its application's gate, as any call for
-    /// a worker — run now, queued, or answered 503.
+    /// time, its plugin broke its promise), through its connection ([`Conn::hand_to_worker`]); a
+    /// call whose connection is gone is dropped unrun.
     pub(super) fn call_on_worker(&mut self, mut job: Box<CallJob>) {
         // Only calls queued for this loop come here, and those were admitted without a slot.
         debug_assert!(!job.gated, "a call queued on the loop held a gate slot");
         job.gated = true;
-        let (conn, version, head_request) = (job.conn, job.head.version, job.head.is_head());
-        if let super::handler::Admission::Refused(_) = super::handler::admit_gated(self, job) {
-            let prepared = crate::http::outgoing::Response::busy().prepare(version, true, head_request);
-            self.deliver(Reply { conn, prepared, stream: None });
+        if self.live(job.conn) {
+            self.with_conn(job.conn.token, |c, h| c.hand_to_worker(job, h));
         }
     }
 
