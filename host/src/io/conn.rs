@@ -923,6 +923,15 @@ mod tests {
         (Conn::new(id, mio::net::UnixStream::from_std(ours), Peer::new(addr, addr)), theirs)
     }
 
+    /// A connection (slot `token`) whose client sent `GET /app`, after the loop's turn on it.
+    fn app_request(h: &mut Loop, token: usize) -> (Conn<mio::net::UnixStream>, UnixStream) {
+        let (mut conn, mut client) = connect();
+        conn.id.token = token;
+        client.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(turn(&mut conn, h), Step::Open);
+        (conn, client)
+    }
+
     /// Runs the connection as its loop would after a readable event: read, then every turn it
     /// asked for, until it asks for none.
     fn turn(conn: &mut Conn<mio::net::UnixStream>, h: &mut Loop) -> Step {
@@ -1284,21 +1293,13 @@ mod tests {
     #[test]
     fn a_call_handed_from_the_loop_to_a_worker_is_queued_as_any_and_a_refusal_keeps_the_connection() {
         let mut h = Loop::new();
-        let (mut first, mut c1) = connect();
-        c1.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(turn(&mut first, &mut h), Step::Open);
+        let _first = app_request(&mut h, 7);
         assert_eq!(h.calls().len(), 1, "the one slot, taken");
         // Two calls admitted to run on the loop's thread, then sent to workers after all
         // (their batch ran out of time).
         h.on_loop = Some(Vec::new());
-        let (mut second, mut c2) = connect();
-        let (mut third, mut c3) = connect();
-        second.id.token = 8;
-        third.id.token = 9;
-        for (conn, client) in [(&mut second, &mut c2), (&mut third, &mut c3)] {
-            client.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            assert_eq!(turn(conn, &mut h), Step::Open);
-        }
+        let (mut second, _c2) = app_request(&mut h, 8);
+        let (mut third, mut c3) = app_request(&mut h, 9);
         let mut held = h.on_loop.take().unwrap();
         assert_eq!(held.len(), 2);
         let (for_third, for_second) = (held.pop().unwrap(), held.pop().unwrap());
@@ -1354,9 +1355,7 @@ mod tests {
     #[test]
     fn a_drain_during_a_response_already_headed_keeps_the_connection_for_the_next_request() {
         let mut h = Loop::new();
-        let (mut conn, mut client) = connect();
-        client.write_all(b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(turn(&mut conn, &mut h), Step::Open);
+        let (mut conn, mut client) = app_request(&mut h, 7);
         // Larger than the socket pair's buffer: the response is still being written.
         let big = vec![b'x'; 4 << 20];
         assert_eq!(conn.on_reply(reply(conn.id(), 200, &big), &mut h), Step::Open);
