@@ -72,7 +72,6 @@ struct State {
     running: usize,
     waiting: VecDeque<(ConnId, Waiting)>,
     abandoned: usize,
-    stopped: bool,
 }
 
 impl std::fmt::Debug for State {
@@ -81,7 +80,6 @@ impl std::fmt::Debug for State {
             .field("running", &self.running)
             .field("waiting", &self.waiting.len())
             .field("abandoned", &self.abandoned)
-            .field("stopped", &self.stopped)
             .finish()
     }
 }
@@ -98,9 +96,9 @@ pub struct Gate {
     admitted: AtomicU64,
     timeouts: AtomicU64,
     refused: AtomicU64,
-    /// A copy of the state's `stopped` (it only ever turns on), read without the lock by the
-    /// calls that take no slot.
-    halted: AtomicBool,
+    /// The application is stopped (it only ever turns on; set under `state`'s lock, read
+    /// under it by [`Gate::admit`] and without it by the calls that take no slot).
+    stopped: AtomicBool,
 }
 
 /// A gate's figures, for the admin pages.
@@ -141,7 +139,7 @@ impl Gate {
             admitted: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            halted: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -170,7 +168,7 @@ impl Gate {
     /// [`Gate::release`] as a [`Waiting`] of the same type.
     pub fn admit<T: Any + Send>(&self, conn: ConnId, call: Box<T>) -> Admit<T> {
         let mut s = self.lock();
-        let verdict = if s.stopped {
+        let verdict = if self.stopped.load(Ordering::Relaxed) {
             Admit::Refused(call, Refusal::Stopped)
         } else if s.running < self.limits.max_concurrency {
             s.running += 1;
@@ -195,7 +193,7 @@ impl Gate {
     /// # Errors
     /// [`Refusal::Stopped`].
     pub fn admit_ungated(&self) -> Result<(), Refusal> {
-        if self.halted.load(Ordering::Relaxed) {
+        if self.stopped.load(Ordering::Relaxed) {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Stopped);
         }
@@ -237,10 +235,9 @@ impl Gate {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
         let mut s = self.lock();
         s.abandoned += 1;
-        let newly = !s.stopped && s.abandoned >= self.limits.max_abandoned;
-        s.stopped |= newly;
+        let newly = !self.stopped.load(Ordering::Relaxed) && s.abandoned >= self.limits.max_abandoned;
         if newly {
-            self.halted.store(true, Ordering::Relaxed);
+            self.stopped.store(true, Ordering::Relaxed);
         }
         newly
     }
@@ -258,7 +255,7 @@ impl Gate {
             running: s.running,
             waiting: s.waiting.len(),
             abandoned: s.abandoned,
-            stopped: s.stopped,
+            stopped: self.stopped.load(Ordering::Relaxed),
             admitted: self.admitted.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
