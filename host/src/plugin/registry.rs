@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::loader::{self, Fingerprint, LoadError, Plugin};
 use super::scan::Scan;
@@ -63,15 +63,15 @@ pub struct Registry {
     /// Test-load each new or changed file in a child process before loading it here, for at
     /// most this long (the single-process server's reloads: a crash in `init` refuses the
     /// file instead of killing the server).
-    probe: Mutex<Option<std::time::Duration>>,
+    probe: OnceLock<std::time::Duration>,
     /// A checking process started ahead for the next test load (from `probe_first` on; each
     /// test load uses one up; the next is started in the background at the end of the scan,
     /// or at once when the scan has more test loads to make).
     spare: Arc<Mutex<Option<super::probe::Spare>>>,
-    /// Asks the thread that starts spares for one (`None` until `probe_first`). One thread
+    /// Asks the thread that starts spares for one (unset until `probe_first`). One thread
     /// for the registry's life: a spare dies with the thread that started it (it asks the
     /// kernel for SIGKILL when its parent goes, `PR_SET_PDEATHSIG`, which is per thread).
-    spare_wanted: Mutex<Option<crossbeam_channel::Sender<()>>>,
+    spare_wanted: OnceLock<crossbeam_channel::Sender<()>>,
     /// Load files where they are, without private copies: the directory is a generation's
     /// snapshot, private to it and never rewritten (a worker process).
     in_place: bool,
@@ -88,9 +88,9 @@ impl Registry {
             failed: Mutex::new(HashMap::new()),
             configs: Mutex::new(HashMap::new()),
             scanning: Mutex::new(Scan::default()),
-            probe: Mutex::new(None),
+            probe: OnceLock::new(),
             spare: Arc::new(Mutex::new(None)),
-            spare_wanted: Mutex::new(None),
+            spare_wanted: OnceLock::new(),
             in_place: false,
         }
     }
@@ -102,9 +102,11 @@ impl Registry {
     }
 
     /// From now on, test-load every new or changed file in a child process first, waiting
-    /// at most `timeout` for it.
+    /// at most `timeout` for it. Once: a second call changes nothing.
     pub fn probe_first(&self, timeout: std::time::Duration) {
-        *self.probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(timeout);
+        if self.probe.set(timeout).is_err() {
+            return;
+        }
         let (tx, rx) = crossbeam_channel::unbounded::<()>();
         let spare = Arc::clone(&self.spare);
         let started = std::thread::Builder::new().name("portico-spare".into()).spawn(move || {
@@ -119,7 +121,9 @@ impl Registry {
             }
         });
         match started {
-            Ok(_) => *self.spare_wanted.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx),
+            Ok(_) => {
+                let _ = self.spare_wanted.set(tx);
+            }
             Err(e) => tracing::warn!("starting the thread of spare checking processes: {e}"),
         }
         self.start_spare();
@@ -127,7 +131,7 @@ impl Registry {
 
     /// Has the next spare checking process started, off the caller's path.
     fn start_spare(&self) {
-        if let Some(tx) = &*self.spare_wanted.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(tx) = self.spare_wanted.get() {
             let _ = tx.send(());
         }
     }
@@ -198,11 +202,7 @@ impl Registry {
             }
             wanted.push((name.to_owned(), path.to_owned(), fp, config.to_owned()));
         }
-        let probe = self
-            .probe
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .map(|timeout| TestLoad { timeout, more: wanted.len() > 1 });
+        let probe = self.probe.get().map(|&timeout| TestLoad { timeout, more: wanted.len() > 1 });
         let tested = probe.is_some() && !wanted.is_empty();
         let first = self.generation.fetch_add(wanted.len() as u64, Ordering::Relaxed) + 1;
         // (`available_parallelism` reads the cgroup's CPU quota from /proc and /sys: not for
