@@ -9,7 +9,8 @@
 //! queued past it go to workers.
 //!
 //! The promise is checked, not trusted. While its thread runs calls, the loop is parked in
-//! its [`Driver`], which the pool's watchdog looks at every 20 ms. A call that has run past
+//! its [`Driver`], which the pool's watchdog looks at every 20 ms (it dozes while nothing
+//! runs, and a batch that begins wakes it: [`crate::worker::watchdog::Alarm`]). A call that has run past
 //! `--inline-timeout` (20 ms by default) has its loop taken over by a fresh thread at once:
 //! the other connections wait at most twice that long (a batch runs for up to the timeout
 //! before its last call starts) plus a watchdog tick, the calls queued
@@ -205,6 +206,7 @@ impl Driver {
                 });
                 job
             };
+            workers.poke_watchdog();
             let (reply, next) = worker::call(job, workers.shared(), slot, counters);
             // A call here holds no gate slot, so it hands none on.
             debug_assert!(next.is_none(), "a call on the loop handed on a gate slot");
@@ -244,6 +246,10 @@ fn resubmit(lp: &mut EventLoop, job: Box<CallJob>) {
 }
 
 impl Watched for Driver {
+    fn busy(&self) -> bool {
+        self.lock().running.is_some()
+    }
+
     fn look(&self, now: Instant) -> bool {
         let mut guard = self.lock();
         let st = &mut *guard;

@@ -62,6 +62,8 @@ struct Inner {
     stop: AtomicBool,
     /// What else the watchdog looks at every tick (event loops running calls themselves).
     watched: Mutex<Vec<Arc<dyn Watched>>>,
+    /// Wakes the watchdog from its doze.
+    alarm: Arc<watchdog::Alarm>,
 }
 
 /// Something the watchdog looks at every [`watchdog::TICK`] besides the workers' slots: an
@@ -70,6 +72,8 @@ struct Inner {
 pub trait Watched: Send + Sync {
     /// Looks once, at `now`; `false` once it no longer needs looking at.
     fn look(&self, now: Instant) -> bool;
+    /// Whether something runs that the watchdog must keep looking at (it dozes otherwise).
+    fn busy(&self) -> bool;
 }
 
 /// What an event loop's thread needs to run application calls itself, as a worker would:
@@ -89,7 +93,7 @@ impl Handle {
     /// the watchdog cuts off its calls at their deadline like a worker's, but starts no
     /// thread in its place — only one for the call that takes over the application's slot.
     pub fn outside_slot(&self) -> Arc<Slot> {
-        let slot = Arc::new(Slot::outside());
+        let slot = Arc::new(Slot::outside(Arc::clone(&self.inner.alarm)));
         self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));
         slot
     }
@@ -102,6 +106,11 @@ impl Handle {
     /// Has the watchdog look at `w` every tick until it says it is done.
     pub fn watch(&self, w: Arc<dyn Watched>) {
         self.inner.watched.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+    }
+
+    /// Wakes the watchdog if it dozes: a watched thing became [busy](Watched::busy).
+    pub fn poke_watchdog(&self) {
+        self.inner.alarm.poke();
     }
 }
 
@@ -119,14 +128,27 @@ impl Pool {
             next: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             watched: Mutex::new(Vec::new()),
+            alarm: Arc::new(watchdog::Alarm::default()),
         });
         for _ in 0..n {
             spawn_worker(&inner, None)?;
         }
         let watched = Arc::clone(&inner);
         let watchdog = std::thread::Builder::new().name("portico-watchdog".into()).spawn(move || {
+            let mut quiet = 0;
+            let busy = || {
+                watched.slots.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|s| s.busy())
+                    || watched.watched.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|w| w.busy())
+            };
             while !watched.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(watchdog::TICK);
+                if quiet >= watchdog::DOZE_AFTER {
+                    if watched.alarm.doze(busy) {
+                        quiet = 0; // poked: work is coming; tick again for a while
+                    }
+                } else {
+                    std::thread::sleep(watchdog::TICK);
+                }
+                quiet = if busy() { 0 } else { quiet.saturating_add(1) };
                 let others: Vec<Arc<dyn Watched>> = watched.watched.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let now = Instant::now();
                 let done: Vec<_> = others.into_iter().filter(|w| !w.look(now)).collect();
@@ -181,6 +203,7 @@ impl Pool {
             }
         }
         self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.alarm.wake();
         if let Some(w) = self.watchdog.take() {
             let _ = w.join();
         }
@@ -190,7 +213,7 @@ impl Pool {
 /// Starts one worker thread with its slot; it runs `first` (a call that took over an
 /// abandoned thread's slot) before taking jobs from the queue.
 fn spawn_worker(inner: &Arc<Inner>, first: Option<Box<CallJob>>) -> std::io::Result<()> {
-    let slot = Arc::new(Slot::default());
+    let slot = Arc::new(Slot::new(Arc::clone(&inner.alarm)));
     let i = inner.next.fetch_add(1, Ordering::Relaxed);
     let (worker_inner, worker_slot) = (Arc::clone(inner), Arc::clone(&slot));
     let handle = std::thread::Builder::new().name(format!("portico-worker-{i}")).spawn(move || {

@@ -1,6 +1,7 @@
 //! Deadlines of application calls: each worker thread has a [`Slot`] where it records the call
 //! it runs and when that call must be done; the watchdog thread looks at every slot
-//! [`TICK`] and cuts off a call past its deadline — the client gets 504 at once (or, for a
+//! [`TICK`] (after [`DOZE_AFTER`] ticks with nothing running it dozes, once a [`DOZE`], until a
+//! run that begins wakes it through the [`Alarm`]) and cuts off a call past its deadline — the client gets 504 at once (or, for a
 //! streamed body already under way, the connection is closed), the call's admission slot goes
 //! to the next waiting call, and the worker thread, stuck in the application, is abandoned and
 //! replaced so the pool keeps its size.
@@ -20,6 +21,56 @@ use crate::routing::App;
 
 /// How often the watchdog looks at the slots: a call is cut off at most this late. 20 ms.
 pub const TICK: Duration = Duration::from_millis(20);
+/// Ticks with nothing running after which the watchdog dozes (1 s): it then looks once a
+/// [`DOZE`] until work begins and [`Alarm::poke`]s it. An idle worker process wakes its
+/// watchdog once a second, not 50 times.
+pub const DOZE_AFTER: u32 = 50;
+/// How long a dozing watchdog sleeps at most (a safety net: work that begins pokes it).
+pub const DOZE: Duration = Duration::from_secs(1);
+
+/// How work that must be watched wakes a dozing watchdog.
+///
+/// The watchdog says it dozes (`dozing`, SeqCst) and then looks whether anything runs; work
+/// records that it runs (under its slot's or driver's lock) and then looks whether the
+/// watchdog dozes. One of the two sees the other: the watchdog does not doze, or it is
+/// unparked (and `park` returns at once for an `unpark` that came first).
+#[derive(Debug, Default)]
+pub struct Alarm {
+    dozing: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Alarm {
+    /// Work began that the watchdog must watch: wakes it if it dozes (an atomic load
+    /// otherwise).
+    pub fn poke(&self) {
+        if self.dozing.load(Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+
+    /// Wakes the watchdog whatever it does (the pool stops).
+    pub fn wake(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// The watchdog's thread: sleeps for up to [`DOZE`] unless `busy` says something runs
+    /// (asked after saying it dozes) or it is poked. Returns whether it was woken early
+    /// (busy, poked, or a spurious wakeup): the caller then ticks again for a while, so that
+    /// calls that keep coming poke it once, not each.
+    pub fn doze(&self, busy: impl Fn() -> bool) -> bool {
+        let _ = self.thread.set(std::thread::current());
+        let start = Instant::now();
+        self.dozing.store(true, Ordering::SeqCst);
+        if !busy() {
+            std::thread::park_timeout(DOZE);
+        }
+        self.dozing.store(false, Ordering::SeqCst);
+        start.elapsed() < DOZE
+    }
+}
 
 /// What a worker is running, when it has a deadline.
 pub struct Running {
@@ -59,9 +110,10 @@ impl Running {
 }
 
 /// One worker thread's record.
-#[derive(Default)]
 pub struct Slot {
     running: Mutex<Option<Running>>,
+    /// Wakes the watchdog when a run begins.
+    alarm: Arc<Alarm>,
     /// The thread was given up on (a replacement took its place): it exits after its call.
     abandoned: AtomicBool,
     /// The slot of a thread that is not one of the pool's workers (an event loop's): no
@@ -74,14 +126,25 @@ impl Slot {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The slot of a thread outside the pool (an event loop's).
-    pub fn outside() -> Slot {
-        Slot { outside: true, ..Slot::default() }
+    /// A worker's slot, waking the watchdog through `alarm`.
+    pub fn new(alarm: Arc<Alarm>) -> Slot {
+        Slot { running: Mutex::new(None), alarm, abandoned: AtomicBool::new(false), outside: false }
     }
 
-    /// The worker starts `r`.
+    /// The slot of a thread outside the pool (an event loop's).
+    pub fn outside(alarm: Arc<Alarm>) -> Slot {
+        Slot { outside: true, ..Slot::new(alarm) }
+    }
+
+    /// The worker starts `r` (the watchdog is woken if it dozes).
     pub fn begin(&self, r: Running) {
         *self.lock() = Some(r);
+        self.alarm.poke();
+    }
+
+    /// Whether a run is under way.
+    pub fn busy(&self) -> bool {
+        self.lock().is_some()
     }
 
     /// The worker is done; `true` if it finished in time (its result stands), `false` if the
