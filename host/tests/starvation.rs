@@ -387,30 +387,37 @@ fn a_stream_pull_past_its_deadline_closes_the_connection_and_the_pool_keeps_its_
     assert_eq!(server.get("/hello.py").status, 200);
 }
 
-/// How many times the watchdog thread of process `pid` has slept and woken
-/// (`voluntary_ctxt_switches` in /proc).
-fn watchdog_wakeups(pid: u32) -> u64 {
+/// How many times the thread named `comm` (as /proc shows it: 15 bytes at most) of process
+/// `pid` has slept and woken (`voluntary_ctxt_switches`).
+fn wakeups(pid: u32, comm: &str) -> u64 {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc/PID/task") {
         let dir = task.expect("a task").path();
-        if std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim() == "portico-watchdo" {
+        if std::fs::read_to_string(dir.join("comm")).unwrap_or_default().trim() == comm {
             let status = std::fs::read_to_string(dir.join("status")).expect("its status");
             let n = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"));
             return n.expect("a voluntary_ctxt_switches line").trim().parse().expect("a count");
         }
     }
-    panic!("no portico-watchdog thread in process {pid}");
+    panic!("no thread {comm} in process {pid}");
 }
 
 #[test]
-fn an_idle_watchdog_dozes_and_a_call_after_the_doze_is_still_cut_off_at_its_deadline() {
-    let server =
-        Server::builder().plugins(&["fixture", "hello"]).args(["--threads", "2", "--app-timeout", "0.3"]).start();
-    // Nothing runs for over a second (50 ticks): the watchdog dozes, waking once a second.
+fn an_idle_server_sleeps_and_a_call_after_its_sleep_is_still_cut_off_at_its_deadline() {
+    let server = Server::builder()
+        .plugins(&["fixture", "hello"])
+        .args(["--threads", "2", "--app-timeout", "0.3", "--io-threads", "1"])
+        .start();
+    assert_eq!(server.get("/hello.py").status, 200);
+    // Nothing runs for over a second (50 ticks): the watchdog dozes, waking once a second;
+    // the event loop, with no connection left, waits for events without its 250 ms tick.
     std::thread::sleep(Duration::from_millis(1500));
-    let before = watchdog_wakeups(server.pid());
+    let (watchdog, event_loop) = ("portico-watchdo", "portico-io-0");
+    let before = (wakeups(server.pid(), watchdog), wakeups(server.pid(), event_loop));
     std::thread::sleep(Duration::from_secs(2));
-    let woke = watchdog_wakeups(server.pid()) - before;
+    let woke = wakeups(server.pid(), watchdog) - before.0;
     assert!(woke <= 6, "an idle watchdog woke {woke} times in 2 s (a 20 ms tick is 100)");
+    let woke = wakeups(server.pid(), event_loop) - before.1;
+    assert!(woke <= 2, "an event loop without connections woke {woke} times in 2 s (a 250 ms tick is 8)");
     // A call that begins wakes it: cut off at its 0.3 s deadline, not at the end of a doze.
     let started = Instant::now();
     let r = server.get("/fixture.py/spin?ms=3000");

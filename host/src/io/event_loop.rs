@@ -118,6 +118,9 @@ pub struct EventLoop {
     /// between them, each taking more the less busy it is.
     accept_batch: usize,
     next_tick: Instant,
+    /// The last sweep found no connection (and said so on the status page): until one comes,
+    /// the loop waits for events without a tick.
+    swept_idle: bool,
 }
 
 impl EventLoop {
@@ -169,6 +172,7 @@ impl EventLoop {
             accept_again: Vec::new(),
             accept_batch: if shared.tree.is_some() { ACCEPT_BATCH } else { usize::MAX },
             next_tick: Instant::now() + TICK,
+            swept_idle: false,
             statics: StaticFiles::new(shared.docroot.clone(), shared.statics.clone()),
             shared,
         })
@@ -190,14 +194,20 @@ impl EventLoop {
             && self.inline.is_empty()
             && self.accept_again.is_empty()
         {
-            self.next_tick.saturating_duration_since(Instant::now())
+            if self.conns.is_empty() && self.swept_idle && self.draining.is_none() {
+                // Nothing to sweep: wait for an event (a connection, a completion, a wake)
+                // rather than tick 4 times a second.
+                None
+            } else {
+                Some(self.next_tick.saturating_duration_since(Instant::now()))
+            }
         } else {
-            Duration::ZERO
+            Some(Duration::ZERO)
         };
         // Listeners that had more for this loop than its share of the last turn.
         let mut accept_again = std::mem::take(&mut self.accept_again);
         let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-        let polled = self.poll.poll(&mut events, Some(timeout));
+        let polled = self.poll.poll(&mut events, timeout);
         if let Err(e) = polled
             && e.kind() != io::ErrorKind::Interrupted
         {
@@ -481,5 +491,6 @@ impl EventLoop {
             }
         }
         self.shared.stats.loop_conns(self.index).store(self.count_conns());
+        self.swept_idle = self.conns.is_empty();
     }
 }
