@@ -194,9 +194,10 @@ impl EventLoop {
             && self.inline.is_empty()
             && self.accept_again.is_empty()
         {
-            if self.conns.is_empty() && self.swept_idle && self.draining.is_none() {
+            if self.conns.is_empty() && self.swept_idle {
                 // Nothing to sweep: wait for an event (a connection, a completion, a wake)
-                // rather than tick 4 times a second.
+                // rather than tick 4 times a second. (A draining loop with no connection
+                // ended at its last turn.)
                 None
             } else {
                 Some(self.next_tick.saturating_duration_since(Instant::now()))

@@ -148,8 +148,10 @@ impl Pool {
                 } else {
                     std::thread::sleep(watchdog::TICK);
                 }
-                quiet = if busy() { 0 } else { quiet.saturating_add(1) };
                 let others: Vec<Arc<dyn Watched>> = watched.watched.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let slots: Vec<Arc<Slot>> = watched.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let running = slots.iter().any(|s| s.busy()) || others.iter().any(|w| w.busy());
+                quiet = if running { 0 } else { quiet.saturating_add(1) };
                 let now = Instant::now();
                 let done: Vec<_> = others.into_iter().filter(|w| !w.look(now)).collect();
                 if !done.is_empty() {
@@ -159,7 +161,6 @@ impl Pool {
                         .unwrap_or_else(|e| e.into_inner())
                         .retain(|w| !done.iter().any(|d| Arc::ptr_eq(w, d)));
                 }
-                let slots: Vec<Arc<Slot>> = watched.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let replacements = watchdog::sweep(&slots, &watched.shared.notifier, Instant::now());
                 if !replacements.is_empty() {
                     watched.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !s.abandoned());
