@@ -149,7 +149,12 @@ impl Pool {
                     std::thread::sleep(watchdog::TICK);
                 }
                 let others: Vec<Arc<dyn Watched>> = watched.watched.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let slots: Vec<Arc<Slot>> = watched.slots.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let slots: Vec<Arc<Slot>> = {
+                    let mut slots = watched.slots.lock().unwrap_or_else(|e| e.into_inner());
+                    // Threads given up on at an earlier tick: nothing more to watch.
+                    slots.retain(|s| !s.abandoned());
+                    slots.clone()
+                };
                 let running = slots.iter().any(|s| s.busy()) || others.iter().any(|w| w.busy());
                 quiet = if running { 0 } else { quiet.saturating_add(1) };
                 let now = Instant::now();
@@ -161,20 +166,9 @@ impl Pool {
                         .unwrap_or_else(|e| e.into_inner())
                         .retain(|w| !done.iter().any(|d| Arc::ptr_eq(w, d)));
                 }
-                let replacements = watchdog::sweep(&slots, &watched.shared.notifier, Instant::now());
-                if !replacements.is_empty() {
-                    watched.slots.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !s.abandoned());
-                    for (outside, first) in replacements {
-                        let started = match (outside, first) {
-                            // An event loop's call was cut off: its thread is not the pool's to
-                            // replace. Such a call holds no gate slot, so none is handed on.
-                            (true, None) => Ok(()),
-                            // (Not reached, for that reason; were it, a worker runs the call.)
-                            (_, first) => spawn_worker(&watched, first),
-                        };
-                        if let Err(e) = started {
-                            tracing::error!("starting a worker in place of an abandoned one: {e}");
-                        }
+                for first in watchdog::sweep(&slots, &watched.shared.notifier, Instant::now()) {
+                    if let Err(e) = spawn_worker(&watched, first) {
+                        tracing::error!("starting a worker in place of an abandoned one: {e}");
                     }
                 }
             }

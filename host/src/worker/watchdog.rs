@@ -175,15 +175,16 @@ struct Expired {
 }
 
 /// Looks at `slots` once: cuts off what is past its deadline. Returns one entry per abandoned
-/// thread (the caller starts one in its place, unless the slot is [`Slot::outside`] the
-/// pool: the first of the pair), with the call that takes over its application's slot, if
-/// one was waiting (the new thread runs it first).
+/// worker thread of the pool, for the caller to start one in its place: the call that takes
+/// over its application's gate slot, if one was waiting (the new thread runs it first). A
+/// thread [`Slot::outside`] the pool (an event loop's) gets no entry: it is not the pool's to
+/// replace, and its call held no gate slot to hand on.
 ///
 /// The stuck thread is counted against its gate while the slot's lock is held: a worker that
 /// finishes just after the deadline then finds its call cut off (`Slot::end`) and reaps a count
 /// that is already there, so no abandoned thread is counted that nothing will reap. (Lock order:
 /// a slot, then a gate; nothing takes a slot's lock while holding a gate's.)
-pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<(bool, Option<Box<CallJob>>)> {
+pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Option<Box<CallJob>>> {
     let mut expired = Vec::new();
     for slot in slots {
         let mut guard = slot.lock();
@@ -215,7 +216,7 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<(boo
             });
         }
     }
-    let mut replacements = Vec::with_capacity(expired.len());
+    let mut replacements = Vec::new();
     for e in expired {
         let name = e.app.gate.name();
         let limit = e.app.gate.limits().timeout.map_or(0.0, |t| t.as_secs_f64());
@@ -248,7 +249,9 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<(boo
                 e.app.gate.limits().max_abandoned
             );
         }
-        replacements.push((e.outside, e.next));
+        if !e.outside {
+            replacements.push(e.next);
+        }
     }
     replacements
 }
