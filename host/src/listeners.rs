@@ -149,9 +149,14 @@ impl Listener {
 ///
 /// # Errors
 /// As [`bind`].
-pub fn open(inherited: Vec<Listener>, specs: &[BindSpec], mode: u32) -> Result<Vec<Listener>, ListenError> {
+pub fn open(
+    inherited: Vec<Listener>,
+    specs: &[BindSpec],
+    mode: u32,
+    backlog: u32,
+) -> Result<Vec<Listener>, ListenError> {
     if inherited.is_empty() {
-        return bind(specs, mode);
+        return bind(specs, mode, backlog);
     }
     for l in &inherited {
         tracing::info!(
@@ -162,18 +167,31 @@ pub fn open(inherited: Vec<Listener>, specs: &[BindSpec], mode: u32) -> Result<V
     Ok(inherited)
 }
 
-/// Binds every `--bind`; a Unix socket's file gets `mode`.
+/// Binds every `--bind`, each with a queue of `backlog` connections not yet accepted
+/// (`--backlog`; the kernel caps it at `net.core.somaxconn`); a Unix socket's file gets `mode`.
 ///
 /// # Errors
 /// The first that fails: [`ListenError`].
-pub fn bind(specs: &[BindSpec], mode: u32) -> Result<Vec<Listener>, ListenError> {
-    specs.iter().map(|s| bind_one(s, mode)).collect()
+pub fn bind(specs: &[BindSpec], mode: u32, backlog: u32) -> Result<Vec<Listener>, ListenError> {
+    specs.iter().map(|s| bind_one(s, mode, backlog)).collect()
 }
 
-fn bind_one(spec: &BindSpec, mode: u32) -> Result<Listener, ListenError> {
+/// `listen(2)` again on a listening socket with `backlog`: std's `bind` listens with 128,
+/// which a burst of new connections overflows (their handshakes are then dropped and retried
+/// after a second). Linux (`inet_listen`, `unix_listen`) and the BSDs (`solisten`) take a
+/// second `listen` on a listening socket as a change of its queue's length.
+fn set_backlog(sock: &impl std::os::fd::AsFd, backlog: u32) -> io::Result<()> {
+    Ok(rustix::net::listen(sock, i32::try_from(backlog).unwrap_or(i32::MAX))?)
+}
+
+fn bind_one(spec: &BindSpec, mode: u32, backlog: u32) -> Result<Listener, ListenError> {
     let err = |source| ListenError::Bind { spec: spec.to_string(), source };
     match spec {
-        BindSpec::Tcp(addr) => TcpListener::bind(addr).map(Listener::Tcp).map_err(err),
+        BindSpec::Tcp(addr) => {
+            let sock = TcpListener::bind(addr).map_err(err)?;
+            set_backlog(&sock, backlog).map_err(err)?;
+            Ok(Listener::Tcp(sock))
+        }
         BindSpec::Unix(path) => {
             if let Ok(meta) = std::fs::symlink_metadata(path) {
                 if !meta.file_type().is_socket() {
@@ -189,11 +207,13 @@ fn bind_one(spec: &BindSpec, mode: u32) -> Result<Listener, ListenError> {
                 std::fs::remove_file(path).map_err(err)?;
             }
             let sock = UnixListener::bind(path).map_err(err)?;
+            let made = set_backlog(&sock, backlog)
+                .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)));
             let listener = Listener::Unix { sock, path: Some(path.clone()), bound_here: true };
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+            if let Err(e) = made {
                 listener.remove_file();
-                err(e)
-            })?;
+                return Err(err(e));
+            }
             Ok(listener)
         }
     }

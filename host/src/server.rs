@@ -55,7 +55,7 @@ enum Role {
 /// The docroot does not exist, a mount names a plugin that did not load, a listener cannot be
 /// bound, or a thread cannot start.
 pub fn run(args: Args, config: Option<Loaded>, inherited: Vec<Listener>) -> anyhow::Result<()> {
-    let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode)?;
+    let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode, args.backlog)?;
     let pid_file = args.pid_file.clone();
     if let Some(path) = &pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))

@@ -230,6 +230,36 @@ fn connection_cap_holds_new_clients_in_the_backlog_until_one_closes() {
     server.assert_alive();
 }
 
+/// `--backlog` is the listening socket's queue: with the server at its connection cap,
+/// the kernel completes that many handshakes more (Linux queues backlog + 1) and drops the
+/// rest's SYNs, whose `connect` then waits for a retry a second later. std's own `bind`
+/// would queue 128.
+#[test]
+fn backlog_sets_how_many_connections_the_kernel_queues_past_the_cap() {
+    let server = hello_server(&["--max-connections", "1", "--backlog", "4"]);
+    let held = TcpStream::connect(server.addr()).expect("connect");
+    held.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    (&held).write_all(b"GET /hello.py HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut buf = [0u8; 256];
+    let n = (&held).read(&mut buf).expect("the first connection is served");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK\r\n"), "got {}", show(&buf[..n]));
+    let mut queued = Vec::new();
+    for _ in 0..20 {
+        match TcpStream::connect_timeout(&server.addr(), Duration::from_millis(300)) {
+            Ok(s) => queued.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut || e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    assert!(
+        (4..=5).contains(&queued.len()),
+        "{} connections were queued past the cap with --backlog 4 (20 tried)",
+        queued.len()
+    );
+    drop(held);
+    server.assert_alive();
+}
+
 #[test]
 fn a_flood_of_empty_lines_is_refused() {
     let server = hello_server(&[]);

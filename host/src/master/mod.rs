@@ -190,7 +190,7 @@ pub fn run(
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         crate::tls::server_config(cert, key)?;
     }
-    let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode)?;
+    let listeners = listeners::open(inherited, &args.bind, args.unix_socket_mode, args.backlog)?;
     if let Some(path) = &args.pid_file {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing the pid file {}", path.display()))?;

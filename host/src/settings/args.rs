@@ -50,6 +50,13 @@ pub struct Args {
     #[arg(long, env = "PORTICO_UNIX_SOCKET_MODE", default_value = "0660", value_parser = bind::parse_mode)]
     #[serde(serialize_with = "octal")]
     pub unix_socket_mode: u32,
+    /// Connections each listening socket queues before they are accepted (`listen(2)`'s
+    /// backlog, as Gunicorn's `--backlog`). Past it the kernel drops new connections'
+    /// handshakes, which clients retry after a second or more. Capped by the kernel at
+    /// `net.core.somaxconn` (4096 on Linux 5.4 and later, 128 before). Sockets passed by
+    /// systemd keep theirs (`Backlog=`).
+    #[arg(long, env = "PORTICO_BACKLOG", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub backlog: u32,
     /// Worker processes. The master process binds the listeners, never loads a plugin, and
     /// starts this many workers (each with `--io-threads` event loops and `--threads` worker
     /// threads); a worker that dies is replaced, SIGHUP starts a new generation of them. 0 runs
