@@ -6,6 +6,10 @@
 //! With `HYPER_PINNED=N` it runs N single-threaded runtimes instead, each accepting from the
 //! same listening socket, so each connection stays on the thread that accepted it (no work
 //! stealing): the shape of portico's worker processes, to tell what pinning costs.
+//!
+//! It listens with a backlog of `HYPER_BACKLOG` connections (2048 by default, Portico's
+//! `--backlog`; std's `bind` would give 128), so a burst of connections is queued alike on
+//! both sides.
 
 use std::convert::Infallible;
 
@@ -34,9 +38,19 @@ async fn serve(listener: TcpListener) -> Result<(), Error> {
     }
 }
 
+/// A listening socket on `addr` with a queue of `backlog` connections not yet accepted.
+fn listen(addr: std::net::SocketAddr, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog)?;
+    Ok(sock.into())
+}
+
 fn main() -> Result<(), Error> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8001".into());
-    let listener = std::net::TcpListener::bind(&addr)?;
+    let backlog = std::env::var("HYPER_BACKLOG").ok().and_then(|n| n.parse().ok()).unwrap_or(2048);
+    let listener = listen(addr.parse()?, backlog)?;
     listener.set_nonblocking(true)?;
     let pinned: usize = std::env::var("HYPER_PINNED").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
     if pinned == 0 {
