@@ -290,7 +290,7 @@ impl<S: Transport> Conn<S> {
         // timeout).
         if self.sock.pending() {
             match self.sock.flush_pending() {
-                Ok(_) => self.last_write = Instant::now(),
+                Ok(_) => self.last_write = h.now(),
                 Err(_) => return self.close(h),
             }
         }
@@ -357,7 +357,7 @@ impl<S: Transport> Conn<S> {
         {
             // The client starts sending now: the body's clocks count from here.
             body.restart_clocks();
-            self.last_read = Instant::now();
+            self.last_read = h.now();
             return self.send_continue(h);
         }
         Step::Open
@@ -373,7 +373,7 @@ impl<S: Transport> Conn<S> {
 
     /// The body pipe has room again: read the socket.
     pub fn on_resume(&mut self, h: &mut impl Handler) -> Step {
-        self.last_read = Instant::now();
+        self.last_read = h.now();
         self.on_readable(h)
     }
 
@@ -477,7 +477,7 @@ impl<S: Transport> Conn<S> {
                     return ReadOutcome::Progress;
                 }
                 Ok((_, short)) => {
-                    self.last_read = Instant::now();
+                    self.last_read = h.now();
                     progress = true;
                     if short && !self.peer_closed && self.sock.short_read_drains() {
                         self.drained = true;
@@ -687,7 +687,7 @@ impl<S: Transport> Conn<S> {
     fn flush(&mut self, h: &mut impl Handler) -> Step {
         let (flushed, sent) = self.out.write_to(&self.sock, FLUSH_SHARE);
         if sent > 0 {
-            self.last_write = Instant::now();
+            self.last_write = h.now();
             self.exchange.sent += sent as u64;
         }
         match flushed {
@@ -737,7 +737,7 @@ impl<S: Transport> Conn<S> {
         }
         self.phase = Phase::head();
         self.exchange = Exchange::none();
-        self.idle_since = Instant::now();
+        self.idle_since = h.now();
         // An idle keep-alive connection holds no read buffer: idle connections stay at a few
         // hundred bytes each.
         read_buf::release(&mut self.rbuf);
@@ -751,8 +751,8 @@ impl<S: Transport> Conn<S> {
             body.fail("connection closing");
         }
         self.rbuf = Vec::new();
-        self.phase = Phase::Lingering { since: Instant::now() };
-        self.last_read = Instant::now();
+        self.phase = Phase::Lingering { since: h.now() };
+        self.last_read = h.now();
         if self.sock.shutdown_write().is_err() {
             return self.close(h);
         }
@@ -767,7 +767,7 @@ impl<S: Transport> Conn<S> {
             scratch.reserve(READ_CHUNK);
             match self.sock.read_into(scratch) {
                 Ok(0) => break,
-                Ok(_) => self.last_read = Instant::now(),
+                Ok(_) => self.last_read = h.now(),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Step::Open,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break,

@@ -33,6 +33,10 @@ impl Handler for EventLoop {
         &self.limits
     }
 
+    fn now(&self) -> std::time::Instant {
+        self.now
+    }
+
     fn draining(&self) -> bool {
         self.draining.is_some()
     }

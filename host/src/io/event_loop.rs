@@ -121,6 +121,10 @@ pub struct EventLoop {
     /// The last sweep found no connection (and said so on the status page): until one comes,
     /// the loop waits for events without a tick.
     swept_idle: bool,
+    /// The clock as of this turn's wait for events (or the last batch of calls on the
+    /// loop's thread): what [`super::handler::Handler::now`] answers, one clock read a turn
+    /// for every connection's timeout clocks.
+    pub(super) now: Instant,
 }
 
 impl EventLoop {
@@ -172,6 +176,7 @@ impl EventLoop {
             accept_again: Vec::new(),
             accept_batch: if shared.tree.is_some() { ACCEPT_BATCH } else { usize::MAX },
             next_tick: Instant::now() + TICK,
+            now: Instant::now(),
             swept_idle: false,
             statics: StaticFiles::new(shared.docroot.clone(), shared.statics.clone()),
             shared,
@@ -215,6 +220,7 @@ impl EventLoop {
             self.events = events;
             return Err(e);
         }
+        self.now = Instant::now();
         for ev in events.iter() {
             match ev.token() {
                 WAKER => {}
@@ -245,7 +251,7 @@ impl EventLoop {
         for t in std::mem::take(&mut self.ready) {
             self.with_conn(t, |c, h| c.on_readable(h));
         }
-        let now = Instant::now();
+        let now = self.now;
         if now >= self.next_tick {
             self.sweep(now);
             self.next_tick = now + TICK;

@@ -4,6 +4,7 @@
 //! stays open ([`Step`]) and which timeout passed ([`Expiry`]).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::admission::{Admit, Refusal};
 use crate::exchange::body_pipe::BodyPipe;
@@ -19,6 +20,13 @@ pub trait Handler {
     fn config(&self) -> &Config;
     /// The request head limits.
     fn limits(&self) -> &HeadLimits;
+    /// Now, for a connection's timeout clocks (last read, last write, idle since). The
+    /// event loop reads the clock once a turn, after its wait for events, and answers that
+    /// (as nginx caches its time per turn): at most a turn behind, where the clocks count
+    /// seconds.
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
     /// Whether the server is shutting down (new requests close their connection).
     fn draining(&self) -> bool;
     /// What answers `head`, which arrived on connection `id` from `peer`.

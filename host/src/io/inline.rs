@@ -172,6 +172,8 @@ impl Driver {
                 std::mem::swap(&mut replies, &mut st.replies);
                 std::mem::swap(&mut to_pool, &mut st.to_pool);
             }
+            // The batch took time: the connections' clocks read after it.
+            lp.now = Instant::now();
             for r in replies.drain(..) {
                 lp.deliver(r);
             }

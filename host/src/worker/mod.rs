@@ -278,16 +278,16 @@ pub fn call(
 ) -> (Option<Reply>, Option<Box<CallJob>>) {
     let app = Arc::clone(&job.route.app);
     let gated = job.gated;
-    if let Some(timeout) = app.gate.limits().timeout {
-        let kind = Kind::Call { version: job.head.version, head_request: job.head.is_head(), gated: job.gated };
-        slot.begin(Running::new(Instant::now() + timeout, job.conn, Arc::clone(&app), kind));
-    }
     // Measured: from here (the job taken off the queue) to the response head being ready;
     // recorded before the event loop can send it, so a client that has its response sees it
-    // counted.
+    // counted. The deadline counts from here too.
+    let started = Instant::now();
+    if let Some(timeout) = app.gate.limits().timeout {
+        let kind = Kind::Call { version: job.head.version, head_request: job.head.is_head(), gated: job.gated };
+        slot.begin(Running::new(started + timeout, job.conn, Arc::clone(&app), kind));
+    }
     let plugin = job.route.named().map(|p| counters.get(&shared.stats, p));
     let in_flight = plugin.map(|p| p.start());
-    let started = Instant::now();
     let reply = respond::run_call(*job, &shared.docroot, &shared.shutting_down, &shared.notifier);
     if !slot.end() {
         // Cut off by the watchdog: the client has its 504, the slot went on.
