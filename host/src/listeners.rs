@@ -176,9 +176,9 @@ pub fn bind(specs: &[BindSpec], mode: u32, backlog: u32) -> Result<Vec<Listener>
     specs.iter().map(|s| bind_one(s, mode, backlog)).collect()
 }
 
-/// `listen(2)` again on a listening socket with `backlog`: std's `bind` listens with 128,
+/// `listen(2)` again on a listening socket with `backlog`: std's TCP `bind` listens with 128,
 /// which a burst of new connections overflows (their handshakes are then dropped and retried
-/// after a second). Linux (`inet_listen`, `unix_listen`) and the BSDs (`solisten`) take a
+/// after a second); its Unix `bind` with the kernel's most (`net.core.somaxconn`). Linux (`inet_listen`, `unix_listen`) and the BSDs (`solisten`) take a
 /// second `listen` on a listening socket as a change of its queue's length.
 fn set_backlog(sock: &impl std::os::fd::AsFd, backlog: u32) -> io::Result<()> {
     Ok(rustix::net::listen(sock, i32::try_from(backlog).unwrap_or(i32::MAX))?)

@@ -235,7 +235,7 @@ impl<S: Transport> Conn<S> {
                 Phase::Lingering { .. } => return self.discard_input(h),
                 Phase::Head { scan, first_byte } => {
                     if !self.rbuf.is_empty() {
-                        first_byte.get_or_insert_with(Instant::now);
+                        first_byte.get_or_insert(h.now());
                         match request::parse_resume(&self.rbuf, scan, h.limits()) {
                             Ok(Parsed::Complete(head, used)) => {
                                 self.rbuf.drain(..used);

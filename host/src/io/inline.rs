@@ -141,6 +141,8 @@ impl Driver {
     fn drive(&self, mut lp: Box<EventLoop>, replies: Vec<Reply>, calls: Vec<Box<CallJob>>) {
         let mut slot = self.ctx.workers.outside_slot();
         let mut counters = WorkerCache::default();
+        // A loop moved here from a stuck thread: its clock is from before the stuck call.
+        lp.now = Instant::now();
         for r in replies {
             lp.deliver(r);
         }

@@ -54,7 +54,7 @@ impl Master {
         {
             tracing::warn!(
                 "SIGHUP: [server] settings changed in {}: the new workers use them; the master's own \
-                 (bind, workers, the timeouts it enforces, the pid file) take effect on restart",
+                 (bind, backlog, workers, the timeouts it enforces, the pid file) take effect on restart",
                 next.path.display()
             );
         }

@@ -53,8 +53,9 @@ pub struct Args {
     /// Connections each listening socket queues before they are accepted (`listen(2)`'s
     /// backlog, as Gunicorn's `--backlog`). Past it the kernel drops new connections'
     /// handshakes, which clients retry after a second or more. Capped by the kernel at
-    /// `net.core.somaxconn` (4096 on Linux 5.4 and later, 128 before). Sockets passed by
-    /// systemd keep theirs (`Backlog=`).
+    /// `net.core.somaxconn` (4096 on Linux 5.4 and later, 128 before). Applies to TCP and
+    /// Unix sockets alike. Sockets passed by systemd keep theirs (`Backlog=`), and so do
+    /// those a binary upgrade (SIGUSR2) inherits from the old master.
     #[arg(long, env = "PORTICO_BACKLOG", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=65535))]
     pub backlog: u32,
     /// Worker processes. The master process binds the listeners, never loads a plugin, and

@@ -91,7 +91,7 @@ impl Handle {
 
     /// A deadline slot for a thread that is not one of the pool's workers (an event loop's):
     /// the watchdog cuts off its calls at their deadline like a worker's, but starts no
-    /// thread in its place — only one for the call that takes over the application's slot.
+    /// thread in its place (such a call holds no gate slot, so none is handed on).
     pub fn outside_slot(&self) -> Arc<Slot> {
         let slot = Arc::new(Slot::outside(Arc::clone(&self.inner.alarm)));
         self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(&slot));

@@ -249,7 +249,10 @@ pub fn sweep(slots: &[Arc<Slot>], notifier: &Notifier, now: Instant) -> Vec<Opti
                 e.app.gate.limits().max_abandoned
             );
         }
-        if !e.outside {
+        if e.outside {
+            // A call on an event loop took no gate slot, so it hands none on.
+            debug_assert!(e.next.is_none(), "an event loop's call held a gate slot");
+        } else {
             replacements.push(e.next);
         }
     }
