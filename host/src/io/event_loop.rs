@@ -118,8 +118,8 @@ pub struct EventLoop {
     /// between them, each taking more the less busy it is.
     accept_batch: usize,
     next_tick: Instant,
-    /// The last sweep found no connection (and said so on the status page): until one comes,
-    /// the loop waits for events without a tick.
+    /// The last sweep found no connection (and said so on the status page): until one comes
+    /// (`adopt` clears it), a loop that is not draining waits for events without a tick.
     swept_idle: bool,
     /// The clock as of this turn's wait for events (or the last batch of calls on the
     /// loop's thread): what [`super::handler::Handler::now`] answers, one clock read a turn
@@ -199,10 +199,12 @@ impl EventLoop {
             && self.inline.is_empty()
             && self.accept_again.is_empty()
         {
-            if self.conns.is_empty() && self.swept_idle {
+            if self.conns.is_empty() && self.swept_idle && self.draining.is_none() {
                 // Nothing to sweep: wait for an event (a connection, a completion, a wake)
-                // rather than tick 4 times a second. (A draining loop with no connection
-                // ended at its last turn.)
+                // rather than tick 4 times a second. Not while draining: the last connection
+                // can close outside a turn (a reply delivered after calls on the loop's
+                // thread), and with no event to come, only the tick brings the loop back to
+                // its drain check (a worker of an old generation that never exits).
                 None
             } else {
                 Some(self.next_tick.saturating_duration_since(Instant::now()))
@@ -429,6 +431,8 @@ impl EventLoop {
         // Even while draining: another loop accepted it before this one began to drain, and
         // dropping it would reset a client that did nothing wrong. Its request is answered
         // with `Connection: close` (or it is closed idle after the grace).
+        // The last sweep's "no connection" is out of date from here.
+        self.swept_idle = false;
         let entry = self.conns.vacant_entry();
         let token = entry.key();
         if self.poll.registry().register(&mut sock, Token(token), Interest::READABLE | Interest::WRITABLE).is_err() {
