@@ -1306,12 +1306,8 @@ mod tests {
         for job in [&for_second, &for_third] {
             assert!(!job.gated, "admitted without a slot");
         }
-        let mut for_second = for_second;
-        for_second.gated = true;
         assert_eq!(second.hand_to_worker(for_second, &mut h), Step::Open);
         assert_eq!(h.buffered.gate.counts().waiting, 1, "queued behind the first");
-        let mut for_third = for_third;
-        for_third.gated = true;
         assert_eq!(third.hand_to_worker(for_third, &mut h), Step::Open);
         let (head, _) = response(&mut c3);
         assert!(

@@ -291,10 +291,9 @@ impl EventLoop {
     /// Sends a call meant for this loop's thread to a worker after all (its batch ran out of
     /// time, its plugin broke its promise), through its connection ([`Conn::hand_to_worker`]); a
     /// call whose connection is gone is dropped unrun.
-    pub(super) fn call_on_worker(&mut self, mut job: Box<CallJob>) {
+    pub(super) fn call_on_worker(&mut self, job: Box<CallJob>) {
         // Only calls queued for this loop come here, and those were admitted without a slot.
         debug_assert!(!job.gated, "a call queued on the loop held a gate slot");
-        job.gated = true;
         if self.live(job.conn) {
             self.with_conn(job.conn.token, |c, h| c.hand_to_worker(job, h));
         }

@@ -54,8 +54,10 @@ pub trait Handler {
 }
 
 /// [`Handler::admit`] through the application's gate: the call is submitted when the gate
-/// has a slot, queued in it, or refused.
-pub fn admit_gated<H: Handler + ?Sized>(h: &mut H, job: Box<CallJob>) -> Admission {
+/// has a slot, queued in it, or refused. It is marked as holding a gate slot (`gated`),
+/// whatever it was admitted as before (a call handed from its event loop to a worker).
+pub fn admit_gated<H: Handler + ?Sized>(h: &mut H, mut job: Box<CallJob>) -> Admission {
+    job.gated = true;
     let app = Arc::clone(&job.route.app);
     match app.gate.admit(job.conn, job) {
         Admit::Now(job) => {

@@ -1,7 +1,8 @@
 //! Deadlines of application calls: each worker thread has a [`Slot`] where it records the call
-//! it runs and when that call must be done; the watchdog thread looks at every slot
-//! [`TICK`] (after [`DOZE_AFTER`] ticks with nothing running it dozes, once a [`DOZE`], until a
-//! run that begins wakes it through the [`Alarm`]) and cuts off a call past its deadline — the client gets 504 at once (or, for a
+//! it runs and when that call must be done; the watchdog thread looks at every slot every
+//! [`TICK`] (after [`DOZE_AFTER`] ticks with nothing running it dozes, looking once a
+//! [`DOZE`], until a run that begins wakes it through the [`Alarm`]) and cuts off a call past
+//! its deadline — the client gets 504 at once (or, for a
 //! streamed body already under way, the connection is closed), the call's admission slot goes
 //! to the next waiting call, and the worker thread, stuck in the application, is abandoned and
 //! replaced so the pool keeps its size.
